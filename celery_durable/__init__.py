@@ -1,0 +1,60 @@
+"""celery-durable: durable Celery tasks with per-step checkpoints in Redis.
+
+Swap ``@app.task`` for ``@durable_task``, mark steps with ``@step``, keep running
+``celery -A proj worker``: a retried or recovered run resumes from its last committed step.
+"""
+
+from __future__ import annotations
+
+from ._version import __version__
+from .client import DurableClient
+from .context import RunContext, current_run
+from .errors import (
+    CheckpointDecodeError,
+    CheckpointEncodeError,
+    CheckpointError,
+    CheckpointTooLargeError,
+    ConfigurationError,
+    DurableError,
+    IdempotencyConflictError,
+    LeaseLostError,
+    NondeterminismError,
+    NonRetryableError,
+    NotInRunError,
+    RunNotFoundError,
+    StoreError,
+)
+from .models import ErrorInfo, RunInfo, RunStatus, RunSummary, StepInfo, TraceEvent
+from .retry import RetryPolicy
+from .steps import step
+from .task import DurableTask, durable_task
+
+__all__ = [
+    "CheckpointDecodeError",
+    "CheckpointEncodeError",
+    "CheckpointError",
+    "CheckpointTooLargeError",
+    "ConfigurationError",
+    "DurableClient",
+    "DurableError",
+    "DurableTask",
+    "ErrorInfo",
+    "IdempotencyConflictError",
+    "LeaseLostError",
+    "NonRetryableError",
+    "NondeterminismError",
+    "NotInRunError",
+    "RetryPolicy",
+    "RunContext",
+    "RunInfo",
+    "RunNotFoundError",
+    "RunStatus",
+    "RunSummary",
+    "StepInfo",
+    "StoreError",
+    "TraceEvent",
+    "__version__",
+    "current_run",
+    "durable_task",
+    "step",
+]

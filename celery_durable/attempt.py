@@ -1,0 +1,219 @@
+"""One attempt of a durable run: claim the lease, replay/execute the body, end the attempt.
+
+This is what ``DurableTask.__call__`` runs in the worker. The attempt's outcome is mapped
+onto Celery's own control flow: success returns the value, a retry goes through
+``Task.retry`` (same task id, so the next attempt replays the committed steps), a final
+failure re-raises the exception so Celery stores FAILURE, and an attempt that must not
+touch the run (fenced out, duplicate delivery) raises ``Ignore``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import socket
+import uuid
+from typing import TYPE_CHECKING, Any, NoReturn
+
+from celery.exceptions import Ignore, Reject, Retry
+
+from .codec import JsonCodec, Unencodable, describe_unencodable
+from .context import RunContext, bind_context, describe_error, unbind_context
+from .errors import LeaseLostError, StoreError
+from .models import RunStatus
+from .store import Claim, RunStore, now_ms, store_for
+
+if TYPE_CHECKING:
+    from .task import DurableTask
+
+logger = logging.getLogger("celery_durable")
+_codec = JsonCodec()
+
+
+def encode_arguments(value: Any) -> str:
+    """Task arguments as stored in the run record (for display and replay)."""
+    try:
+        return _codec.dumps(value)
+    except Unencodable:
+        return json.dumps({"__cd__": "repr", "v": repr(value)[:2000]})
+
+
+def queue_of(task: DurableTask, options: dict[str, Any]) -> str:
+    """The queue name a publish with ``options`` goes to, as far as the caller can tell."""
+    queue = options.get("queue") or getattr(task, "queue", None)
+    if queue is None:
+        delivery = options.get("delivery_info") or {}
+        queue = delivery.get("routing_key")
+    name = getattr(queue, "name", queue)
+    return str(name or task.app.conf.task_default_queue)
+
+
+def _owner(task: DurableTask) -> str:
+    return f"{task.request.hostname or socket.gethostname()}:{os.getpid()}"
+
+
+def run_attempt(task: DurableTask, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """Execute one attempt of the run whose id is the current Celery task id."""
+    store = store_for(task.app)
+    req = task.request
+    run_id = str(req.id)
+    claim = store.claim(
+        run_id,
+        owner=_owner(task),
+        nonce=uuid.uuid4().hex,
+        task=task.name,
+        args_json=encode_arguments(list(args)),
+        kwargs_json=encode_arguments(kwargs),
+        queue=queue_of(task, {"delivery_info": req.delivery_info or {}}),
+    )
+    if claim.outcome == "done":
+        return _already_done(run_id, claim)
+    if claim.outcome == "busy":
+        _defer_duplicate(task, store, run_id, claim, args, kwargs)
+    ctx = RunContext(
+        run_id=run_id,
+        attempt=claim.attempt,
+        task_name=task.name,
+        token=claim.token,
+        store=store,
+        checkpoints=dict(claim.checkpoints or {}),
+    )
+    bound = bind_context(ctx)
+    try:
+        return _run_body(task, store, ctx, args, kwargs)
+    finally:
+        unbind_context(bound)
+
+
+def _run_body(
+    task: DurableTask,
+    store: RunStore,
+    ctx: RunContext,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+) -> Any:
+    try:
+        value = task.run(*args, **kwargs)
+    except LeaseLostError as exc:
+        logger.warning("%s", exc)
+        raise Ignore() from exc
+    except Retry:
+        # The task called self.retry() itself: the next message is already published.
+        _end(store, ctx, task, RunStatus.RETRYING, {"type": "attempt_retrying"})
+        raise
+    except Reject as exc:
+        status = RunStatus.RETRYING if exc.requeue else RunStatus.FAILED
+        _end(store, ctx, task, status, {"type": "attempt_rejected", "requeue": int(exc.requeue)})
+        raise
+    except Ignore:
+        _end(store, ctx, task, RunStatus.CANCELLED,
+             {"type": "run_cancelled", "reason": "the task raised celery.exceptions.Ignore"})
+        raise
+    except Exception as exc:
+        _handle_failure(task, store, ctx, exc)
+    except BaseException:
+        # Worker shutdown (SystemExit, KeyboardInterrupt): free the lease so that the
+        # redelivered message can start the next attempt at once.
+        _end(store, ctx, task, RunStatus.RETRYING, {"type": "attempt_interrupted"}, strict=False)
+        raise
+    return _complete(task, store, ctx, value)
+
+
+def _complete(task: DurableTask, store: RunStore, ctx: RunContext, value: Any) -> Any:
+    try:
+        result_json = _codec.dumps(value)
+    except Unencodable as err:
+        exc = describe_unencodable(err, f"task {task.name} (run {ctx.id})")
+        _fail(store, ctx, task, exc)
+        raise exc from None
+    event = {"type": "run_completed", "attempt": ctx.attempt, "steps": ctx.position,
+             "replayed": ctx.replayed}
+    if _end(store, ctx, task, RunStatus.COMPLETED, event, result_json=result_json) is None:
+        raise Ignore()
+    return value
+
+
+def _handle_failure(task: DurableTask, store: RunStore, ctx: RunContext, exc: Exception) -> NoReturn:
+    policy = task.durable_retry or store.settings.default_retry
+    if not policy.should_retry(exc, ctx.attempt):
+        _fail(store, ctx, task, exc)
+        raise exc
+    delay = policy.delay_for(ctx.attempt)
+    error = describe_error(exc)
+    event = {"type": "attempt_failed", "attempt": ctx.attempt, "retry_in_s": f"{delay:.3f}",
+             **error}
+    try:
+        ended = store.end_attempt(ctx.id, ctx._token, RunStatus.RETRYING, event, task=task.name,
+                                  error_json=json.dumps(error))
+    except StoreError:
+        # Redis is unreachable: the retry message still carries the run forward.
+        logger.exception("run %s: could not record the failure of attempt %s", ctx.id, ctx.attempt)
+        ended = "unknown"
+    if ended is None:
+        raise Ignore() from exc
+    try:
+        raise task.retry(exc=exc, countdown=delay, max_retries=None)
+    except Reject as rej:
+        # Publishing the retry failed: requeue this message rather than lose the run.
+        raise Reject(rej.reason, requeue=True) from exc
+
+
+def _fail(store: RunStore, ctx: RunContext, task: DurableTask, exc: BaseException) -> None:
+    error = describe_error(exc)
+    event = {"type": "run_failed", "attempt": ctx.attempt, **error}
+    _end(store, ctx, task, RunStatus.FAILED, event, error_json=json.dumps(error), strict=False)
+
+
+def _end(
+    store: RunStore,
+    ctx: RunContext,
+    task: DurableTask,
+    status: RunStatus,
+    event: dict[str, Any],
+    *,
+    result_json: str = "",
+    error_json: str = "",
+    strict: bool = True,
+) -> str | None:
+    event.setdefault("attempt", ctx.attempt)
+    try:
+        return store.end_attempt(ctx.id, ctx._token, status, event, task=task.name,
+                                 result_json=result_json, error_json=error_json)
+    except StoreError:
+        if strict:
+            raise
+        logger.exception("run %s: could not record status %s", ctx.id, status.value)
+        return "unknown"
+
+
+def _already_done(run_id: str, claim: Claim) -> Any:
+    """A message for a run that already ended (a duplicate delivery): do not run it again."""
+    if claim.status == RunStatus.COMPLETED.value and claim.result:
+        logger.info("run %s already completed; returning its stored result", run_id)
+        return _codec.loads(claim.result)
+    logger.info("run %s already %s; ignoring a duplicate delivery", run_id, claim.status)
+    raise Ignore()
+
+
+def _defer_duplicate(
+    task: DurableTask,
+    store: RunStore,
+    run_id: str,
+    claim: Claim,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+) -> NoReturn:
+    """Another attempt holds a live lease: check again once it would have expired.
+
+    The message is never dropped: if the other attempt ends, the deferred copy finds the run
+    done and ends quietly; if the other attempt's worker died, the copy takes over.
+    """
+    wait_s = max(0.5, (claim.lease_expires_ms - now_ms()) / 1000) + random.uniform(0, 0.5)
+    task.signature_from_request(
+        task.request, args, kwargs, countdown=wait_s
+    ).apply_async()
+    store.append_event(run_id, "duplicate_deferred",
+                       {"holder": claim.owner, "retry_in_s": f"{wait_s:.3f}"})
+    raise Ignore()

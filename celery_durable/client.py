@@ -1,0 +1,165 @@
+"""DurableClient: read runs (and, as features land, act on them) from any process."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from celery import Celery
+
+from .codec import JsonCodec
+from .errors import CheckpointDecodeError, ConfigurationError, RunNotFoundError
+from .models import (
+    ErrorInfo,
+    RunInfo,
+    RunStatus,
+    RunSummary,
+    StepInfo,
+    TraceEvent,
+    ms_to_datetime,
+)
+from .store import RunStore, store_for
+
+_codec = JsonCodec()
+#: The largest page list_runs returns.
+MAX_LIST_LIMIT = 1000
+
+
+def _int(value: str | None) -> int | None:
+    return int(value) if value not in (None, "") else None
+
+
+def _decode(text: str | None) -> Any:
+    if not text:
+        return None
+    try:
+        return _codec.loads(text)
+    except CheckpointDecodeError as exc:
+        return {"undecodable": str(exc)}
+
+
+def _error(text: str | None) -> ErrorInfo | None:
+    if not text:
+        return None
+    data = json.loads(text)
+    return ErrorInfo(type=data.get("error_type", ""), message=data.get("error_message", ""),
+                     traceback=data.get("traceback", ""))
+
+
+def _summary_fields(run_id: str, raw: Mapping[str, str]) -> dict[str, Any]:
+    return {
+        "id": run_id,
+        "task": raw.get("task", ""),
+        "status": RunStatus(raw.get("status", "pending")),
+        "attempt": int(raw.get("attempt") or 0),
+        "created_at": ms_to_datetime(_int(raw.get("created_ms"))),
+        "updated_at": ms_to_datetime(_int(raw.get("updated_ms"))),
+        "finished_at": ms_to_datetime(_int(raw.get("finished_ms"))),
+        "step_count": int(raw.get("step_count") or 0),
+        "queue": raw.get("queue") or None,
+        "error": _error(raw.get("error")),
+    }
+
+
+def _event(entry: Any) -> TraceEvent:
+    event_id, fields = entry
+    return TraceEvent(id=event_id, at=ms_to_datetime(int(event_id.split("-")[0])),  # type: ignore[arg-type]
+                      type=fields.get("type", ""), fields=dict(fields))
+
+
+def _error_of(fields: Mapping[str, str]) -> ErrorInfo:
+    return ErrorInfo(type=fields.get("error_type", ""), message=fields.get("error_message", ""),
+                     traceback=fields.get("traceback", ""))
+
+
+def _steps(raw_steps: Mapping[str, str], events: list[TraceEvent]) -> list[StepInfo]:
+    failures: dict[str, list[ErrorInfo]] = {}
+    for ev in events:
+        if ev.type == "step_failed":
+            failures.setdefault(ev.fields.get("step", ""), []).append(_error_of(ev.fields))
+    steps = []
+    for pos in sorted(raw_steps, key=int):
+        rec = json.loads(raw_steps[pos])
+        t0, t1 = rec.get("t0"), rec.get("t1")
+        steps.append(StepInfo(
+            position=int(pos), name=rec["id"], attempt=int(rec.get("a", 0)),
+            started_at=ms_to_datetime(t0), finished_at=ms_to_datetime(t1),
+            duration_ms=(t1 - t0) if t0 is not None and t1 is not None else None,
+            value=_decode(json.dumps(rec.get("v"))), failures=failures.get(rec["id"], []),
+        ))
+    return steps
+
+
+class DurableClient:
+    """The admin API of celery-durable for one Celery app (any process, no worker needed)."""
+
+    def __init__(self, app: Celery, store: RunStore | None = None) -> None:
+        self.app = app
+        self.store = store if store is not None else store_for(app)
+
+    def get_run(self, run_id: str) -> RunInfo:
+        """The run with its arguments, result, steps, attempt errors and trace.
+
+        Raises:
+            RunNotFoundError: no such run (never created, or expired after retention).
+        """
+        raw, raw_steps, trace = self.store.read_run(run_id)
+        if not raw:
+            raise RunNotFoundError(
+                f"no durable run {run_id!r}: check the id, or it expired after "
+                f"durable_retention_s={self.store.settings.retention_s:g} s",
+                run_id=run_id,
+            )
+        events = [_event(e) for e in trace]
+        return RunInfo(
+            **_summary_fields(run_id, raw),
+            args=_decode(raw.get("args")),
+            kwargs=_decode(raw.get("kwargs")),
+            result=_decode(raw.get("result")),
+            steps=_steps(raw_steps, events),
+            attempt_errors=[_error_of(e.fields) for e in events
+                            if e.type in ("attempt_failed", "run_failed")],
+            lease_owner=raw.get("lease_owner") or None,
+            events=events,
+        )
+
+    def list_runs(
+        self,
+        status: RunStatus | str | None = None,
+        task: str | None = None,
+        limit: int = 100,
+        offset: int = 0,
+    ) -> list[RunSummary]:
+        """Runs, newest first, optionally only those with ``status`` and/or of ``task``.
+
+        Indexes may briefly lag the run records; every returned run is checked against its
+        record, so a run is never listed under a status it does not have.
+        """
+        if not 1 <= limit <= MAX_LIST_LIMIT:
+            raise ConfigurationError(f"list_runs(limit=...) must be 1..{MAX_LIST_LIMIT}")
+        want = RunStatus(status) if status is not None else None
+        keys = self.store.keys
+        index = (keys.status_index(want) if want is not None
+                 else keys.task_index(task) if task is not None else keys.all_runs)
+        found: list[RunSummary] = []
+        skipped = 0
+        start = 0
+        page = max(limit * 2, 50)
+        while len(found) < limit:
+            ids = self.store.index_page(index, start, page)
+            if not ids:
+                break
+            start += len(ids)
+            for run_id, raw in zip(ids, self.store.read_summaries(ids), strict=True):
+                if not raw or (want is not None and raw.get("status") != want.value):
+                    continue
+                if task is not None and raw.get("task") != task:
+                    continue
+                if skipped < offset:
+                    skipped += 1
+                    continue
+                found.append(RunSummary(**_summary_fields(run_id, raw)))
+                if len(found) == limit:
+                    break
+        return found

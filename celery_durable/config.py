@@ -1,0 +1,112 @@
+"""DurableSettings: the ``durable_*`` keys of ``app.conf``, read once per app and validated."""
+
+from __future__ import annotations
+
+import weakref
+from typing import Any, Literal
+
+from celery import Celery
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from .errors import ConfigurationError
+from .retry import RetryPolicy
+
+#: Completed, failed and cancelled runs are kept this long (seconds), then expire.
+DEFAULT_RETENTION_S = 7 * 24 * 3600
+#: An unfinished run with no attempt for this long (seconds) expires: an owner for every key.
+DEFAULT_ACTIVE_TTL_S = 30 * 24 * 3600
+#: How long (seconds) an attempt's lease lasts without renewal.
+DEFAULT_LEASE_TTL_S = 60.0
+#: Trace stream entries kept per run (approximate, ``XADD MAXLEN ~``).
+DEFAULT_TRACE_MAXLEN = 10_000
+#: Largest encoded step or task result (bytes) stored as a checkpoint.
+DEFAULT_MAX_CHECKPOINT_BYTES = 1024 * 1024
+#: Prefix of every Redis key the package writes.
+DEFAULT_KEY_PREFIX = "durable:"
+#: Socket timeout (seconds) of the store's Redis client; no command of ours blocks longer.
+DEFAULT_REDIS_SOCKET_TIMEOUT_S = 10.0
+
+_REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
+
+
+class DurableSettings(BaseModel):
+    """Validated ``durable_*`` settings; field ``x`` is read from ``app.conf.durable_x``."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", arbitrary_types_allowed=True)
+
+    redis_url: str
+    key_prefix: str = DEFAULT_KEY_PREFIX
+    retention_s: float = Field(default=DEFAULT_RETENTION_S, gt=0)
+    active_ttl_s: float = Field(default=DEFAULT_ACTIVE_TTL_S, gt=0)
+    lease_ttl_s: float = Field(default=DEFAULT_LEASE_TTL_S, gt=0)
+    trace_maxlen: int = Field(default=DEFAULT_TRACE_MAXLEN, ge=100)
+    max_checkpoint_bytes: int = Field(default=DEFAULT_MAX_CHECKPOINT_BYTES, ge=1024)
+    redis_socket_timeout_s: float = Field(default=DEFAULT_REDIS_SOCKET_TIMEOUT_S, gt=0)
+    default_retry: RetryPolicy = Field(default_factory=RetryPolicy)
+    eviction_check: Literal["warn", "error", "ignore"] = "warn"
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_scheme(cls, value: str) -> str:
+        if not value.startswith(_REDIS_SCHEMES):
+            raise ValueError("must start with redis://, rediss:// or unix://")
+        return value
+
+    @field_validator("key_prefix")
+    @classmethod
+    def _prefix(cls, value: str) -> str:
+        if not value or "{" in value or "}" in value:
+            raise ValueError("must be non-empty and contain no '{' or '}' (hash tags are ours)")
+        return value
+
+    @property
+    def retention_ms(self) -> int:
+        return int(self.retention_s * 1000)
+
+    @property
+    def active_ttl_ms(self) -> int:
+        return int(self.active_ttl_s * 1000)
+
+    @property
+    def lease_ttl_ms(self) -> int:
+        return int(self.lease_ttl_s * 1000)
+
+
+_cache: weakref.WeakKeyDictionary[Celery, DurableSettings] = weakref.WeakKeyDictionary()
+
+
+def _read(app: Celery) -> DurableSettings:
+    raw: dict[str, Any] = {}
+    for key in list(app.conf.keys()):
+        if isinstance(key, str) and key.startswith("durable_"):
+            raw[key.removeprefix("durable_")] = app.conf[key]
+    if raw.get("redis_url") is None:
+        broker = app.conf.broker_url or ""
+        if not isinstance(broker, str) or not broker.startswith(_REDIS_SCHEMES):
+            raise ConfigurationError(
+                "durable_redis_url is not set and the broker is not Redis "
+                f"({str(broker).split('://')[0] or 'none'}://): set "
+                "app.conf.durable_redis_url = 'redis://host:6379/0' for the checkpoint store"
+            )
+        raw["redis_url"] = broker
+    try:
+        return DurableSettings(**raw)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"durable_{'.'.join(str(p) for p in err['loc'])}: {err['msg']}"
+            for err in exc.errors()
+        )
+        raise ConfigurationError(f"invalid celery-durable settings: {problems}") from None
+
+
+def settings_for(app: Celery) -> DurableSettings:
+    """Return the app's validated settings (read on first use, then cached on the app)."""
+    settings = _cache.get(app)
+    if settings is None:
+        settings = _cache[app] = _read(app)
+    return settings
+
+
+def forget_settings(app: Celery) -> None:
+    """Drop the cached settings of ``app`` (tests and apps that reconfigure at runtime)."""
+    _cache.pop(app, None)

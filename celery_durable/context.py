@@ -1,0 +1,250 @@
+"""RunContext: the state of one attempt of a durable run, reachable through current_run().
+
+The context lives in a ContextVar for the duration of an attempt (never on the Task instance,
+which Celery shares between runs). It replays committed steps from the checkpoints loaded
+when the attempt started, and commits each new step before returning its value.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import traceback
+from collections.abc import Callable
+from contextvars import ContextVar
+from typing import Any, ParamSpec, TypeVar
+
+from .codec import Unencodable, describe_unencodable, from_jsonable, to_jsonable
+from .config import DurableSettings
+from .errors import (
+    CheckpointDecodeError,
+    CheckpointTooLargeError,
+    LeaseLostError,
+    NondeterminismError,
+    NotInRunError,
+    StoreError,
+)
+from .retry import RetryPolicy
+from .store import RunStore
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+_current: ContextVar[RunContext | None] = ContextVar("celery_durable_run", default=None)
+
+
+def describe_error(exc: BaseException) -> dict[str, str]:
+    """An exception as stored in the trace: qualified type, message, formatted traceback."""
+    kind = type(exc)
+    return {
+        "error_type": f"{kind.__module__}.{kind.__qualname__}",
+        "error_message": str(exc),
+        "traceback": "".join(traceback.format_exception(exc)),
+    }
+
+
+class RunContext:
+    """One attempt of a durable run, as seen from inside the task body and its steps.
+
+    ``id`` is the run id (the Celery task id), ``attempt`` counts deliveries of the run to a
+    worker (1-based), ``task_name`` is the Celery task name.
+    """
+
+    __slots__ = (
+        "id", "attempt", "task_name", "_token", "_store", "_settings", "_committed",
+        "_position", "_occurrences", "_current_step", "replayed",
+    )
+
+    def __init__(
+        self,
+        *,
+        run_id: str,
+        attempt: int,
+        task_name: str,
+        token: str,
+        store: RunStore,
+        checkpoints: dict[str, str],
+    ) -> None:
+        self.id = run_id
+        self.attempt = attempt
+        self.task_name = task_name
+        self._token = token
+        self._store = store
+        self._settings: DurableSettings = store.settings
+        self._committed = checkpoints
+        self._position = 0
+        self._occurrences: dict[str, int] = {}
+        self._current_step: str | None = None
+        #: Number of steps this attempt answered from checkpoints instead of executing.
+        self.replayed = 0
+
+    # -- public API ------------------------------------------------------------------------
+
+    def step(self, name: str, fn: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
+        """Run ``fn(*args, **kwargs)`` as the step ``name``: once per run, checkpointed.
+
+        If this run already committed the step, return the stored value without calling
+        ``fn``. Otherwise call it, commit its result (one Redis round trip), and return it.
+        """
+        return self.run_step(name, fn, args, kwargs, None)
+
+    @property
+    def step_key(self) -> str:
+        """A stable key for the step being executed (``<run id>:<step id>``).
+
+        The same step of the same run gets the same key in every attempt, so pass it to
+        downstream APIs (payments, emails) as their idempotency key.
+        """
+        if self._current_step is None:
+            raise NotInRunError("current_run().step_key is only defined inside a step")
+        return f"{self.id}:{self._current_step}"
+
+    @property
+    def position(self) -> int:
+        """How many steps this attempt has passed so far (replayed or executed)."""
+        return self._position
+
+    # -- machinery -------------------------------------------------------------------------
+
+    def run_step(
+        self,
+        name: str,
+        fn: Callable[..., R],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        policy: RetryPolicy | None,
+    ) -> R:
+        """Replay or execute one step; ``policy`` retries it inside this attempt."""
+        if self._current_step is not None:
+            # A step called from inside a step is part of the outer step's work.
+            return fn(*args, **kwargs)
+        count = self._occurrences.get(name, 0) + 1
+        self._occurrences[name] = count
+        step_id = name if count == 1 else f"{name}#{count}"
+        position = self._position
+        self._position += 1
+        stored = self._committed.get(str(position))
+        if stored is not None:
+            return self._replay(position, step_id, stored)  # type: ignore[no-any-return]
+        return self._execute(position, step_id, fn, args, kwargs, policy)
+
+    def _replay(self, position: int, step_id: str, stored: str) -> Any:
+        try:
+            record = json.loads(stored)
+            recorded_id = record["id"]
+        except (ValueError, KeyError, TypeError) as exc:
+            raise CheckpointDecodeError(
+                f"run {self.id}: the checkpoint at step position {position} is not a "
+                "celery-durable checkpoint (corrupted or written by another program)"
+            ) from exc
+        if recorded_id != step_id:
+            raise NondeterminismError(
+                f"run {self.id}: step position {position} was recorded as {recorded_id!r}, "
+                f"but this attempt called {step_id!r} there. Step order must be the same "
+                "in every attempt: do not branch on time, randomness or external state "
+                "outside a step",
+                run_id=self.id, position=position, recorded=recorded_id, called=step_id,
+            )
+        self.replayed += 1
+        return from_jsonable(record["v"])
+
+    def _execute(
+        self,
+        position: int,
+        step_id: str,
+        fn: Callable[..., R],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        policy: RetryPolicy | None,
+    ) -> R:
+        tries = 0
+        while True:
+            tries += 1
+            started = time.time()
+            self._current_step = step_id
+            try:
+                value = fn(*args, **kwargs)
+            except Exception as exc:
+                self._current_step = None
+                self._record_step_failure(position, step_id, tries, exc)
+                if policy is not None and policy.should_retry(exc, tries):
+                    time.sleep(policy.delay_for(tries))
+                    continue
+                raise
+            finally:
+                self._current_step = None
+            self._commit(position, step_id, value, started, time.time())
+            return value
+
+    def _commit(
+        self, position: int, step_id: str, value: Any, started: float, finished: float
+    ) -> None:
+        try:
+            record = {"id": step_id, "v": to_jsonable(value), "t0": int(started * 1000),
+                      "t1": int(finished * 1000), "a": self.attempt}
+        except Unencodable as err:
+            raise describe_unencodable(err, f"step {step_id!r} of run {self.id}") from None
+        payload = json.dumps(record, separators=(",", ":"), ensure_ascii=False)
+        limit = self._settings.max_checkpoint_bytes
+        if len(payload) > limit // 4 and len(payload.encode()) > limit:
+            raise CheckpointTooLargeError(
+                f"step {step_id!r} of run {self.id} returned {len(payload.encode())} bytes, "
+                f"more than durable_max_checkpoint_bytes={limit}: store large data elsewhere "
+                "(S3, a database) and return a reference, or raise the limit",
+                step=step_id, size=len(payload.encode()),
+            )
+        code = self._store.commit_step(
+            self.id, self._token, position, step_id, payload, self.attempt,
+            (finished - started) * 1000,
+        )
+        self._check_code(code, f"commit step {step_id!r}")
+
+    def _record_step_failure(
+        self, position: int, step_id: str, tries: int, exc: Exception
+    ) -> None:
+        fields = {"step": step_id, "pos": position, "attempt": self.attempt, "try": tries,
+                  **describe_error(exc)}
+        self._check_code(
+            self._store.append_event(self.id, "step_failed", fields, token=self._token),
+            f"record the failure of step {step_id!r}",
+        )
+
+    def _check_code(self, code: int, what: str) -> None:
+        if code >= 0:
+            return
+        if code in (-1, -2):
+            raise LeaseLostError(
+                f"run {self.id}: attempt {self.attempt} could not {what}: another attempt "
+                "took over the run (or it was cancelled); this attempt stops here",
+                run_id=self.id, attempt=self.attempt,
+            )
+        raise StoreError(f"run {self.id}: could not {what}: step positions out of order")
+
+
+def current_run() -> RunContext:
+    """The RunContext of the durable run executing in this thread.
+
+    Raises:
+        NotInRunError: outside a durable task (for example in a plain call of the function).
+    """
+    ctx = _current.get()
+    if ctx is None:
+        raise NotInRunError(
+            "current_run() was called outside a durable run: call it from the body of a "
+            "@durable_task (or a step it calls) while a worker executes it"
+        )
+    return ctx
+
+
+def get_run_context() -> RunContext | None:
+    """The current RunContext, or None outside a durable run (never raises)."""
+    return _current.get()
+
+
+def bind_context(ctx: RunContext | None) -> Any:
+    """Make ``ctx`` current; returns the token for :func:`unbind_context`."""
+    return _current.set(ctx)
+
+
+def unbind_context(token: Any) -> None:
+    _current.reset(token)

@@ -1,0 +1,131 @@
+"""Every exception celery-durable raises, under one base class.
+
+The tree::
+
+    DurableError                      base for everything this package raises
+     ├─ ConfigurationError            bad durable_* setting or decorator option
+     ├─ NotInRunError                 current_run() called outside a durable run
+     ├─ NonRetryableError             raised by user code: fail the run at once
+     ├─ StoreError                    Redis unreachable or a script failed
+     │   └─ LeaseLostError            this attempt was fenced out by a newer one
+     ├─ CheckpointError               a step result could not be stored or read
+     │   ├─ CheckpointEncodeError     a step result the codec cannot encode
+     │   ├─ CheckpointDecodeError     a stored payload the codec cannot read
+     │   └─ CheckpointTooLargeError   an encoded result above the size limit
+     ├─ NondeterminismError           the step order differs from the recorded one
+     ├─ IdempotencyConflictError      a key reused with different arguments
+     └─ RunNotFoundError              an unknown run id
+
+Each class says when it is raised; each message names the run, the step and the fix.
+Errors that may cross processes (result backends, Flower) pickle through ``__reduce__``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class DurableError(Exception):
+    """Base class of every error raised by celery-durable.
+
+    ``retryable`` tells the task's retry policy whether another attempt can help; errors
+    caused by the code itself (nondeterminism, an unencodable result) are not.
+    """
+
+    retryable: bool = True
+
+    def __init__(self, message: str, **details: Any) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details = details
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_rebuild, (type(self), self.message, self.details))
+
+    def __str__(self) -> str:
+        return self.message
+
+
+def _rebuild(cls: type[DurableError], message: str, details: dict[str, Any]) -> DurableError:
+    err = cls.__new__(cls)
+    DurableError.__init__(err, message, **details)
+    return err
+
+
+class ConfigurationError(DurableError):
+    """A ``durable_*`` setting or a decorator option is invalid (raised at import/decoration)."""
+
+    retryable = False
+
+
+class NotInRunError(DurableError):
+    """``current_run()`` (or a run-only API) was used outside a durable run."""
+
+    retryable = False
+
+
+class NonRetryableError(DurableError):
+    """Raise it (or a subclass) from a task or step to fail the run at once, without retry."""
+
+    retryable = False
+
+
+class StoreError(DurableError):
+    """Redis could not be reached or a script failed; the redis error is the ``__cause__``."""
+
+
+class LeaseLostError(StoreError):
+    """A newer attempt took over this run's lease; this attempt must stop without committing."""
+
+
+class CheckpointError(DurableError):
+    """A step's checkpoint could not be written or read."""
+
+    retryable = False
+
+
+class CheckpointEncodeError(CheckpointError):
+    """A step (or task) result has a type the JSON codec cannot encode."""
+
+
+class CheckpointDecodeError(CheckpointError):
+    """A stored checkpoint cannot be decoded (corrupt, foreign, or its class is gone)."""
+
+
+class CheckpointTooLargeError(CheckpointError):
+    """An encoded step result is larger than ``durable_max_checkpoint_bytes``."""
+
+
+class NondeterminismError(DurableError):
+    """A step was called at a position where the run recorded a different step."""
+
+    retryable = False
+
+
+class IdempotencyConflictError(DurableError):
+    """An idempotency key was reused with different arguments."""
+
+    retryable = False
+
+
+class RunNotFoundError(DurableError):
+    """No run with this id exists (never created, or expired after its retention)."""
+
+    retryable = False
+
+
+__all__ = [
+    "CheckpointDecodeError",
+    "CheckpointEncodeError",
+    "CheckpointError",
+    "CheckpointTooLargeError",
+    "ConfigurationError",
+    "DurableError",
+    "IdempotencyConflictError",
+    "LeaseLostError",
+    "NonRetryableError",
+    "NondeterminismError",
+    "NotInRunError",
+    "RunNotFoundError",
+    "StoreError",
+]

@@ -1,0 +1,61 @@
+"""KeySpace: every Redis key celery-durable writes is built here, and nowhere else.
+
+Per-run keys carry the run id as a hash tag, so all of a run's keys live in one Redis Cluster
+slot and one script can update them atomically (``P`` is ``durable_key_prefix``)::
+
+    P{<run_id>}:run      hash    the run record (status, task, args, lease, attempt, result,
+                                 error); TTL: active TTL while unfinished, retention after
+    P{<run_id>}:steps    hash    checkpoints: field = step position ("0", "1", ...),
+                                 value = JSON {"id", "v", "t0", "t1", "a"}; same TTL
+    P{<run_id>}:trace    stream  trace events, capped with MAXLEN ~; same TTL
+
+Global indexes (other slots; updated in the same round trip as the per-run script that
+changed the run, but not atomically with it: readers re-check the run hash)::
+
+    Pindex:runs              zset  run id -> created (ms); trimmed to the retention window
+    Pindex:status:<status>   zset  run id -> last update (ms), one set per status
+    Pindex:task:<task name>  zset  run id -> created (ms)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .models import RunStatus
+
+
+@dataclass(frozen=True, slots=True)
+class RunKeys:
+    """The keys of one run, in the order every per-run script takes them (KEYS[1..3])."""
+
+    run: str
+    steps: str
+    trace: str
+
+    def as_list(self) -> list[str]:
+        return [self.run, self.steps, self.trace]
+
+
+@dataclass(frozen=True, slots=True)
+class KeySpace:
+    """Builds key names from the configured prefix; does no I/O."""
+
+    prefix: str
+
+    def run(self, run_id: str) -> RunKeys:
+        base = f"{self.prefix}{{{run_id}}}"
+        return RunKeys(run=f"{base}:run", steps=f"{base}:steps", trace=f"{base}:trace")
+
+    @property
+    def all_runs(self) -> str:
+        return f"{self.prefix}index:runs"
+
+    def status_index(self, status: RunStatus | str) -> str:
+        return f"{self.prefix}index:status:{RunStatus(status).value}"
+
+    def task_index(self, task_name: str) -> str:
+        return f"{self.prefix}index:task:{task_name}"
+
+    def index_pattern(self) -> str:
+        """A SCAN pattern matching every index key (for maintenance)."""
+        return f"{self.prefix}index:*"

@@ -1,0 +1,22 @@
+-- end_attempt.lua: end an attempt: release its lease and move the run to its next status.
+-- Fenced: only the attempt holding the current lease token may end it.
+-- KEYS[1] run hash      P{<run_id>}:run
+-- KEYS[2] steps hash    P{<run_id>}:steps
+-- KEYS[3] trace stream  P{<run_id>}:trace
+-- ARGV[1] lease token  ARGV[2] new status  ARGV[3] now_ms
+-- ARGV[4] TTL (ms) for all the run's keys: the retention if the status is terminal
+-- ARGV[5] trace maxlen  ARGV[6] result (JSON, '' to leave unchanged)
+-- ARGV[7] error (JSON, '' to leave unchanged)  ARGV[8] 1 if the status is terminal
+-- ARGV[9..] trace event: field, value, ... (the first pair is 'type', <event type>)
+-- Returns the previous status, or -1 if the lease token is stale.
+local run = KEYS[1]
+local cur = redis.call('HMGET', run, 'lease_token', 'status')
+if cur[1] ~= ARGV[1] then return -1 end
+redis.call('HSET', run, 'status', ARGV[2], 'updated_ms', ARGV[3], 'lease_expires_ms', 0,
+           'lease_owner', '', 'lease_nonce', '')
+if ARGV[6] ~= '' then redis.call('HSET', run, 'result', ARGV[6]) end
+if ARGV[7] ~= '' then redis.call('HSET', run, 'error', ARGV[7]) end
+if ARGV[8] == '1' then redis.call('HSET', run, 'finished_ms', ARGV[3]) end
+redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[5], '*', unpack(ARGV, 9))
+for i = 1, 3 do redis.call('PEXPIRE', KEYS[i], ARGV[4]) end
+return cur[2]

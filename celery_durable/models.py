@@ -1,0 +1,96 @@
+"""Run, step and trace records as the admin API (DurableClient, CLI, Flower) returns them."""
+
+from __future__ import annotations
+
+import datetime as dt
+from enum import Enum
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+
+
+class RunStatus(str, Enum):
+    """Where a run stands. ``suspended`` = sleeping or waiting for an event or a child."""
+
+    PENDING = "pending"
+    RUNNING = "running"
+    RETRYING = "retrying"
+    SUSPENDED = "suspended"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def is_terminal(self) -> bool:
+        return self in TERMINAL_STATUSES
+
+
+TERMINAL_STATUSES = frozenset({RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.CANCELLED})
+
+
+def ms_to_datetime(ms: int | None) -> dt.datetime | None:
+    """Convert epoch milliseconds (as stored) to an aware UTC datetime."""
+    if ms is None:
+        return None
+    return dt.datetime.fromtimestamp(ms / 1000, tz=dt.UTC)
+
+
+class _Record(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+
+class ErrorInfo(_Record):
+    """An exception as recorded in the trace: type, message and formatted traceback."""
+
+    type: str
+    message: str
+    traceback: str = ""
+
+
+class StepInfo(_Record):
+    """A committed step: its identity, when it ran, in which attempt, and its value."""
+
+    position: int
+    name: str
+    attempt: int
+    started_at: dt.datetime | None
+    finished_at: dt.datetime | None
+    duration_ms: float | None
+    value: Any = None
+    failures: list[ErrorInfo] = []
+
+
+class TraceEvent(_Record):
+    """One entry of a run's trace stream."""
+
+    id: str
+    at: dt.datetime
+    type: str
+    fields: dict[str, str]
+
+
+class RunSummary(_Record):
+    """The fields of a run shown in lists."""
+
+    id: str
+    task: str
+    status: RunStatus
+    attempt: int
+    created_at: dt.datetime | None
+    updated_at: dt.datetime | None
+    finished_at: dt.datetime | None
+    step_count: int
+    queue: str | None = None
+    error: ErrorInfo | None = None
+
+
+class RunInfo(RunSummary):
+    """A run with its arguments, result, committed steps and the errors of failed attempts."""
+
+    args: Any = None
+    kwargs: Any = None
+    result: Any = None
+    steps: list[StepInfo] = []
+    attempt_errors: list[ErrorInfo] = []
+    lease_owner: str | None = None
+    events: list[TraceEvent] = []

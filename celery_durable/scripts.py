@@ -1,0 +1,37 @@
+"""The Lua scripts in ``lua/``, loaded once per process and registered per Redis client.
+
+Each script keeps one invariant and opens with its KEYS/ARGV/returns header. redis-py's
+``Script`` objects send EVALSHA and reload the script by themselves after a NOSCRIPT reply.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cache
+from importlib import resources
+
+import redis
+from redis.commands.core import Script
+
+SCRIPT_NAMES = ("create_run", "claim_attempt", "commit_step", "append_event", "end_attempt")
+
+
+@cache
+def script_source(name: str) -> str:
+    """The text of ``lua/<name>.lua`` (read once per process)."""
+    return resources.files(__package__).joinpath("lua", f"{name}.lua").read_text("utf-8")
+
+
+@dataclass(frozen=True, slots=True)
+class Scripts:
+    """The package's scripts, registered on one client."""
+
+    create_run: Script
+    claim_attempt: Script
+    commit_step: Script
+    append_event: Script
+    end_attempt: Script
+
+    @classmethod
+    def register(cls, client: redis.Redis) -> Scripts:
+        return cls(**{name: client.register_script(script_source(name)) for name in SCRIPT_NAMES})

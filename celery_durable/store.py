@@ -1,0 +1,278 @@
+"""RunStore: the only module that sends Redis commands for runs (see keys.py for the schema).
+
+Hot-path budget: ``commit_step`` is one round trip (one EVALSHA); an attempt costs a constant
+number more (claim + its index update, end + its index update). Per-run writes are single
+scripts over one hash slot; index writes follow in the same or the next round trip and are
+allowed to lag (readers check the run hash).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+import weakref
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+from celery import Celery
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
+
+from .config import DurableSettings, settings_for
+from .errors import StoreError
+from .keys import KeySpace
+from .models import TERMINAL_STATUSES, RunStatus
+from .scripts import Scripts
+
+
+def now_ms() -> int:
+    """Current wall-clock time in epoch milliseconds (the unit of every stored timestamp)."""
+    return time.time_ns() // 1_000_000
+
+
+@contextmanager
+def _redis_errors(what: str) -> Iterator[None]:
+    try:
+        yield
+    except redis.RedisError as exc:
+        raise StoreError(f"celery-durable could not {what}: {exc}") from exc
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """The outcome of claim_attempt.lua.
+
+    ``outcome`` is ``claimed`` (this attempt owns the run), ``busy`` (another live attempt
+    does), or ``done`` (the run already ended; ``status`` and ``result`` say how).
+    """
+
+    outcome: str
+    token: str = ""
+    attempt: int = 0
+    status: str = ""
+    checkpoints: Mapping[str, str] | None = None
+    result: str = ""
+    owner: str = ""
+    lease_expires_ms: int = 0
+
+
+def make_client(settings: DurableSettings) -> redis.Redis:
+    """A Redis client with explicit timeouts, bounded retries and RESP2 replies.
+
+    redis-py retries a command after a connection error; every script we send is idempotent
+    (commits check the position, claims carry a nonce), so a re-sent command is harmless.
+    """
+    return redis.Redis.from_url(
+        settings.redis_url,
+        decode_responses=True,
+        protocol=2,
+        socket_timeout=settings.redis_socket_timeout_s,
+        socket_connect_timeout=min(5.0, settings.redis_socket_timeout_s),
+        retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), 3),
+        health_check_interval=30,
+    )
+
+
+class RunStore:
+    """Typed operations on runs, over one Redis client."""
+
+    def __init__(self, settings: DurableSettings, client: redis.Redis | None = None) -> None:
+        self.settings = settings
+        self.keys = KeySpace(settings.key_prefix)
+        self.client = client if client is not None else make_client(settings)
+        self.scripts = Scripts.register(self.client)
+
+    # -- attempt lifecycle (workers) -------------------------------------------------------
+
+    def create_run(
+        self, run_id: str, task: str, args_json: str, kwargs_json: str, queue: str
+    ) -> bool:
+        """Record a new pending run (publish side). Returns False if it already existed."""
+        s, k, ts = self.settings, self.keys.run(run_id), now_ms()
+        with _redis_errors(f"record run {run_id}"), self.client.pipeline(False) as pipe:
+            self.scripts.create_run(
+                k.as_list(),
+                [ts, task, args_json, kwargs_json, queue, s.active_ttl_ms, s.trace_maxlen],
+                client=pipe,
+            )
+            self._index_new(pipe, run_id, task, ts)
+            created = pipe.execute()[0]
+        return bool(created)
+
+    def claim(
+        self,
+        run_id: str,
+        *,
+        owner: str,
+        nonce: str,
+        task: str,
+        args_json: str,
+        kwargs_json: str,
+        queue: str,
+    ) -> Claim:
+        """Start an attempt: take the fenced lease and load every checkpoint (one round trip)."""
+        s, k, ts = self.settings, self.keys.run(run_id), now_ms()
+        argv = [ts, owner, nonce, s.lease_ttl_ms, task, s.active_ttl_ms, s.trace_maxlen,
+                args_json, kwargs_json, queue]
+        with _redis_errors(f"start an attempt of run {run_id}"):
+            reply = self.scripts.claim_attempt(k.as_list(), argv)
+        outcome = reply[0]
+        if outcome == "done":
+            return Claim("done", status=reply[1], result=reply[2])
+        if outcome == "busy":
+            return Claim("busy", owner=reply[1], lease_expires_ms=int(reply[2] or 0))
+        prev = reply[3]
+        flat = reply[4:]
+        claim = Claim(
+            "claimed",
+            token=str(reply[1]),
+            attempt=int(reply[2]),
+            status=prev,
+            checkpoints=dict(zip(flat[::2], flat[1::2], strict=True)),
+        )
+        if prev != RunStatus.RUNNING.value:
+            self._move_index(run_id, prev, RunStatus.RUNNING, ts, task=task)
+        return claim
+
+    def commit_step(
+        self,
+        run_id: str,
+        token: str,
+        position: int,
+        step_id: str,
+        checkpoint: str,
+        attempt: int,
+        duration_ms: float,
+    ) -> int:
+        """Commit a checkpoint (one EVALSHA). Returns the script's code (see commit_step.lua)."""
+        s = self.settings
+        argv = [token, position, checkpoint, step_id, now_ms(), s.lease_ttl_ms, s.trace_maxlen,
+                attempt, f"{duration_ms:.3f}"]
+        with _redis_errors(f"commit step {step_id!r} of run {run_id}"):
+            return int(self.scripts.commit_step(self.keys.run(run_id).as_list(), argv))
+
+    def append_event(
+        self, run_id: str, event_type: str, fields: Mapping[str, Any], token: str = ""
+    ) -> int:
+        """Append a trace event; fenced when ``token`` is given. Returns the script's code."""
+        k = self.keys.run(run_id)
+        argv: list[Any] = [token, self.settings.trace_maxlen, "type", event_type]
+        for name, value in fields.items():
+            argv += [name, value]
+        with _redis_errors(f"record a {event_type} event of run {run_id}"):
+            return int(self.scripts.append_event([k.run, k.trace], argv))
+
+    def end_attempt(
+        self,
+        run_id: str,
+        token: str,
+        status: RunStatus,
+        event: Mapping[str, Any],
+        *,
+        task: str,
+        result_json: str = "",
+        error_json: str = "",
+    ) -> str | None:
+        """End the attempt holding ``token``: release the lease, set ``status``, record
+        ``event`` (a mapping with a ``type``). Returns the previous status, or None if the
+        attempt had been fenced out.
+        """
+        s, k, ts = self.settings, self.keys.run(run_id), now_ms()
+        terminal = status in TERMINAL_STATUSES
+        ttl = s.retention_ms if terminal else s.active_ttl_ms
+        argv: list[Any] = [token, status.value, ts, ttl, s.trace_maxlen, result_json, error_json,
+                           1 if terminal else 0]
+        for name, value in event.items():
+            argv += [name, value]
+        with _redis_errors(f"end an attempt of run {run_id}"):
+            prev = self.scripts.end_attempt(k.as_list(), argv)
+        if prev == -1:
+            return None
+        self._move_index(run_id, str(prev), status, ts, task=task)
+        return str(prev)
+
+    # -- indexes ---------------------------------------------------------------------------
+
+    def _index_new(self, pipe: Any, run_id: str, task: str, ts: int) -> None:
+        ttl = max(self.settings.retention_ms, self.settings.active_ttl_ms)
+        for key in (self.keys.all_runs, self.keys.task_index(task),
+                    self.keys.status_index(RunStatus.PENDING)):
+            pipe.zadd(key, {run_id: ts}, nx=True)
+            pipe.pexpire(key, ttl)
+
+    def _move_index(
+        self, run_id: str, prev: str, status: RunStatus, ts: int, *, task: str
+    ) -> None:
+        s = self.settings
+        ttl = max(s.retention_ms, s.active_ttl_ms)
+        new_key = self.keys.status_index(status)
+        with _redis_errors(f"index run {run_id}"), self.client.pipeline(False) as pipe:
+            if prev in RunStatus._value2member_map_ and prev != status.value:
+                pipe.zrem(self.keys.status_index(prev), run_id)
+            else:
+                # Unknown previous status (a run created by a worker, not at publish).
+                self._index_new(pipe, run_id, task, ts)
+                pipe.zrem(self.keys.status_index(RunStatus.PENDING), run_id)
+            pipe.zadd(new_key, {run_id: ts})
+            pipe.pexpire(new_key, ttl)
+            if status in TERMINAL_STATUSES:
+                horizon = ts - s.retention_ms
+                for key in (new_key, self.keys.all_runs, self.keys.task_index(task)):
+                    pipe.zremrangebyscore(key, "-inf", horizon)
+            pipe.execute()
+
+    # -- reads (admin API) -----------------------------------------------------------------
+
+    def read_run(self, run_id: str) -> tuple[dict[str, str], dict[str, str], list[Any]]:
+        """The run hash, the checkpoints and the trace (oldest first) in one round trip."""
+        k = self.keys.run(run_id)
+        with _redis_errors(f"read run {run_id}"), self.client.pipeline(False) as pipe:
+            pipe.hgetall(k.run)
+            pipe.hgetall(k.steps)
+            pipe.xrange(k.trace, count=self.settings.trace_maxlen * 2)
+            run, steps, trace = pipe.execute()
+        return run, steps, trace
+
+    def read_summaries(self, run_ids: Sequence[str]) -> list[dict[str, str]]:
+        """The run hashes (without checkpoints) of ``run_ids``; a missing run gives ``{}``."""
+        if not run_ids:
+            return []
+        with _redis_errors("read runs"), self.client.pipeline(False) as pipe:
+            for run_id in run_ids:
+                pipe.hgetall(self.keys.run(run_id).run)
+            return list(pipe.execute())
+
+    def index_page(self, index_key: str, start: int, count: int) -> list[str]:
+        """Run ids of an index, newest first."""
+        with _redis_errors("read the run index"):
+            return list(self.client.zrevrange(index_key, start, start + count - 1))
+
+    def ping(self) -> bool:
+        with _redis_errors("reach Redis"):
+            return bool(self.client.ping())
+
+
+_stores: weakref.WeakKeyDictionary[Celery, tuple[int, RunStore]] = weakref.WeakKeyDictionary()
+_lock = threading.Lock()
+
+
+def store_for(app: Celery) -> RunStore:
+    """The app's RunStore for this process (created on first use, and again after a fork)."""
+    pid = os.getpid()
+    entry = _stores.get(app)
+    if entry is None or entry[0] != pid:
+        with _lock:
+            entry = _stores.get(app)
+            if entry is None or entry[0] != pid:
+                entry = (pid, RunStore(settings_for(app)))
+                _stores[app] = entry
+    return entry[1]
+
+
+def forget_store(app: Celery) -> None:
+    """Drop the app's cached store (after changing its settings)."""
+    _stores.pop(app, None)

@@ -1,0 +1,28 @@
+"""The Celery app of the test suite; also started by subprocess workers (``celery -A tests.app``).
+
+Redis comes from ``DURABLE_TEST_REDIS_URL`` (a server the session fixture started), using
+db 0 as the broker and checkpoint store, db 1 as the result backend and db 3 for counters.
+"""
+
+from __future__ import annotations
+
+import os
+
+from celery import Celery
+
+BASE_URL = os.environ.get("DURABLE_TEST_REDIS_URL", "redis://127.0.0.1:6379").rstrip("/")
+
+app = Celery(
+    "durable_tests",
+    broker=f"{BASE_URL}/0",
+    backend=f"{BASE_URL}/1",
+    include=["tests.tasks"],
+)
+app.conf.update(
+    task_default_queue=os.environ.get("DURABLE_TEST_QUEUE", "celery"),
+    worker_prefetch_multiplier=1,
+    worker_hijack_root_logger=False,
+    broker_connection_retry_on_startup=True,
+    result_expires=3600,
+    durable_lease_ttl_s=float(os.environ.get("DURABLE_TEST_LEASE_TTL_S", "30")),
+)

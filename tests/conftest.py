@@ -1,0 +1,114 @@
+"""Session fixtures: a real redis-server on a free port, the test app, an embedded worker.
+
+Set ``DURABLE_TEST_REDIS_URL=redis://host:port`` to use an existing server instead (its
+databases 0, 1 and 3 are flushed). Without redis-server the suite is skipped, or fails
+under ``CI=true``.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+
+import pytest
+import redis
+
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def start_redis_server() -> tuple[subprocess.Popen[bytes], str, str]:
+    """Start a throwaway redis-server; returns the process, its URL and its directory."""
+    exe = shutil.which("redis-server")
+    if exe is None:
+        message = "redis-server is not installed (apt-get install redis-server)"
+        if IN_CI:
+            pytest.fail(message)
+        pytest.skip(message)
+    port = free_port()
+    workdir = tempfile.mkdtemp(prefix="durable-redis-")
+    proc = subprocess.Popen(
+        [exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+         "--dir", workdir, "--maxmemory-policy", "noeviction"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    url = f"redis://127.0.0.1:{port}"
+    client = redis.Redis.from_url(url)
+    for _ in range(200):
+        try:
+            client.ping()
+            break
+        except redis.ConnectionError:
+            time.sleep(0.02)
+    else:
+        proc.kill()
+        pytest.fail(f"redis-server on port {port} did not start")
+    client.close()
+    return proc, url, workdir
+
+
+@pytest.fixture(scope="session")
+def redis_base_url() -> Iterator[str]:
+    given = os.environ.get("DURABLE_TEST_REDIS_URL")
+    if given:
+        yield given.rstrip("/")
+        return
+    proc, url, workdir = start_redis_server()
+    os.environ["DURABLE_TEST_REDIS_URL"] = url
+    try:
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def test_app(redis_base_url: str):  # type: ignore[no-untyped-def]
+    for db in (0, 1, 3):
+        redis.Redis.from_url(f"{redis_base_url}/{db}").flushdb()
+    from tests.app import app
+
+    app.loader.import_default_modules()
+    return app
+
+
+@pytest.fixture(scope="session")
+def worker(test_app):  # type: ignore[no-untyped-def]
+    """An embedded solo-pool worker (a thread of the test process) on the default queue."""
+    from celery.contrib.testing.worker import start_worker
+
+    with start_worker(test_app, pool="solo", perform_ping_check=False, loglevel="WARNING",
+                      shutdown_timeout=10) as w:
+        yield w
+
+
+@pytest.fixture
+def token(request: pytest.FixtureRequest) -> str:
+    """A unique prefix for this test's execution counters."""
+    return f"{request.node.name}:{time.time_ns()}"
+
+
+@pytest.fixture(scope="session")
+def tasks(test_app):  # type: ignore[no-untyped-def]
+    """The tests.tasks module (imported only after the Redis URL is known)."""
+    import tests.tasks as module
+
+    return module
+
+
+@pytest.fixture(scope="session")
+def client(test_app):  # type: ignore[no-untyped-def]
+    from celery_durable import DurableClient
+
+    return DurableClient(test_app)

@@ -1,0 +1,182 @@
+"""Durable tasks exercised by the integration tests. Step bodies count their executions in
+Redis (db 3), so the counts hold across threads and worker processes."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+from typing import Any
+
+import redis
+from pydantic import BaseModel
+
+from celery_durable import NonRetryableError, RetryPolicy, current_run, durable_task, step
+from tests.app import BASE_URL
+
+counters = redis.Redis.from_url(f"{BASE_URL}/3", decode_responses=True)
+FAST = RetryPolicy(max_attempts=5, min_delay=0, max_delay=0, jitter=False)
+
+
+def bump(token: str, name: str) -> int:
+    """Count one execution of ``name`` for the test identified by ``token``."""
+    return int(counters.incr(f"{token}:{name}"))
+
+
+def count(token: str, name: str) -> int:
+    return int(counters.get(f"{token}:{name}") or 0)
+
+
+@step
+def load(token: str) -> int:
+    bump(token, "load")
+    return 1
+
+
+@step
+def enrich(token: str, value: int) -> int:
+    bump(token, "enrich")
+    return value + 1
+
+
+@step
+def flaky_save(token: str, value: int, failures: int) -> int:
+    if bump(token, "save") <= failures:
+        raise ConnectionError(f"save failed (call {count(token, 'save')})")
+    return value * 10
+
+
+@durable_task(retry=FAST)
+def counters_task(token: str, failures: int = 2) -> dict[str, int]:
+    a = load(token)
+    b = enrich(token, a)
+    return {"result": flaky_save(token, b, failures)}
+
+
+@step(retry=RetryPolicy(max_attempts=4, min_delay=0.01, max_delay=0.01, jitter=False))
+def step_with_policy(token: str, failures: int) -> str:
+    if bump(token, "policy") <= failures:
+        raise TimeoutError("slow upstream")
+    return "ok"
+
+
+@durable_task(retry=RetryPolicy(max_attempts=1))
+def step_policy_task(token: str, failures: int) -> str:
+    return step_with_policy(token, failures)
+
+
+@step
+def refuse(token: str) -> None:
+    bump(token, "refuse")
+    raise NonRetryableError("card declined")
+
+
+@durable_task(retry=FAST)
+def non_retryable_task(token: str) -> None:
+    load(token)
+    refuse(token)
+
+
+@step
+def always_fails(token: str) -> None:
+    raise ValueError(f"bad input #{bump(token, 'always')}")
+
+
+@durable_task(retry=RetryPolicy(max_attempts=3, min_delay=0, max_delay=0, jitter=False))
+def exhausted_task(token: str) -> None:
+    load(token)
+    always_fails(token)
+
+
+@step
+def fail_once(token: str) -> None:
+    if bump(token, "fail_once") == 1:
+        raise RuntimeError("first attempt fails")
+
+
+@step
+def step_a() -> str:
+    return "a"
+
+
+@step
+def step_b() -> str:
+    return "b"
+
+
+@durable_task(retry=FAST)
+def nondeterministic_task(token: str) -> str:
+    # Branching on the attempt number outside a step changes the step order.
+    first = step_a() if current_run().attempt == 1 else step_b()
+    fail_once(token)
+    return first
+
+
+@step
+def make_object() -> object:
+    return object()
+
+
+@durable_task(retry=FAST)
+def unencodable_task() -> None:
+    make_object()
+
+
+class Invoice(BaseModel):
+    number: str
+    total_cents: int
+    issued: dt.datetime
+    tags: tuple[str, ...]
+
+
+@dataclasses.dataclass
+class Shipment:
+    carrier: str
+    weight_g: int
+
+
+@step
+def make_invoice(token: str) -> Invoice:
+    bump(token, "invoice")
+    return Invoice(number="INV-1", total_cents=1250,
+                   issued=dt.datetime(2026, 1, 2, 3, 4, 5, tzinfo=dt.UTC), tags=("a", "b"))
+
+
+@step
+def make_shipment(token: str) -> Shipment:
+    bump(token, "shipment")
+    return Shipment(carrier="post", weight_g=300)
+
+
+@durable_task(retry=FAST)
+def models_task(token: str) -> dict[str, Any]:
+    invoice = make_invoice(token)
+    shipment = make_shipment(token)
+    fail_once(token)
+    # On the retry both values come from checkpoints: they must be the same types.
+    assert isinstance(invoice, Invoice) and isinstance(shipment, Shipment)
+    assert invoice.issued.tzinfo is not None and invoice.tags == ("a", "b")
+    return {"invoice": invoice.number, "carrier": shipment.carrier,
+            "issued": invoice.issued.isoformat()}
+
+
+@step(name="llm_call")
+def call_llm(token: str, i: int, fail_at: int) -> str:
+    n = bump(token, f"llm:{i}")
+    if i == fail_at and n == 1:
+        raise ConnectionError("rate limited")
+    return f"answer {i}"
+
+
+@durable_task(retry=FAST)
+def agent_loop(token: str, iterations: int, fail_at: int) -> list[str]:
+    return [call_llm(token, i, fail_at) for i in range(iterations)]
+
+
+@durable_task(retry=FAST)
+def add_one(x: int) -> int:
+    return int(current_run().step("add", lambda: x + 1))
+
+
+@durable_task(retry=FAST, bind=True)
+def bound_task(self: Any, token: str) -> str:
+    return f"{self.name}:{self.request.id == current_run().id}"
