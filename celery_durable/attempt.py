@@ -98,6 +98,7 @@ def _run_body(
         value = task.run(*args, **kwargs)
     except LeaseLostError as exc:
         logger.warning("%s", exc)
+        _note_fenced(store, ctx)
         raise Ignore() from exc
     except Retry:
         # The task called self.retry() itself: the next message is already published.
@@ -131,6 +132,7 @@ def _complete(task: DurableTask, store: RunStore, ctx: RunContext, value: Any) -
     event = {"type": "run_completed", "attempt": ctx.attempt, "steps": ctx.position,
              "replayed": ctx.replayed}
     if _end(store, ctx, task, RunStatus.COMPLETED, event, result_json=result_json) is None:
+        _note_fenced(store, ctx)
         raise Ignore()
     return value
 
@@ -152,12 +154,22 @@ def _handle_failure(task: DurableTask, store: RunStore, ctx: RunContext, exc: Ex
         logger.exception("run %s: could not record the failure of attempt %s", ctx.id, ctx.attempt)
         ended = "unknown"
     if ended is None:
+        _note_fenced(store, ctx)
         raise Ignore() from exc
     try:
         raise task.retry(exc=exc, countdown=delay, max_retries=None)
     except Reject as rej:
         # Publishing the retry failed: requeue this message rather than lose the run.
         raise Reject(rej.reason, requeue=True) from exc
+
+
+def _note_fenced(store: RunStore, ctx: RunContext) -> None:
+    """Leave a trace of a fenced-out attempt (unfenced: the run belongs to another now)."""
+    try:
+        store.append_event(ctx.id, "attempt_fenced", {"attempt": ctx.attempt})
+    except StoreError:
+        logger.exception("run %s: could not record that attempt %s was fenced",
+                         ctx.id, ctx.attempt)
 
 
 def _fail(store: RunStore, ctx: RunContext, task: DurableTask, exc: BaseException) -> None:

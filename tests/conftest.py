@@ -7,6 +7,7 @@ under ``CI=true``.
 
 from __future__ import annotations
 
+import gc
 import os
 import shutil
 import socket
@@ -80,7 +81,10 @@ def test_app(redis_base_url: str):  # type: ignore[no-untyped-def]
     from tests.app import app
 
     app.loader.import_default_modules()
-    return app
+    yield app
+    # Results still referenced by finished tests unsubscribe when collected: do it while
+    # Redis is still up.
+    gc.collect()
 
 
 @pytest.fixture(scope="session")

@@ -180,3 +180,25 @@ def add_one(x: int) -> int:
 @durable_task(retry=FAST, bind=True)
 def bound_task(self: Any, token: str) -> str:
     return f"{self.name}:{self.request.id == current_run().id}"
+
+
+@step
+def taken_over(run_id: str) -> str:
+    """Simulate another worker taking the run over while this step executes."""
+    from celery_durable.store import store_for
+    from tests.app import app
+
+    store = store_for(app)
+    store.client.hset(store.keys.run(run_id).run, "lease_expires_ms", 1)
+    thief = store.claim(run_id, owner="thief", nonce="thief-nonce", task="x", args_json="[]",
+                        kwargs_json="{}", queue="celery")
+    assert thief.outcome == "claimed"
+    return "zombie value"
+
+
+@durable_task(retry=FAST)
+def takeover_task(token: str) -> str:
+    load(token)
+    taken_over(current_run().id)
+    bump(token, "after_takeover")
+    return "finished by the zombie"

@@ -1,0 +1,114 @@
+"""The Lua scripts on a real Redis: fencing, idempotency, gaps, TTLs, indexes."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+
+import pytest
+
+from celery_durable.config import DurableSettings
+from celery_durable.models import RunStatus
+from celery_durable.store import RunStore
+
+
+@pytest.fixture
+def store(redis_base_url: str) -> Iterator[RunStore]:
+    settings = DurableSettings(redis_url=f"{redis_base_url}/5", key_prefix="t:",
+                               lease_ttl_s=30, retention_s=100, active_ttl_s=1000)
+    st = RunStore(settings)
+    st.client.flushdb()
+    yield st
+    st.client.flushdb()
+    st.client.close()
+
+
+def claim(store: RunStore, run_id: str, nonce: str, owner: str = "w1"):  # type: ignore[no-untyped-def]
+    return store.claim(run_id, owner=owner, nonce=nonce, task="t.task", args_json="[]",
+                       kwargs_json="{}", queue="celery")
+
+
+def checkpoint(step_id: str, value: object) -> str:
+    return json.dumps({"id": step_id, "v": value, "t0": 1, "t1": 2, "a": 1})
+
+
+def test_create_then_claim_loads_nothing_and_starts_attempt_one(store: RunStore) -> None:
+    assert store.create_run("r1", "t.task", "[1]", "{}", "celery") is True
+    assert store.create_run("r1", "t.task", "[1]", "{}", "celery") is False
+    c = claim(store, "r1", "n1")
+    assert (c.outcome, c.attempt, c.status, dict(c.checkpoints or {})) == (
+        "claimed", 1, "pending", {})
+    raw = store.client.hgetall("t:{r1}:run")
+    assert raw["status"] == "running" and raw["lease_owner"] == "w1"
+
+
+def test_commit_is_fenced_idempotent_and_ordered(store: RunStore) -> None:
+    c1 = claim(store, "r2", "n1")
+    assert store.commit_step("r2", c1.token, 0, "a", checkpoint("a", 1), 1, 1.0) == 1
+    # A re-sent commit of the same position changes nothing.
+    assert store.commit_step("r2", c1.token, 0, "a", checkpoint("a", 99), 1, 1.0) == 0
+    # A gap is refused.
+    assert store.commit_step("r2", c1.token, 2, "c", checkpoint("c", 3), 1, 1.0) == -3
+    # Another attempt takes over once the lease has expired.
+    store.client.hset("t:{r2}:run", "lease_expires_ms", 1)
+    c2 = claim(store, "r2", "n2", owner="w2")
+    assert c2.outcome == "claimed" and c2.attempt == 2 and int(c2.token) > int(c1.token)
+    assert json.loads((c2.checkpoints or {})["0"])["v"] == 1
+    # The old attempt (a zombie) can neither commit nor end the run.
+    assert store.commit_step("r2", c1.token, 1, "b", checkpoint("b", 2), 1, 1.0) == -1
+    assert store.end_attempt("r2", c1.token, RunStatus.COMPLETED, {"type": "x"},
+                             task="t.task") is None
+    assert store.append_event("r2", "step_failed", {"step": "b"}, token=c1.token) == -1
+    assert store.client.hlen("t:{r2}:steps") == 1
+    assert store.commit_step("r2", c2.token, 1, "b", checkpoint("b", 2), 2, 1.0) == 1
+
+
+def test_live_lease_makes_a_second_claim_busy(store: RunStore) -> None:
+    claim(store, "r3", "n1")
+    busy = claim(store, "r3", "n2", owner="w2")
+    assert busy.outcome == "busy" and busy.owner == "w1" and busy.lease_expires_ms > 0
+    # The same claim re-sent (a client retry) gets the same token back.
+    again = claim(store, "r3", "n1")
+    assert again.outcome == "claimed" and again.attempt == 1
+
+
+def test_ended_run_answers_done_with_its_result(store: RunStore) -> None:
+    c = claim(store, "r4", "n1")
+    prev = store.end_attempt("r4", c.token, RunStatus.COMPLETED, {"type": "run_completed"},
+                             task="t.task", result_json='{"ok":true}')
+    assert prev == "running"
+    done = claim(store, "r4", "n2")
+    assert (done.outcome, done.status, done.result) == ("done", "completed", '{"ok":true}')
+
+
+def test_every_key_has_a_ttl_and_terminal_runs_get_the_retention(store: RunStore) -> None:
+    store.create_run("r5", "t.task", "[]", "{}", "celery")
+    c = claim(store, "r5", "n1")
+    store.commit_step("r5", c.token, 0, "a", checkpoint("a", 1), 1, 1.0)
+    keys = ["t:{r5}:run", "t:{r5}:steps", "t:{r5}:trace"]
+    for key in keys:
+        assert 900_000 < store.client.pttl(key) <= 1_000_000, key
+    store.end_attempt("r5", c.token, RunStatus.FAILED, {"type": "run_failed"}, task="t.task")
+    for key in keys:
+        assert 0 < store.client.pttl(key) <= 100_000, key
+    for key in store.client.scan_iter("t:index:*"):
+        assert store.client.pttl(key) > 0, key
+
+
+def test_status_indexes_follow_transitions(store: RunStore) -> None:
+    store.create_run("r6", "t.task", "[]", "{}", "celery")
+    assert store.client.zscore("t:index:status:pending", "r6") is not None
+    c = claim(store, "r6", "n1")
+    assert store.client.zscore("t:index:status:pending", "r6") is None
+    assert store.client.zscore("t:index:status:running", "r6") is not None
+    store.end_attempt("r6", c.token, RunStatus.RETRYING, {"type": "attempt_failed"},
+                      task="t.task")
+    assert store.client.zscore("t:index:status:running", "r6") is None
+    assert store.client.zscore("t:index:status:retrying", "r6") is not None
+
+
+def test_run_keys_share_one_cluster_slot(store: RunStore) -> None:
+    from redis.crc import key_slot
+
+    k = store.keys.run("abc-123")
+    assert len({key_slot(key.encode()) for key in k.as_list()}) == 1

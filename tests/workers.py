@@ -1,0 +1,42 @@
+"""Real ``celery worker`` subprocesses for tests (prefork, threads, solo; crash tests)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@contextmanager
+def celery_worker(
+    redis_base_url: str, *, pool: str, queue: str, concurrency: int = 2,
+    extra_env: dict[str, str] | None = None,
+) -> Iterator[subprocess.Popen[bytes]]:
+    """Run ``celery -A tests.app worker`` consuming ``queue``; stop it by PID afterwards."""
+    env = {**os.environ, "DURABLE_TEST_REDIS_URL": redis_base_url, "DURABLE_TEST_QUEUE": queue,
+           "PYTHONPATH": str(ROOT), **(extra_env or {})}
+    log = tempfile.NamedTemporaryFile(prefix=f"worker-{pool}-", suffix=".log", delete=False)
+    cmd = [sys.executable, "-m", "celery", "-A", "tests.app", "worker", "-P", pool,
+           "-c", str(concurrency), "-Q", queue, "-n", f"{queue}@%h", "--loglevel=INFO",
+           "--without-gossip", "--without-mingle", "--without-heartbeat"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=10)
+        log.close()
+        os.unlink(log.name)
