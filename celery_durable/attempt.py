@@ -105,8 +105,9 @@ def _run_body(
         _end(store, ctx, task, RunStatus.RETRYING, {"type": "attempt_retrying"})
         raise
     except Reject as exc:
-        status = RunStatus.RETRYING if exc.requeue else RunStatus.FAILED
-        _end(store, ctx, task, status, {"type": "attempt_rejected", "requeue": int(exc.requeue)})
+        requeue = bool(getattr(exc, "requeue", False))
+        status = RunStatus.RETRYING if requeue else RunStatus.FAILED
+        _end(store, ctx, task, status, {"type": "attempt_rejected", "requeue": int(requeue)})
         raise
     except Ignore:
         _end(store, ctx, task, RunStatus.CANCELLED,
@@ -137,7 +138,9 @@ def _complete(task: DurableTask, store: RunStore, ctx: RunContext, value: Any) -
     return value
 
 
-def _handle_failure(task: DurableTask, store: RunStore, ctx: RunContext, exc: Exception) -> NoReturn:
+def _handle_failure(
+    task: DurableTask, store: RunStore, ctx: RunContext, exc: Exception
+) -> NoReturn:
     policy = task.durable_retry or store.settings.default_retry
     if not policy.should_retry(exc, ctx.attempt):
         _fail(store, ctx, task, exc)
@@ -160,7 +163,7 @@ def _handle_failure(task: DurableTask, store: RunStore, ctx: RunContext, exc: Ex
         raise task.retry(exc=exc, countdown=delay, max_retries=None)
     except Reject as rej:
         # Publishing the retry failed: requeue this message rather than lose the run.
-        raise Reject(rej.reason, requeue=True) from exc
+        raise Reject(getattr(rej, "reason", None), requeue=True) from exc
 
 
 def _note_fenced(store: RunStore, ctx: RunContext) -> None:

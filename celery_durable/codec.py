@@ -125,10 +125,15 @@ def _encode_other(value: Any, path: str) -> Any:  # noqa: C901 - a flat type swi
 
 
 def _plain(value: Any) -> Any:
-    for base in (bool, int, float, str, list, dict):
-        if isinstance(value, base):
-            return base(value)
-    return value  # pragma: no cover - callers pass JSON subclasses only
+    if isinstance(value, str):
+        return str(value)
+    if isinstance(value, int):
+        return int(value)
+    if isinstance(value, float):
+        return float(value)
+    if isinstance(value, list):
+        return list(value)
+    return dict(value)
 
 
 def _decode_dataclass(obj: dict[str, Any]) -> Any:

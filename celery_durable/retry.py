@@ -82,8 +82,8 @@ class RetryPolicy:
 
     def delay_for(self, attempt: int) -> float:
         """Seconds to wait after failed attempt ``attempt`` (1-based) before the next one."""
-        base = float(self.min_delay) * self.factor ** max(0, attempt - 1)
-        delay = min(float(self.max_delay), base)
+        lo, hi = to_seconds(self.min_delay, "min_delay"), to_seconds(self.max_delay, "max_delay")
+        delay = min(hi, lo * self.factor ** max(0, attempt - 1))
         if self.jitter and delay > 0:
             delay = random.uniform(delay / 2, delay)
         return delay

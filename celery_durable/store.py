@@ -116,7 +116,7 @@ class RunStore:
     ) -> Claim:
         """Start an attempt: take the fenced lease and load every checkpoint (one round trip)."""
         s, k, ts = self.settings, self.keys.run(run_id), now_ms()
-        argv = [ts, owner, nonce, s.lease_ttl_ms, task, s.active_ttl_ms, s.trace_maxlen,
+        argv: list[Any] = [ts, owner, nonce, s.lease_ttl_ms, task, s.active_ttl_ms, s.trace_maxlen,
                 args_json, kwargs_json, queue]
         with _redis_errors(f"start an attempt of run {run_id}"):
             reply = self.scripts.claim_attempt(k.as_list(), argv)
@@ -150,8 +150,8 @@ class RunStore:
     ) -> int:
         """Commit a checkpoint (one EVALSHA). Returns the script's code (see commit_step.lua)."""
         s = self.settings
-        argv = [token, position, checkpoint, step_id, now_ms(), s.lease_ttl_ms, s.trace_maxlen,
-                attempt, f"{duration_ms:.3f}"]
+        argv: list[Any] = [token, position, checkpoint, step_id, now_ms(), s.lease_ttl_ms,
+                           s.trace_maxlen, attempt, f"{duration_ms:.3f}"]
         with _redis_errors(f"commit step {step_id!r} of run {run_id}"):
             return int(self.scripts.commit_step(self.keys.run(run_id).as_list(), argv))
 
@@ -249,7 +249,7 @@ class RunStore:
     def index_page(self, index_key: str, start: int, count: int) -> list[str]:
         """Run ids of an index, newest first."""
         with _redis_errors("read the run index"):
-            return list(self.client.zrevrange(index_key, start, start + count - 1))
+            return [str(i) for i in self.client.zrevrange(index_key, start, start + count - 1)]
 
     def ping(self) -> bool:
         with _redis_errors("reach Redis"):

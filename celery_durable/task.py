@@ -42,7 +42,7 @@ def _celery_task_attributes() -> frozenset[str]:
     )
 
 
-def validate_options(options: dict[str, Any], base: type[Task]) -> None:
+def validate_options(options: dict[str, Any], base: type[Task[Any, Any]]) -> None:
     """Raise ConfigurationError for an unknown or invalid decorator option."""
     known = CELERY_DECORATOR_OPTIONS | DURABLE_OPTIONS | _celery_task_attributes()
     for name, value in options.items():
@@ -66,7 +66,7 @@ def validate_options(options: dict[str, Any], base: type[Task]) -> None:
             raise ConfigurationError(f"@durable_task({name}=...) must be a str")
 
 
-class DurableTask(Task):  # type: ignore[type-arg]
+class DurableTask(Task[Any, Any]):
     """A Celery task whose steps are checkpointed in Redis and whose retries resume.
 
     Use it through ``@durable_task`` or as ``@app.task(base=DurableTask)``. Defaults differ
