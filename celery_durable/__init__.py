@@ -21,6 +21,7 @@ from .errors import (
     NondeterminismError,
     NonRetryableError,
     NotInRunError,
+    RunCrashedError,
     RunNotFoundError,
     StoreError,
 )
@@ -46,6 +47,7 @@ __all__ = [
     "NotInRunError",
     "RetryPolicy",
     "RunContext",
+    "RunCrashedError",
     "RunInfo",
     "RunNotFoundError",
     "RunStatus",

@@ -13,7 +13,6 @@ import json
 import logging
 import os
 import random
-import socket
 import uuid
 from typing import TYPE_CHECKING, Any, NoReturn
 
@@ -21,7 +20,8 @@ from celery.exceptions import Ignore, Reject, Retry
 
 from .codec import JsonCodec, Unencodable, describe_unencodable
 from .context import RunContext, bind_context, describe_error, unbind_context
-from .errors import LeaseLostError, StoreError
+from .errors import LeaseLostError, RunCrashedError, StoreError
+from .identity import current_worker_id
 from .models import RunStatus
 from .store import Claim, RunStore, now_ms, store_for
 
@@ -50,24 +50,30 @@ def queue_of(task: DurableTask, options: dict[str, Any]) -> str:
     return str(name or task.app.conf.task_default_queue)
 
 
-def _owner(task: DurableTask) -> str:
-    return f"{task.request.hostname or socket.gethostname()}:{os.getpid()}"
-
-
 def run_attempt(task: DurableTask, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     """Execute one attempt of the run whose id is the current Celery task id."""
     store = store_for(task.app)
     req = task.request
     run_id = str(req.id)
+    owner = current_worker_id(req.hostname)
+    properties = req.properties or {}
     claim = store.claim(
         run_id,
-        owner=_owner(task),
+        owner=owner,
         nonce=uuid.uuid4().hex,
         task=task.name,
         args_json=encode_arguments(list(args)),
         kwargs_json=encode_arguments(kwargs),
         queue=queue_of(task, {"delivery_info": req.delivery_info or {}}),
+        pid=os.getpid(),
+        delivery_tag=str(properties.get("delivery_tag") or ""),
     )
+    if claim.outcome == "crashed":
+        raise RunCrashedError(
+            f"run {run_id}: its worker died {claim.crashes} times; the run is failed "
+            f"(durable_max_crashes={store.settings.max_crashes})",
+            run_id=run_id, crashes=claim.crashes,
+        )
     if claim.outcome == "done":
         return _already_done(run_id, claim)
     if claim.outcome == "busy":
@@ -77,6 +83,7 @@ def run_attempt(task: DurableTask, args: tuple[Any, ...], kwargs: dict[str, Any]
         attempt=claim.attempt,
         task_name=task.name,
         token=claim.token,
+        owner=owner,
         store=store,
         checkpoints=dict(claim.checkpoints or {}),
     )
@@ -151,7 +158,7 @@ def _handle_failure(
              **error}
     try:
         ended = store.end_attempt(ctx.id, ctx._token, RunStatus.RETRYING, event, task=task.name,
-                                  error_json=json.dumps(error))
+                                  owner=ctx.owner, error_json=json.dumps(error))
     except StoreError:
         # Redis is unreachable: the retry message still carries the run forward.
         logger.exception("run %s: could not record the failure of attempt %s", ctx.id, ctx.attempt)
@@ -195,7 +202,8 @@ def _end(
     event.setdefault("attempt", ctx.attempt)
     try:
         return store.end_attempt(ctx.id, ctx._token, status, event, task=task.name,
-                                 result_json=result_json, error_json=error_json)
+                                 owner=ctx.owner, result_json=result_json,
+                                 error_json=error_json)
     except StoreError:
         if strict:
             raise

@@ -6,7 +6,14 @@ import weakref
 from typing import Any, Literal
 
 from celery import Celery
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from .errors import ConfigurationError
 from .retry import RetryPolicy
@@ -15,8 +22,14 @@ from .retry import RetryPolicy
 DEFAULT_RETENTION_S = 7 * 24 * 3600
 #: An unfinished run with no attempt for this long (seconds) expires: an owner for every key.
 DEFAULT_ACTIVE_TTL_S = 30 * 24 * 3600
-#: How long (seconds) an attempt's lease lasts without renewal.
-DEFAULT_LEASE_TTL_S = 60.0
+#: How long (seconds) an attempt's lease lasts without renewal (the heartbeat renews it).
+DEFAULT_LEASE_TTL_S = 15.0
+#: Seconds between two heartbeats of a worker (liveness, lease renewal, reaper sweep).
+DEFAULT_HEARTBEAT_INTERVAL_S = 1.0
+#: A worker whose last heartbeat is older than this (seconds) is dead; its runs are resumed.
+DEFAULT_WORKER_TTL_S = 4.0
+#: Crashes (attempts whose worker died) after which a run fails instead of resuming again.
+DEFAULT_MAX_CRASHES = 5
 #: Trace stream entries kept per run (approximate, ``XADD MAXLEN ~``).
 DEFAULT_TRACE_MAXLEN = 10_000
 #: Largest encoded step or task result (bytes) stored as a checkpoint.
@@ -39,6 +52,10 @@ class DurableSettings(BaseModel):
     retention_s: float = Field(default=DEFAULT_RETENTION_S, gt=0)
     active_ttl_s: float = Field(default=DEFAULT_ACTIVE_TTL_S, gt=0)
     lease_ttl_s: float = Field(default=DEFAULT_LEASE_TTL_S, gt=0)
+    heartbeat_interval_s: float = Field(default=DEFAULT_HEARTBEAT_INTERVAL_S, gt=0)
+    worker_ttl_s: float = Field(default=DEFAULT_WORKER_TTL_S, gt=0)
+    max_crashes: int = Field(default=DEFAULT_MAX_CRASHES, ge=0)
+    reaper: bool = True
     trace_maxlen: int = Field(default=DEFAULT_TRACE_MAXLEN, ge=100)
     max_checkpoint_bytes: int = Field(default=DEFAULT_MAX_CHECKPOINT_BYTES, ge=1024)
     redis_socket_timeout_s: float = Field(default=DEFAULT_REDIS_SOCKET_TIMEOUT_S, gt=0)
@@ -59,6 +76,20 @@ class DurableSettings(BaseModel):
             raise ValueError("must be non-empty and contain no '{' or '}' (hash tags are ours)")
         return value
 
+    @model_validator(mode="after")
+    def _timings(self) -> DurableSettings:
+        if self.worker_ttl_s < 2 * self.heartbeat_interval_s:
+            raise ValueError(
+                "durable_worker_ttl_s must be at least 2 x durable_heartbeat_interval_s, or a "
+                "slow heartbeat makes a live worker look dead"
+            )
+        if self.lease_ttl_s < 3 * self.heartbeat_interval_s:
+            raise ValueError(
+                "durable_lease_ttl_s must be at least 3 x durable_heartbeat_interval_s, so "
+                "that a live attempt's lease is renewed before it expires"
+            )
+        return self
+
     @property
     def retention_ms(self) -> int:
         return int(self.retention_s * 1000)
@@ -70,6 +101,15 @@ class DurableSettings(BaseModel):
     @property
     def lease_ttl_ms(self) -> int:
         return int(self.lease_ttl_s * 1000)
+
+    @property
+    def worker_ttl_ms(self) -> int:
+        return int(self.worker_ttl_s * 1000)
+
+    @property
+    def lease_renew_every_s(self) -> float:
+        """How often the heartbeat renews leases: a fifth of the lease, at least one beat."""
+        return max(self.heartbeat_interval_s, self.lease_ttl_s / 5)
 
 
 _cache: weakref.WeakKeyDictionary[Celery, DurableSettings] = weakref.WeakKeyDictionary()
@@ -93,7 +133,8 @@ def _read(app: Celery) -> DurableSettings:
         return DurableSettings(**raw)
     except ValidationError as exc:
         problems = "; ".join(
-            f"durable_{'.'.join(str(p) for p in err['loc'])}: {err['msg']}"
+            (f"durable_{'.'.join(str(p) for p in err['loc'])}: " if err["loc"] else "")
+            + err["msg"].removeprefix("Value error, ")
             for err in exc.errors()
         )
         raise ConfigurationError(f"invalid celery-durable settings: {problems}") from None

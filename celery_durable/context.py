@@ -51,7 +51,7 @@ class RunContext:
     """
 
     __slots__ = (
-        "id", "attempt", "task_name", "_token", "_store", "_settings", "_committed",
+        "id", "attempt", "task_name", "owner", "_token", "_store", "_settings", "_committed",
         "_position", "_occurrences", "_current_step", "replayed",
     )
 
@@ -62,6 +62,7 @@ class RunContext:
         attempt: int,
         task_name: str,
         token: str,
+        owner: str,
         store: RunStore,
         checkpoints: dict[str, str],
     ) -> None:
@@ -69,6 +70,8 @@ class RunContext:
         self.attempt = attempt
         self.task_name = task_name
         self._token = token
+        #: The id of the worker executing this attempt (it holds the run's lease).
+        self.owner = owner
         self._store = store
         self._settings: DurableSettings = store.settings
         self._committed = checkpoints

@@ -14,6 +14,7 @@ The tree::
      │   └─ CheckpointTooLargeError   an encoded result above the size limit
      ├─ NondeterminismError           the step order differs from the recorded one
      ├─ IdempotencyConflictError      a key reused with different arguments
+     ├─ RunCrashedError               the run's worker died too many times
      └─ RunNotFoundError              an unknown run id
 
 Each class says when it is raised; each message names the run, the step and the fix.
@@ -78,6 +79,12 @@ class LeaseLostError(StoreError):
     """A newer attempt took over this run's lease; this attempt must stop without committing."""
 
 
+class RunCrashedError(DurableError):
+    """The run's worker died more than ``durable_max_crashes`` times; the run is failed."""
+
+    retryable = False
+
+
 class CheckpointError(DurableError):
     """A step's checkpoint could not be written or read."""
 
@@ -126,6 +133,7 @@ __all__ = [
     "NonRetryableError",
     "NondeterminismError",
     "NotInRunError",
+    "RunCrashedError",
     "RunNotFoundError",
     "StoreError",
 ]

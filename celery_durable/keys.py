@@ -15,6 +15,13 @@ changed the run, but not atomically with it: readers re-check the run hash)::
     Pindex:runs              zset  run id -> created (ms); trimmed to the retention window
     Pindex:status:<status>   zset  run id -> last update (ms), one set per status
     Pindex:task:<task name>  zset  run id -> created (ms)
+
+Worker coordination (heartbeat and reaper)::
+
+    Pworkers                 zset  worker id -> last heartbeat (ms)
+    Pworker:<worker id>:runs set   runs whose lease this worker took (members may be stale)
+    Pleases                  zset  run id -> lease expiry (ms), a candidate list for the
+                                   reaper (the run hash holds the authoritative expiry)
 """
 
 from __future__ import annotations
@@ -55,6 +62,17 @@ class KeySpace:
 
     def task_index(self, task_name: str) -> str:
         return f"{self.prefix}index:task:{task_name}"
+
+    @property
+    def workers(self) -> str:
+        return f"{self.prefix}workers"
+
+    def worker_runs(self, worker_id: str) -> str:
+        return f"{self.prefix}worker:{worker_id}:runs"
+
+    @property
+    def leases(self) -> str:
+        return f"{self.prefix}leases"
 
     def index_pattern(self) -> str:
         """A SCAN pattern matching every index key (for maintenance)."""

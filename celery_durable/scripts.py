@@ -13,7 +13,10 @@ from importlib import resources
 import redis
 from redis.commands.core import Script
 
-SCRIPT_NAMES = ("create_run", "claim_attempt", "commit_step", "append_event", "end_attempt")
+SCRIPT_NAMES = (
+    "create_run", "claim_attempt", "commit_step", "append_event", "end_attempt",
+    "renew_lease", "reap_run",
+)
 
 
 @cache
@@ -31,6 +34,8 @@ class Scripts:
     commit_step: Script
     append_event: Script
     end_attempt: Script
+    renew_lease: Script
+    reap_run: Script
 
     @classmethod
     def register(cls, client: redis.Redis) -> Scripts:

@@ -47,13 +47,15 @@ class Claim:
     """The outcome of claim_attempt.lua.
 
     ``outcome`` is ``claimed`` (this attempt owns the run), ``busy`` (another live attempt
-    does), or ``done`` (the run already ended; ``status`` and ``result`` say how).
+    does), ``done`` (the run already ended; ``status`` and ``result`` say how) or
+    ``crashed`` (its workers died more than ``durable_max_crashes`` times: now failed).
     """
 
     outcome: str
     token: str = ""
     attempt: int = 0
     status: str = ""
+    crashes: int = 0
     checkpoints: Mapping[str, str] | None = None
     result: str = ""
     owner: str = ""
@@ -113,11 +115,15 @@ class RunStore:
         args_json: str,
         kwargs_json: str,
         queue: str,
+        pid: int = 0,
+        delivery_tag: str = "",
     ) -> Claim:
-        """Start an attempt: take the fenced lease and load every checkpoint (one round trip)."""
+        """Start an attempt: take the fenced lease and load every checkpoint (one round trip,
+        plus one for the indexes)."""
         s, k, ts = self.settings, self.keys.run(run_id), now_ms()
-        argv: list[Any] = [ts, owner, nonce, s.lease_ttl_ms, task, s.active_ttl_ms, s.trace_maxlen,
-                args_json, kwargs_json, queue]
+        argv: list[Any] = [ts, owner, nonce, s.lease_ttl_ms, task, s.active_ttl_ms,
+                           s.trace_maxlen, args_json, kwargs_json, queue, pid, delivery_tag,
+                           s.max_crashes, s.retention_ms]
         with _redis_errors(f"start an attempt of run {run_id}"):
             reply = self.scripts.claim_attempt(k.as_list(), argv)
         outcome = reply[0]
@@ -125,17 +131,22 @@ class RunStore:
             return Claim("done", status=reply[1], result=reply[2])
         if outcome == "busy":
             return Claim("busy", owner=reply[1], lease_expires_ms=int(reply[2] or 0))
+        if outcome == "crashed":
+            self._index_transition(run_id, RunStatus.RUNNING.value, RunStatus.FAILED, ts,
+                                   task=task, owner=None)
+            return Claim("crashed", status=RunStatus.FAILED.value, crashes=int(reply[1]))
         prev = reply[3]
-        flat = reply[4:]
+        flat = reply[5:]
         claim = Claim(
             "claimed",
             token=str(reply[1]),
             attempt=int(reply[2]),
             status=prev,
+            crashes=int(reply[4]),
             checkpoints=dict(zip(flat[::2], flat[1::2], strict=True)),
         )
-        if prev != RunStatus.RUNNING.value:
-            self._move_index(run_id, prev, RunStatus.RUNNING, ts, task=task)
+        self._index_transition(run_id, prev, RunStatus.RUNNING, ts, task=task, owner=owner,
+                               lease_expires_ms=ts + s.lease_ttl_ms)
         return claim
 
     def commit_step(
@@ -174,6 +185,7 @@ class RunStore:
         event: Mapping[str, Any],
         *,
         task: str,
+        owner: str = "",
         result_json: str = "",
         error_json: str = "",
     ) -> str | None:
@@ -192,7 +204,7 @@ class RunStore:
             prev = self.scripts.end_attempt(k.as_list(), argv)
         if prev == -1:
             return None
-        self._move_index(run_id, str(prev), status, ts, task=task)
+        self._index_transition(run_id, str(prev), status, ts, task=task, owner=owner or None)
         return str(prev)
 
     # -- indexes ---------------------------------------------------------------------------
@@ -204,19 +216,44 @@ class RunStore:
             pipe.zadd(key, {run_id: ts}, nx=True)
             pipe.pexpire(key, ttl)
 
-    def _move_index(
-        self, run_id: str, prev: str, status: RunStatus, ts: int, *, task: str
+    def _index_transition(
+        self,
+        run_id: str,
+        prev: str,
+        status: RunStatus,
+        ts: int,
+        *,
+        task: str,
+        owner: str | None,
+        lease_expires_ms: int = 0,
     ) -> None:
-        s = self.settings
+        """Move the run between status indexes and keep the lease indexes in step with the
+        lease: a held lease is in ``leases`` and in its worker's run set, a freed one is not.
+        """
+        s, keys = self.settings, self.keys
         ttl = max(s.retention_ms, s.active_ttl_ms)
-        new_key = self.keys.status_index(status)
+        new_key = keys.status_index(status)
         with _redis_errors(f"index run {run_id}"), self.client.pipeline(False) as pipe:
-            if prev in RunStatus._value2member_map_ and prev != status.value:
-                pipe.zrem(self.keys.status_index(prev), run_id)
+            if lease_expires_ms:
+                pipe.zadd(keys.leases, {run_id: lease_expires_ms})
+                pipe.pexpire(keys.leases, ttl)
+            else:
+                pipe.zrem(keys.leases, run_id)
+            if owner is not None:
+                if lease_expires_ms:
+                    pipe.sadd(keys.worker_runs(owner), run_id)
+                    pipe.pexpire(keys.worker_runs(owner), s.active_ttl_ms)
+                else:
+                    pipe.srem(keys.worker_runs(owner), run_id)
+            if prev == status.value:
+                pipe.execute()
+                return
+            if prev in RunStatus._value2member_map_:
+                pipe.zrem(keys.status_index(prev), run_id)
             else:
                 # Unknown previous status (a run created by a worker, not at publish).
                 self._index_new(pipe, run_id, task, ts)
-                pipe.zrem(self.keys.status_index(RunStatus.PENDING), run_id)
+                pipe.zrem(keys.status_index(RunStatus.PENDING), run_id)
             pipe.zadd(new_key, {run_id: ts})
             pipe.pexpire(new_key, ttl)
             if status in TERMINAL_STATUSES:
@@ -224,6 +261,82 @@ class RunStore:
                 for key in (new_key, self.keys.all_runs, self.keys.task_index(task)):
                     pipe.zremrangebyscore(key, "-inf", horizon)
             pipe.execute()
+
+    # -- worker coordination (heartbeat and reaper) -------------------------------------
+
+    def beat(self, worker_id: str, run_ids: Sequence[str], renew: bool) -> None:
+        """Record that ``worker_id`` is alive; with ``renew``, extend the leases it holds on
+        ``run_ids`` (one round trip for all of them)."""
+        s, keys, ts = self.settings, self.keys, now_ms()
+        expires = ts + s.lease_ttl_ms
+        with _redis_errors("send the worker heartbeat"), self.client.pipeline(False) as pipe:
+            pipe.zadd(keys.workers, {worker_id: ts})
+            pipe.pexpire(keys.workers, max(s.active_ttl_ms, s.worker_ttl_ms * 10))
+            if renew:
+                for run_id in run_ids:
+                    self.scripts.renew_lease([keys.run(run_id).run], [worker_id, expires],
+                                             client=pipe)
+                    pipe.zadd(keys.leases, {run_id: expires}, xx=True)
+            pipe.execute()
+
+    def release_leases(self, worker_id: str, run_ids: Sequence[str]) -> None:
+        """Free the leases ``worker_id`` still holds on runs it no longer executes (their
+        process died), so their redelivered messages can start the next attempt at once."""
+        if not run_ids:
+            return
+        with _redis_errors("release leases"), self.client.pipeline(False) as pipe:
+            for run_id in run_ids:
+                self.scripts.renew_lease([self.keys.run(run_id).run], [worker_id, 0],
+                                         client=pipe)
+            pipe.execute()
+
+    def forget_worker(self, worker_id: str) -> None:
+        """Remove a worker that stopped cleanly (its runs were released or ended)."""
+        with _redis_errors("unregister the worker"), self.client.pipeline(False) as pipe:
+            pipe.zrem(self.keys.workers, worker_id)
+            pipe.delete(self.keys.worker_runs(worker_id))
+            pipe.execute()
+
+    def dead_workers(self, limit: int = 20) -> list[str]:
+        """Workers whose last heartbeat is older than ``durable_worker_ttl_s``."""
+        horizon = now_ms() - self.settings.worker_ttl_ms
+        with _redis_errors("read the worker registry"):
+            return [str(w) for w in self.client.zrangebyscore(
+                self.keys.workers, "-inf", horizon, start=0, num=limit)]
+
+    def take_dead_worker(self, worker_id: str) -> list[str] | None:
+        """Claim a dead worker for this reaper (only one reaper wins); returns its runs."""
+        with _redis_errors("claim a dead worker"):
+            if not self.client.zrem(self.keys.workers, worker_id):
+                return None
+            key = self.keys.worker_runs(worker_id)
+            runs = [str(r) for r in self.client.smembers(key)]
+            self.client.delete(key)
+        return runs
+
+    def expired_leases(self, limit: int = 100) -> list[str]:
+        """Runs whose lease, as indexed, has expired (the reaper re-checks each run)."""
+        with _redis_errors("read the lease index"):
+            return [str(r) for r in self.client.zrangebyscore(
+                self.keys.leases, "-inf", now_ms(), start=0, num=limit)]
+
+    def reap(self, run_id: str, dead_owner: str, reaper: str) -> list[str] | None:
+        """Fence and free a stalled run (see reap_run.lua). Returns
+        ``[delivery_tag, task, args, kwargs, queue, holder]``, or None if not stalled."""
+        k = self.keys.run(run_id)
+        with _redis_errors(f"reap run {run_id}"):
+            reply = self.scripts.reap_run(
+                [k.run, k.trace], [now_ms(), dead_owner, reaper, self.settings.trace_maxlen])
+            if not reply:
+                # Not stalled: drop it from the candidates unless its lease is still held.
+                expires = self.client.hget(k.run, "lease_expires_ms")
+                if expires and int(expires) > 0:
+                    self.client.zadd(self.keys.leases, {run_id: int(expires)}, xx=True)
+                else:
+                    self.client.zrem(self.keys.leases, run_id)
+                return None
+            self.client.zrem(self.keys.leases, run_id)
+        return [str(x) for x in reply]
 
     # -- reads (admin API) -----------------------------------------------------------------
 

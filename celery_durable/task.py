@@ -11,6 +11,7 @@ from celery.result import AsyncResult
 from celery.utils import uuid
 
 from .attempt import encode_arguments, queue_of, run_attempt
+from .bootsteps import install
 from .errors import ConfigurationError
 from .retry import RetryPolicy
 from .store import store_for
@@ -93,6 +94,11 @@ class DurableTask(Task[Any, Any]):
             raise ConfigurationError(
                 f"task {cls.__name__}: retry= must be a RetryPolicy, got {type(policy).__name__}"
             )
+
+    @classmethod
+    def on_bound(cls, app: Any) -> None:
+        # Every worker of an app with durable tasks runs the heartbeat/reaper bootstep.
+        install(app)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         if self.request.called_directly:

@@ -1,16 +1,21 @@
 -- claim_attempt.lua: start an attempt: take the run's lease and load its checkpoints.
 -- The lease is fenced: every claim increments lease_token, and every later write of the
 -- attempt must present it, so an attempt that was taken over can never commit.
+-- A claim over a run still marked 'running' (its last attempt never ended: the worker died)
+-- counts a crash; past ARGV[13] crashes the run fails instead of looping forever.
 -- KEYS[1] run hash      P{<run_id>}:run
 -- KEYS[2] steps hash    P{<run_id>}:steps
 -- KEYS[3] trace stream  P{<run_id>}:trace
--- ARGV[1] now_ms  ARGV[2] owner (worker name)  ARGV[3] claim nonce (unique per attempt)
+-- ARGV[1] now_ms  ARGV[2] owner (worker id)  ARGV[3] claim nonce (unique per attempt)
 -- ARGV[4] lease TTL (ms)  ARGV[5] task name  ARGV[6] active TTL (ms)  ARGV[7] trace maxlen
 -- ARGV[8] args (JSON)  ARGV[9] kwargs (JSON)  ARGV[10] queue (used if the run is new)
+-- ARGV[11] pid of the executing process  ARGV[12] broker delivery tag ('' if unknown)
+-- ARGV[13] max crashes  ARGV[14] retention (ms, for a run that fails here)
 -- Returns one of
 --   {'done', status, result}                  the run is completed/failed/cancelled
 --   {'busy', owner, lease_expires_ms}         another attempt holds a live lease
---   {'claimed', token, attempt, prev_status, pos1, payload1, pos2, payload2, ...}
+--   {'crashed', crashes}                      too many crashes: the run is now failed
+--   {'claimed', token, attempt, prev_status, crashes, pos1, payload1, pos2, payload2, ...}
 local run = KEYS[1]
 local now = tonumber(ARGV[1])
 local status = redis.call('HGET', run, 'status')
@@ -18,14 +23,35 @@ if status == 'completed' or status == 'failed' or status == 'cancelled' then
   return {'done', status, redis.call('HGET', run, 'result') or ''}
 end
 local fields = redis.call('HMGET', run, 'lease_nonce', 'lease_expires_ms', 'lease_owner',
-                          'lease_token', 'attempt')
+                          'lease_token', 'attempt', 'crashes')
 local token, attempt
+local crashes = tonumber(fields[6] or '0')
 if fields[1] == ARGV[3] then
   -- The same claim sent twice (a client-side retry): answer as the first time.
   token, attempt = tonumber(fields[4]), tonumber(fields[5])
 else
   if tonumber(fields[2] or '0') > now then
     return {'busy', fields[3] or '', fields[2]}
+  end
+  if status == 'running' then
+    crashes = redis.call('HINCRBY', run, 'crashes', 1)
+    if crashes > tonumber(ARGV[13]) then
+      local err = cjson.encode({
+        error_type = 'celery_durable.errors.RunCrashedError',
+        error_message = 'the run\'s worker died ' .. crashes .. ' times (last holder: ' ..
+          (fields[3] or '?') .. '); giving up. Raise durable_max_crashes if the task ' ..
+          'legitimately needs more, or find what kills the worker (memory, time limits)',
+        traceback = ''})
+      redis.call('HSET', run, 'status', 'failed', 'finished_ms', ARGV[1], 'updated_ms', ARGV[1],
+                 'error', err, 'lease_expires_ms', 0, 'lease_owner', '', 'lease_nonce', '')
+      redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[7], '*', 'type', 'run_failed',
+                 'crashes', crashes, 'error_type', 'celery_durable.errors.RunCrashedError',
+                 'error_message', cjson.decode(err)['error_message'])
+      for i = 1, 3 do redis.call('PEXPIRE', KEYS[i], ARGV[14]) end
+      return {'crashed', crashes}
+    end
+    redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[7], '*', 'type', 'crash_detected',
+               'crashes', crashes, 'holder', fields[3] or '')
   end
   if not status then
     status = 'pending'
@@ -38,13 +64,14 @@ else
   attempt = redis.call('HINCRBY', run, 'attempt', 1)
   redis.call('HSET', run, 'status', 'running', 'lease_owner', ARGV[2], 'lease_nonce', ARGV[3],
              'lease_expires_ms', now + tonumber(ARGV[4]), 'updated_ms', ARGV[1],
-             'attempt_started_ms', ARGV[1])
+             'attempt_started_ms', ARGV[1], 'lease_pid', ARGV[11])
+  if ARGV[12] ~= '' then redis.call('HSET', run, 'delivery_tag', ARGV[12]) end
   redis.call('HSETNX', run, 'started_ms', ARGV[1])
   redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[7], '*', 'type', 'attempt_started',
-             'attempt', attempt, 'worker', ARGV[2])
+             'attempt', attempt, 'worker', ARGV[2], 'pid', ARGV[11])
   for i = 1, 3 do redis.call('PEXPIRE', KEYS[i], ARGV[6]) end
 end
-local reply = {'claimed', token, attempt, status}
+local reply = {'claimed', token, attempt, status, crashes}
 local steps = redis.call('HGETALL', KEYS[2])
 for i = 1, #steps do reply[#reply + 1] = steps[i] end
 return reply

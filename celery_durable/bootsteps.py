@@ -1,0 +1,101 @@
+"""The worker bootstep: a thread in the main worker process for heartbeat and reaper.
+
+It is added to ``app.steps['worker']`` when a DurableTask binds to the app (see
+:func:`install`), so a plain ``celery -A proj worker`` runs it with no extra flag. The
+thread has its own Redis connections and never touches the worker's event loop.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any
+
+from celery import Celery, bootsteps, signals
+
+from .checks import run_startup_checks
+from .config import settings_for
+from .heartbeat import Heartbeat
+from .identity import install_worker_id, new_worker_id
+from .reaper import Reaper
+from .store import RunStore
+
+logger = logging.getLogger("celery_durable")
+
+
+class DurableWorkerStep(bootsteps.StartStopStep):
+    """Heartbeat + reaper thread of one worker."""
+
+    requires = ("celery.worker.components:Pool",)
+    label = "celery-durable"
+
+    def __init__(self, worker: Any, **kwargs: Any) -> None:
+        super().__init__(worker, **kwargs)
+        self.app: Celery = worker.app
+        self.worker = worker
+        # Set before the pool starts, so that forked pool processes inherit it.
+        self.worker_id = new_worker_id(str(worker.hostname))
+        install_worker_id(self.worker_id)
+        self._stop = threading.Event()
+        self._draining = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._heartbeat: Heartbeat | None = None
+
+    def start(self, worker: Any) -> None:
+        settings = settings_for(self.app)
+        store = RunStore(settings)
+        run_startup_checks(self.app, settings, store.client)
+        self._heartbeat = Heartbeat(self.app, store, self.worker_id)
+        reaper = Reaper(self.app, store, self.worker_id) if settings.reaper else None
+        self._heartbeat.beat()
+        self._thread = threading.Thread(
+            target=self._loop, args=(self._heartbeat, reaper, settings.heartbeat_interval_s),
+            name="celery-durable-heartbeat", daemon=True,
+        )
+        self._thread.start()
+        signals.worker_shutdown.connect(self._on_worker_shutdown, weak=False)
+        logger.info("celery-durable: worker %s heartbeat every %gs", self.worker_id,
+                    settings.heartbeat_interval_s)
+
+    def _loop(self, heartbeat: Heartbeat, reaper: Reaper | None, interval: float) -> None:
+        while not self._stop.wait(interval):
+            try:
+                heartbeat.beat()
+                if reaper is not None and not self._draining.is_set():
+                    reaper.sweep()
+            except Exception:
+                # Redis may be briefly unreachable: keep beating; leases outlive a few misses.
+                logger.exception("celery-durable: heartbeat failed (will retry)")
+
+    def stop(self, worker: Any) -> None:
+        # Warm shutdown: the pool is stopped after this step and still finishes its tasks,
+        # so keep renewing their leases until the worker is fully down.
+        self._draining.set()
+
+    def terminate(self, worker: Any) -> None:
+        # Cold shutdown: running tasks are abandoned and their messages redelivered; free
+        # their leases now so that the next attempts start at once.
+        self._finish()
+
+    def _on_worker_shutdown(self, sender: Any = None, **kwargs: Any) -> None:
+        if sender is self.worker:
+            self._finish()
+            signals.worker_shutdown.disconnect(self._on_worker_shutdown)
+
+    def _finish(self) -> None:
+        self._stop.set()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout=10)
+        heartbeat, self._heartbeat = self._heartbeat, None
+        if heartbeat is not None:
+            try:
+                heartbeat.stop()
+            except Exception:
+                logger.exception("celery-durable: could not release leases at shutdown")
+
+
+def install(app: Celery) -> None:
+    """Add the celery-durable worker bootstep to ``app`` (idempotent)."""
+    steps = app.steps["worker"]
+    if DurableWorkerStep not in steps:
+        steps.add(DurableWorkerStep)

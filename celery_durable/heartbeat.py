@@ -1,0 +1,119 @@
+"""Heartbeat of a worker: liveness, lease renewal, and fresh kombu unacked entries.
+
+Runs in the worker's main process (a bootstep thread with its own Redis connections), which
+sees every request of the worker whatever the pool. Each beat:
+
+- records the worker as alive (``Pworkers``), so reapers elsewhere know it is not dead;
+- every ``lease_renew_every_s``, extends the leases of the durable runs it is executing;
+- frees the leases of runs it stopped executing without ending them (a pool process died),
+  so their redelivered messages start the next attempt at once;
+- with a Redis broker, bumps kombu's ``unacked_index`` score of every live message, so a
+  long task is never redelivered by the visibility-timeout sweep while its worker lives.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable
+from typing import Any
+
+import redis
+from celery import Celery
+from celery.worker import state
+
+from .requeue import broker_is_redis
+from .store import RunStore
+
+logger = logging.getLogger("celery_durable.heartbeat")
+
+
+def _snapshot(items: Iterable[Any]) -> list[Any]:
+    """Copy a WeakSet/dict view the event loop may be changing (retry on RuntimeError)."""
+    for _ in range(5):
+        try:
+            return list(items)
+        except RuntimeError:
+            continue
+    return []
+
+
+def active_durable_runs() -> set[str]:
+    """Ids of the durable runs this worker is executing right now."""
+    from .task import DurableTask
+
+    runs = set()
+    for req in _snapshot(state.active_requests):
+        if isinstance(getattr(req, "task", None), DurableTask) and req.id:
+            runs.add(str(req.id))
+    return runs
+
+
+def live_delivery_tags() -> list[str]:
+    """Delivery tags of every message this worker holds (reserved, active, scheduled)."""
+    requests = _snapshot(state.requests.values())
+    requests += _snapshot(getattr(state, "scheduled_requests", ()))
+    tags = []
+    for req in requests:
+        tag = getattr(getattr(req, "message", None), "delivery_tag", None)
+        if tag:
+            tags.append(str(tag))
+    return tags
+
+
+class UnackedBumper:
+    """Keeps kombu's ``unacked_index`` score of live messages at "now" (Redis broker only)."""
+
+    def __init__(self, app: Celery) -> None:
+        options = app.conf.broker_transport_options or {}
+        prefix = options.get("global_keyprefix", "")
+        self.key = f"{prefix}{options.get('unacked_index_key', 'unacked_index')}"
+        self.client: redis.Redis | None = None
+        if broker_is_redis(app) and str(app.conf.broker_url).startswith(("redis", "rediss")):
+            self.client = redis.Redis.from_url(str(app.conf.broker_url), socket_timeout=5,
+                                               socket_connect_timeout=5)
+
+    def bump(self, tags: list[str]) -> None:
+        if self.client is None or not tags:
+            return
+        now = time.time()
+        # XX: only refresh entries kombu still has (never resurrect an acked message).
+        self.client.zadd(self.key, dict.fromkeys(tags, now), xx=True)
+
+    def close(self) -> None:
+        if self.client is not None:
+            self.client.close()
+
+
+class Heartbeat:
+    """One worker's heartbeat; call :meth:`beat` every ``durable_heartbeat_interval_s``."""
+
+    def __init__(self, app: Celery, store: RunStore, worker_id: str) -> None:
+        self.store = store
+        self.worker_id = worker_id
+        self.unacked = UnackedBumper(app)
+        self._held: set[str] = set()
+        self._last_renew = 0.0
+
+    def beat(self) -> None:
+        now = time.monotonic()
+        active = active_durable_runs()
+        renew = now - self._last_renew >= self.store.settings.lease_renew_every_s
+        # A run that appeared since the last renewal is renewed at once as well.
+        renew = renew or bool(active - self._held)
+        self.store.beat(self.worker_id, sorted(active), renew)
+        if renew:
+            self._last_renew = now
+        gone = self._held - active
+        if gone:
+            self.store.release_leases(self.worker_id, sorted(gone))
+        self._held = active
+        self.unacked.bump(live_delivery_tags())
+
+    def stop(self) -> None:
+        """Free the leases still held and leave the registry (a clean shutdown)."""
+        try:
+            self.store.release_leases(self.worker_id, sorted(self._held | active_durable_runs()))
+            self.store.forget_worker(self.worker_id)
+        finally:
+            self.unacked.close()

@@ -1,0 +1,61 @@
+"""Reaper: resume runs whose worker died or whose lease expired, each exactly once.
+
+Every worker runs one; they coordinate through Redis. A dead worker (no heartbeat for
+``durable_worker_ttl_s``) is claimed by one reaper (``ZREM`` decides), which fences and
+frees each run it held and puts the run's message back on its queue. Runs whose lease simply
+expired are picked up from the lease index the same way. ``reap_run.lua`` makes each run's
+takeover atomic, so two reapers never resume the same run.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from celery import Celery
+
+from .errors import DurableError
+from .requeue import requeue_run
+from .store import RunStore
+
+logger = logging.getLogger("celery_durable.reaper")
+
+
+class Reaper:
+    """Finds and resumes stalled runs; call :meth:`sweep` periodically."""
+
+    def __init__(self, app: Celery, store: RunStore, worker_id: str) -> None:
+        self.app = app
+        self.store = store
+        self.worker_id = worker_id
+
+    def sweep(self) -> int:
+        """One pass; returns the number of runs resumed."""
+        resumed = 0
+        for dead in self.store.dead_workers():
+            if dead == self.worker_id:
+                continue
+            runs = self.store.take_dead_worker(dead)
+            if runs is None:
+                continue  # another reaper took it
+            logger.warning("celery-durable: worker %s stopped beating; resuming its %d run(s)",
+                           dead, len(runs))
+            resumed += sum(self._resume(run_id, dead) for run_id in runs)
+        for run_id in self.store.expired_leases():
+            resumed += self._resume(run_id, "")
+        return resumed
+
+    def _resume(self, run_id: str, dead_owner: str) -> bool:
+        try:
+            reaped = self.store.reap(run_id, dead_owner, self.worker_id)
+            if reaped is None:
+                return False
+            how = requeue_run(self.app, run_id, reaped)
+        except (DurableError, OSError) as exc:
+            logger.error("celery-durable: could not resume run %s: %s", run_id, exc)
+            return False
+        except Exception:
+            logger.exception("celery-durable: could not resume run %s", run_id)
+            return False
+        logger.warning("celery-durable: run %s (%s) was held by %s; %s its message",
+                       run_id, reaped[1], reaped[5], how)
+        return True
