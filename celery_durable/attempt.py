@@ -57,17 +57,13 @@ def run_attempt(task: DurableTask, args: tuple[Any, ...], kwargs: dict[str, Any]
     run_id = str(req.id)
     owner = current_worker_id(req.hostname)
     properties = req.properties or {}
-    claim = store.claim(
-        run_id,
-        owner=owner,
-        nonce=uuid.uuid4().hex,
-        task=task.name,
-        args_json=encode_arguments(list(args)),
-        kwargs_json=encode_arguments(kwargs),
-        queue=queue_of(task, {"delivery_info": req.delivery_info or {}}),
-        pid=os.getpid(),
-        delivery_tag=str(properties.get("delivery_tag") or ""),
-    )
+    try:
+        claim = _claim(task, store, run_id, owner, args, kwargs, properties)
+    except StoreError as exc:
+        # Redis is unreachable: nothing ran; try again later with the same message id.
+        delay = min(60.0, 2.0 ** min(int(req.retries or 0), 6)) * random.uniform(0.5, 1.0)
+        logger.error("%s; retrying run %s in %.1f s", exc, run_id, delay)
+        _retry(task, exc, delay)
     if claim.outcome == "crashed":
         raise RunCrashedError(
             f"run {run_id}: its worker died {claim.crashes} times; the run is failed "
@@ -92,6 +88,28 @@ def run_attempt(task: DurableTask, args: tuple[Any, ...], kwargs: dict[str, Any]
         return _run_body(task, store, ctx, args, kwargs)
     finally:
         unbind_context(bound)
+
+
+def _claim(
+    task: DurableTask,
+    store: RunStore,
+    run_id: str,
+    owner: str,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    properties: dict[str, Any],
+) -> Claim:
+    return store.claim(
+        run_id,
+        owner=owner,
+        nonce=uuid.uuid4().hex,
+        task=task.name,
+        args_json=encode_arguments(list(args)),
+        kwargs_json=encode_arguments(kwargs),
+        queue=queue_of(task, {"delivery_info": task.request.delivery_info or {}}),
+        pid=os.getpid(),
+        delivery_tag=str(properties.get("delivery_tag") or ""),
+    )
 
 
 def _run_body(
@@ -166,10 +184,15 @@ def _handle_failure(
     if ended is None:
         _note_fenced(store, ctx)
         raise Ignore() from exc
+    _retry(task, exc, delay)
+
+
+def _retry(task: DurableTask, exc: Exception, delay: float) -> NoReturn:
+    """Publish the next attempt (same task id) in ``delay`` seconds; if even that fails,
+    requeue this message rather than lose the run."""
     try:
         raise task.retry(exc=exc, countdown=delay, max_retries=None)
     except Reject as rej:
-        # Publishing the retry failed: requeue this message rather than lose the run.
         raise Reject(getattr(rej, "reason", None), requeue=True) from exc
 
 

@@ -24,5 +24,8 @@ app.conf.update(
     worker_hijack_root_logger=False,
     broker_connection_retry_on_startup=True,
     result_expires=3600,
-    durable_lease_ttl_s=float(os.environ.get("DURABLE_TEST_LEASE_TTL_S", "30")),
 )
+if os.environ.get("DURABLE_TEST_LEASE_TTL_S"):
+    app.conf.durable_lease_ttl_s = float(os.environ["DURABLE_TEST_LEASE_TTL_S"])
+if os.environ.get("DURABLE_TEST_MAX_CRASHES"):
+    app.conf.durable_max_crashes = int(os.environ["DURABLE_TEST_MAX_CRASHES"])

@@ -202,3 +202,20 @@ def takeover_task(token: str) -> str:
     taken_over(current_run().id)
     bump(token, "after_takeover")
     return "finished by the zombie"
+
+
+@step
+def chaos_step(token: str, index: int, seconds: float) -> dict[str, Any]:
+    """A step that takes ``seconds`` and records which process executed it."""
+    import os
+    import time
+
+    bump(token, f"exec:{index}")
+    time.sleep(seconds)
+    return {"index": index, "pid": os.getpid()}
+
+
+@durable_task(retry=FAST)
+def chaos_pipeline(token: str, steps: int, seconds: float) -> list[int]:
+    values = [chaos_step(token, i, seconds) for i in range(steps)]
+    return [v["index"] for v in values]

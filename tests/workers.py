@@ -17,26 +17,44 @@ ROOT = Path(__file__).resolve().parent.parent
 @contextmanager
 def celery_worker(
     redis_base_url: str, *, pool: str, queue: str, concurrency: int = 2,
-    extra_env: dict[str, str] | None = None,
+    name: str | None = None, extra_env: dict[str, str] | None = None,
 ) -> Iterator[subprocess.Popen[bytes]]:
     """Run ``celery -A tests.app worker`` consuming ``queue``; stop it by PID afterwards."""
     env = {**os.environ, "DURABLE_TEST_REDIS_URL": redis_base_url, "DURABLE_TEST_QUEUE": queue,
            "PYTHONPATH": str(ROOT), **(extra_env or {})}
-    log = tempfile.NamedTemporaryFile(prefix=f"worker-{pool}-", suffix=".log", delete=False)
+    log = tempfile.NamedTemporaryFile(prefix=f"worker-{name or pool}-", suffix=".log",
+                                      delete=False)
     cmd = [sys.executable, "-m", "celery", "-A", "tests.app", "worker", "-P", pool,
-           "-c", str(concurrency), "-Q", queue, "-n", f"{queue}@%h", "--loglevel=INFO",
+           "-c", str(concurrency), "-Q", queue, "-n", f"{name or queue}@%h", "--loglevel=INFO",
            "--without-gossip", "--without-mingle", "--without-heartbeat"]
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
                             start_new_session=True)
+    proc.log_path = log.name  # type: ignore[attr-defined]
     try:
         yield proc
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(timeout=10)
+        stop_worker(proc)
         log.close()
-        os.unlink(log.name)
+        if os.environ.get("DURABLE_KEEP_WORKER_LOGS"):
+            print(f"worker log kept: {log.name}")
+        else:
+            os.unlink(log.name)
+
+
+def stop_worker(proc: subprocess.Popen[bytes]) -> None:
+    """Stop a worker started by :func:`celery_worker` and every process of its group."""
+    try:
+        os.killpg(proc.pid, signal.SIGCONT)
+    except ProcessLookupError:
+        return
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            pass
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.wait(timeout=10)
