@@ -29,6 +29,8 @@ if TYPE_CHECKING:
     from .task import DurableTask
 
 logger = logging.getLogger("celery_durable")
+#: Message header counting how often a duplicate delivery was deferred (for its backoff).
+DEFERRALS_HEADER = "durable_deferrals"
 _codec = JsonCodec()
 
 
@@ -99,6 +101,37 @@ def _claim(
     kwargs: dict[str, Any],
     properties: dict[str, Any],
 ) -> Claim:
+    claim = _claim_once(task, store, run_id, owner, args, kwargs, properties, 0)
+    if claim.outcome == "busy" and claim.owner == owner and _is_dead(claim.holder_pid):
+        # A pool process of this very worker held the run and died (SIGKILL, OOM): its
+        # message came back before the heartbeat freed the lease. Take over at once.
+        claim = _claim_once(task, store, run_id, owner, args, kwargs, properties,
+                            claim.holder_pid)
+    return claim
+
+
+def _is_dead(pid: int) -> bool:
+    if pid <= 0 or pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
+def _claim_once(
+    task: DurableTask,
+    store: RunStore,
+    run_id: str,
+    owner: str,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    properties: dict[str, Any],
+    dead_pid: int,
+) -> Claim:
     return store.claim(
         run_id,
         owner=owner,
@@ -109,6 +142,7 @@ def _claim(
         queue=queue_of(task, {"delivery_info": task.request.delivery_info or {}}),
         pid=os.getpid(),
         delivery_tag=str(properties.get("delivery_tag") or ""),
+        dead_pid=dead_pid,
     )
 
 
@@ -251,14 +285,21 @@ def _defer_duplicate(
     args: tuple[Any, ...],
     kwargs: dict[str, Any],
 ) -> NoReturn:
-    """Another attempt holds a live lease: check again once it would have expired.
+    """Another attempt holds a live lease: check again later.
 
     The message is never dropped: if the other attempt ends, the deferred copy finds the run
-    done and ends quietly; if the other attempt's worker died, the copy takes over.
+    done and ends quietly; if the other attempt's worker died, the copy takes over. The
+    first checks come soon (a dead holder's lease is usually freed within a heartbeat or
+    two), later ones back off up to the lease's expiry.
     """
-    wait_s = max(0.5, (claim.lease_expires_ms - now_ms()) / 1000) + random.uniform(0, 0.5)
+    req = task.request
+    deferrals = int((req.headers or {}).get(DEFERRALS_HEADER) or 0)
+    interval = store.settings.heartbeat_interval_s
+    lease_left = max(0.5, (claim.lease_expires_ms - now_ms()) / 1000)
+    wait_s = min(lease_left, 2 * interval * 2 ** min(deferrals, 10)) + random.uniform(0, 0.25)
+    headers = {**(req.headers or {}), DEFERRALS_HEADER: deferrals + 1}
     task.signature_from_request(
-        task.request, args, kwargs, countdown=wait_s
+        req, args, kwargs, countdown=wait_s, headers=headers
     ).apply_async()
     store.append_event(run_id, "duplicate_deferred",
                        {"holder": claim.owner, "retry_in_s": f"{wait_s:.3f}"})

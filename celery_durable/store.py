@@ -60,6 +60,7 @@ class Claim:
     result: str = ""
     owner: str = ""
     lease_expires_ms: int = 0
+    holder_pid: int = 0
 
 
 def make_client(settings: DurableSettings) -> redis.Redis:
@@ -117,20 +118,22 @@ class RunStore:
         queue: str,
         pid: int = 0,
         delivery_tag: str = "",
+        dead_pid: int = 0,
     ) -> Claim:
         """Start an attempt: take the fenced lease and load every checkpoint (one round trip,
         plus one for the indexes)."""
         s, k, ts = self.settings, self.keys.run(run_id), now_ms()
         argv: list[Any] = [ts, owner, nonce, s.lease_ttl_ms, task, s.active_ttl_ms,
                            s.trace_maxlen, args_json, kwargs_json, queue, pid, delivery_tag,
-                           s.max_crashes, s.retention_ms]
+                           s.max_crashes, s.retention_ms, dead_pid or ""]
         with _redis_errors(f"start an attempt of run {run_id}"):
             reply = self.scripts.claim_attempt(k.as_list(), argv)
         outcome = reply[0]
         if outcome == "done":
             return Claim("done", status=reply[1], result=reply[2])
         if outcome == "busy":
-            return Claim("busy", owner=reply[1], lease_expires_ms=int(reply[2] or 0))
+            return Claim("busy", owner=reply[1], lease_expires_ms=int(reply[2] or 0),
+                         holder_pid=int(reply[3] or 0))
         if outcome == "crashed":
             self._index_transition(run_id, RunStatus.RUNNING.value, RunStatus.FAILED, ts,
                                    task=task, owner=None)

@@ -11,9 +11,11 @@
 -- ARGV[8] args (JSON)  ARGV[9] kwargs (JSON)  ARGV[10] queue (used if the run is new)
 -- ARGV[11] pid of the executing process  ARGV[12] broker delivery tag ('' if unknown)
 -- ARGV[13] max crashes  ARGV[14] retention (ms, for a run that fails here)
+-- ARGV[15] pid of a process of this same worker known to be dead: its lease counts as
+--          expired ('' if none; the caller checked the pid, which only this host can do)
 -- Returns one of
 --   {'done', status, result}                  the run is completed/failed/cancelled
---   {'busy', owner, lease_expires_ms}         another attempt holds a live lease
+--   {'busy', owner, lease_expires_ms, pid}    another attempt holds a live lease
 --   {'crashed', crashes}                      too many crashes: the run is now failed
 --   {'claimed', token, attempt, prev_status, crashes, pos1, payload1, pos2, payload2, ...}
 local run = KEYS[1]
@@ -23,15 +25,16 @@ if status == 'completed' or status == 'failed' or status == 'cancelled' then
   return {'done', status, redis.call('HGET', run, 'result') or ''}
 end
 local fields = redis.call('HMGET', run, 'lease_nonce', 'lease_expires_ms', 'lease_owner',
-                          'lease_token', 'attempt', 'crashes')
+                          'lease_token', 'attempt', 'crashes', 'lease_pid')
 local token, attempt
 local crashes = tonumber(fields[6] or '0')
 if fields[1] == ARGV[3] then
   -- The same claim sent twice (a client-side retry): answer as the first time.
   token, attempt = tonumber(fields[4]), tonumber(fields[5])
 else
-  if tonumber(fields[2] or '0') > now then
-    return {'busy', fields[3] or '', fields[2]}
+  local dead_holder = ARGV[15] ~= '' and fields[3] == ARGV[2] and fields[7] == ARGV[15]
+  if tonumber(fields[2] or '0') > now and not dead_holder then
+    return {'busy', fields[3] or '', fields[2], fields[7] or ''}
   end
   if status == 'running' then
     crashes = redis.call('HINCRBY', run, 'crashes', 1)
