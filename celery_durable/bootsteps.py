@@ -66,6 +66,8 @@ class DurableWorkerStep(bootsteps.StartStopStep):
             except Exception:
                 # Redis may be briefly unreachable: keep beating; leases outlive a few misses.
                 logger.exception("celery-durable: heartbeat failed (will retry)")
+        if reaper is not None:
+            reaper.close()
 
     def stop(self, worker: Any) -> None:
         # Warm shutdown: the pool is stopped after this step and still finishes its tasks,

@@ -10,11 +10,12 @@ takeover atomic, so two reapers never resume the same run.
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from celery import Celery
 
 from .errors import DurableError
-from .requeue import requeue_run
+from .requeue import broker_is_redis, requeue_run, restore_stale_messages
 from .store import RunStore
 
 logger = logging.getLogger("celery_durable.reaper")
@@ -27,6 +28,38 @@ class Reaper:
         self.app = app
         self.store = store
         self.worker_id = worker_id
+        self._connection: Any = None
+
+    def close(self) -> None:
+        if self._connection is not None:
+            self._connection.release()
+            self._connection = None
+
+    def _broker_channel(self) -> Any:
+        if self._connection is None:
+            self._connection = self.app.connection_for_write()
+        return self._connection.default_channel
+
+    def _is_durable(self, task_name: str) -> bool:
+        from .task import DurableTask
+
+        return isinstance(self.app.tasks.get(task_name), DurableTask)
+
+    def restore_orphaned_messages(self) -> int:
+        """Put back messages of durable tasks reserved by workers that died before starting
+        them (they hold no lease, so only their stale unacked entry tells)."""
+        if not broker_is_redis(self.app):
+            return 0
+        try:
+            count = restore_stale_messages(self.app, self._broker_channel(),
+                                           self.store.settings.worker_ttl_s, self._is_durable)
+        except Exception:
+            self.close()
+            raise
+        if count:
+            logger.warning("celery-durable: restored %d message(s) reserved by a dead worker",
+                           count)
+        return count
 
     def sweep(self) -> int:
         """One pass; returns the number of runs resumed."""
@@ -42,7 +75,7 @@ class Reaper:
             resumed += sum(self._resume(run_id, dead) for run_id in runs)
         for run_id in self.store.expired_leases():
             resumed += self._resume(run_id, "")
-        return resumed
+        return resumed + self.restore_orphaned_messages()
 
     def _resume(self, run_id: str, dead_owner: str) -> bool:
         try:

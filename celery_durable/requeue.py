@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import logging
+import time
+from collections.abc import Callable
 from typing import Any
 
 from celery import Celery
@@ -28,6 +31,39 @@ def restore_message(app: Celery, delivery_tag: str) -> bool:
             return False
         channel.qos.restore_by_tag(delivery_tag, leftmost=True)
         return True
+
+
+def _message_task(raw: Any) -> str | None:
+    """The task name of an unacked kombu entry (``[message, exchange, routing_key]``)."""
+    try:
+        message = json.loads(raw)[0]
+        return str(message["headers"]["task"])
+    except (ValueError, KeyError, IndexError, TypeError):
+        return None
+
+
+def restore_stale_messages(
+    app: Celery, channel: Any, older_than_s: float, is_durable: Callable[[str], bool]
+) -> int:
+    """Restore unacked messages of durable tasks that no live worker has refreshed for
+    ``older_than_s`` seconds: messages a dead worker had reserved but not started.
+
+    Every worker's heartbeat refreshes the ``unacked_index`` score of the messages it holds,
+    so a stale score means the holder is gone (kombu's own sweep would wait for the whole
+    visibility timeout). Only durable tasks are touched: a duplicate delivery of a durable
+    run is harmless, while other tasks may come from workers without this heartbeat.
+    """
+    client = channel.client
+    horizon = time.time() - older_than_s
+    tags = client.zrangebyscore(channel.unacked_index_key, "-inf", horizon, start=0, num=100)
+    restored = 0
+    for raw_tag in tags:
+        tag = raw_tag.decode() if isinstance(raw_tag, bytes) else str(raw_tag)
+        name = _message_task(client.hget(channel.unacked_key, tag))
+        if name is not None and is_durable(name):
+            channel.qos.restore_by_tag(tag, leftmost=True)
+            restored += 1
+    return restored
 
 
 def _decode(text: str, fallback: Any) -> Any:

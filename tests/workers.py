@@ -14,12 +14,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 
-@contextmanager
-def celery_worker(
+def spawn_worker(
     redis_base_url: str, *, pool: str, queue: str, concurrency: int = 2,
     name: str | None = None, extra_env: dict[str, str] | None = None,
-) -> Iterator[subprocess.Popen[bytes]]:
-    """Run ``celery -A tests.app worker`` consuming ``queue``; stop it by PID afterwards."""
+) -> subprocess.Popen[bytes]:
+    """Start ``celery -A tests.app worker`` consuming ``queue`` (stop it with stop_worker).
+    Its output goes to a temporary file whose path is ``proc.log_path``."""
     env = {**os.environ, "DURABLE_TEST_REDIS_URL": redis_base_url, "DURABLE_TEST_QUEUE": queue,
            "PYTHONPATH": str(ROOT), **(extra_env or {})}
     log = tempfile.NamedTemporaryFile(prefix=f"worker-{name or pool}-", suffix=".log",
@@ -29,16 +29,23 @@ def celery_worker(
            "--without-gossip", "--without-mingle", "--without-heartbeat"]
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
                             start_new_session=True)
+    log.close()
     proc.log_path = log.name  # type: ignore[attr-defined]
+    return proc
+
+
+@contextmanager
+def celery_worker(
+    redis_base_url: str, *, pool: str, queue: str, concurrency: int = 2,
+    name: str | None = None, extra_env: dict[str, str] | None = None,
+) -> Iterator[subprocess.Popen[bytes]]:
+    """Run ``celery -A tests.app worker`` consuming ``queue``; stop it by PID afterwards."""
+    proc = spawn_worker(redis_base_url, pool=pool, queue=queue, concurrency=concurrency,
+                        name=name, extra_env=extra_env)
     try:
         yield proc
     finally:
         stop_worker(proc)
-        log.close()
-        if os.environ.get("DURABLE_KEEP_WORKER_LOGS"):
-            print(f"worker log kept: {log.name}")
-        else:
-            os.unlink(log.name)
 
 
 def stop_worker(proc: subprocess.Popen[bytes]) -> None:
@@ -46,7 +53,7 @@ def stop_worker(proc: subprocess.Popen[bytes]) -> None:
     try:
         os.killpg(proc.pid, signal.SIGCONT)
     except ProcessLookupError:
-        return
+        pass
     if proc.poll() is None:
         proc.send_signal(signal.SIGTERM)
         try:
@@ -58,3 +65,9 @@ def stop_worker(proc: subprocess.Popen[bytes]) -> None:
     except ProcessLookupError:
         pass
     proc.wait(timeout=10)
+    log_path = getattr(proc, "log_path", None)
+    if log_path and os.path.exists(log_path):
+        if os.environ.get("DURABLE_KEEP_WORKER_LOGS"):
+            print(f"worker log kept: {log_path}")
+        else:
+            os.unlink(log_path)
