@@ -29,3 +29,5 @@ if os.environ.get("DURABLE_TEST_LEASE_TTL_S"):
     app.conf.durable_lease_ttl_s = float(os.environ["DURABLE_TEST_LEASE_TTL_S"])
 if os.environ.get("DURABLE_TEST_MAX_CRASHES"):
     app.conf.durable_max_crashes = int(os.environ["DURABLE_TEST_MAX_CRASHES"])
+if os.environ.get("DURABLE_TEST_STORE_URL"):
+    app.conf.durable_redis_url = os.environ["DURABLE_TEST_STORE_URL"]

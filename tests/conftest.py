@@ -28,19 +28,24 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def start_redis_server() -> tuple[subprocess.Popen[bytes], str, str]:
-    """Start a throwaway redis-server; returns the process, its URL and its directory."""
+def start_redis_server(
+    *extra: str, port: int | None = None, workdir: str | None = None
+) -> tuple[subprocess.Popen[bytes], str, str]:
+    """Start a throwaway redis-server; returns the process, its URL and its directory.
+
+    ``extra`` arguments override the defaults (no persistence); ``port`` and ``workdir``
+    restart a server where a previous one ran."""
     exe = shutil.which("redis-server")
     if exe is None:
         message = "redis-server is not installed (apt-get install redis-server)"
         if IN_CI:
             pytest.fail(message)
         pytest.skip(message)
-    port = free_port()
-    workdir = tempfile.mkdtemp(prefix="durable-redis-")
+    port = port or free_port()
+    workdir = workdir or tempfile.mkdtemp(prefix="durable-redis-")
     proc = subprocess.Popen(
         [exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-         "--dir", workdir, "--maxmemory-policy", "noeviction"],
+         "--dir", workdir, "--maxmemory-policy", "noeviction", *extra],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     url = f"redis://127.0.0.1:{port}"

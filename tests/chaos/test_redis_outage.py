@@ -1,0 +1,125 @@
+"""Redis itself fails under load: restarted with AOF, or briefly unreachable. No committed
+checkpoint is lost and every run completes."""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import redis
+from celery import Celery
+
+from celery_durable import DurableClient, RunStatus
+from tests.conftest import start_redis_server
+from tests.workers import celery_worker
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
+
+RUNS = 12
+STEPS = 8
+
+
+@pytest.fixture
+def aof_redis() -> Iterator[dict[str, Any]]:
+    """A redis-server with AOF fsync on every write, restartable on the same port."""
+    proc, url, workdir = start_redis_server("--appendonly", "yes", "--appendfsync", "always")
+    server = {"proc": proc, "url": url, "workdir": workdir,
+              "port": int(url.rsplit(":", 1)[1])}
+    yield server
+    server["proc"].terminate()
+    server["proc"].wait(timeout=10)
+    shutil.rmtree(workdir, ignore_errors=True)
+
+
+def client_app(broker: str, store: str | None = None) -> Celery:
+    app = Celery("outage-client", broker=f"{broker}/0", backend=f"{broker}/1",
+                 set_as_current=False)
+    if store:
+        app.conf.durable_redis_url = f"{store}/0"
+    import tests.tasks  # noqa: F401 - registers the shared tasks with this app
+
+    return app
+
+
+def wait_all_completed(client: DurableClient, ids: list[str], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    pending = set(ids)
+    while pending and time.monotonic() < deadline:
+        for run_id in list(pending):
+            try:
+                if client.get_run(run_id).status is RunStatus.COMPLETED:
+                    pending.discard(run_id)
+            except Exception:
+                pass
+        time.sleep(0.2)
+    assert not pending, f"{len(pending)} runs did not complete: {sorted(pending)[:3]}"
+
+
+def step_counts(counters: redis.Redis, token: str, i: int) -> list[int]:
+    return [int(counters.get(f"{token}:{i}:exec:{s}") or 0) for s in range(STEPS)]
+
+
+def test_redis_restarted_with_aof_mid_load(aof_redis, token) -> None:
+    url = aof_redis["url"]
+    app = client_app(url)
+    client = DurableClient(app)
+    counters = redis.Redis.from_url(f"{url}/3", decode_responses=True)
+    with celery_worker(url, pool="prefork", queue="outage", concurrency=2, name="o1"), \
+            celery_worker(url, pool="prefork", queue="outage", concurrency=2, name="o2"):
+        task = app.tasks["tests.tasks.chaos_pipeline"]
+        ids = [task.apply_async((f"{token}:{i}", STEPS, 0.15), queue="outage").id
+               for i in range(RUNS)]
+        time.sleep(2.0)
+        before = {run_id: client.store.client.hgetall(client.store.keys.run(run_id).steps)
+                  for run_id in ids}
+        assert sum(len(v) for v in before.values()) > 0, "nothing committed before the crash"
+        # Crash Redis (no clean shutdown) and bring it back from its AOF.
+        aof_redis["proc"].send_signal(signal.SIGKILL)
+        aof_redis["proc"].wait(timeout=10)
+        time.sleep(2.0)
+        aof_redis["proc"], _, _ = start_redis_server(
+            "--appendonly", "yes", "--appendfsync", "always",
+            port=aof_redis["port"], workdir=aof_redis["workdir"])
+        wait_all_completed(client, ids, timeout=180)
+    for i, run_id in enumerate(ids):
+        run = client.get_run(run_id)
+        assert run.result == list(range(STEPS))
+        after = client.store.client.hgetall(client.store.keys.run(run_id).steps)
+        # Every checkpoint committed before the crash is still there, unchanged...
+        assert {k: after[k] for k in before[run_id]} == before[run_id]
+        # ...and its step never ran again.
+        counts = step_counts(counters, token, i)
+        assert all(counts[int(pos)] == 1 for pos in before[run_id]), counts
+
+
+def test_store_unreachable_for_a_while(redis_base_url, aof_redis, token) -> None:
+    # The broker stays up; only the checkpoint store goes away for a few seconds.
+    store_url = aof_redis["url"]
+    app = client_app(redis_base_url, store=store_url)
+    client = DurableClient(app)
+    counters = redis.Redis.from_url(f"{redis_base_url}/3", decode_responses=True)
+    env = {"DURABLE_TEST_STORE_URL": f"{store_url}/0"}
+    with celery_worker(redis_base_url, pool="prefork", queue="store-outage", concurrency=2,
+                       name="u1", extra_env=env) as worker:
+        task = app.tasks["tests.tasks.chaos_pipeline"]
+        ids = [task.apply_async((f"{token}:{i}", STEPS, 0.15), queue="store-outage").id
+               for i in range(RUNS)]
+        time.sleep(1.5)
+        aof_redis["proc"].send_signal(signal.SIGKILL)
+        aof_redis["proc"].wait(timeout=10)
+        time.sleep(4.0)
+        aof_redis["proc"], _, _ = start_redis_server(
+            "--appendonly", "yes", "--appendfsync", "always",
+            port=aof_redis["port"], workdir=aof_redis["workdir"])
+        wait_all_completed(client, ids, timeout=180)
+        with open(worker.log_path) as log:  # type: ignore[attr-defined]
+            text = log.read()
+    # The outage shows up as clear errors that name the run, then the runs carry on.
+    assert "celery-durable could not" in text
+    for i, run_id in enumerate(ids):
+        assert client.get_run(run_id).result == list(range(STEPS))
+        assert all(c >= 1 for c in step_counts(counters, token, i))
