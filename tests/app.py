@@ -31,3 +31,11 @@ if os.environ.get("DURABLE_TEST_MAX_CRASHES"):
     app.conf.durable_max_crashes = int(os.environ["DURABLE_TEST_MAX_CRASHES"])
 if os.environ.get("DURABLE_TEST_STORE_URL"):
     app.conf.durable_redis_url = os.environ["DURABLE_TEST_STORE_URL"]
+if os.environ.get("DURABLE_TEST_VT"):
+    # A short visibility timeout with fast kombu sweeps, to prove the heartbeat keeps long
+    # tasks from being redelivered.
+    app.conf.broker_transport_options = {
+        "visibility_timeout": float(os.environ["DURABLE_TEST_VT"]),
+        "unacked_restore_interval": 1,
+        "unacked_restore_throttle": 1,
+    }

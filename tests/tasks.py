@@ -219,3 +219,19 @@ def chaos_step(token: str, index: int, seconds: float) -> dict[str, Any]:
 def chaos_pipeline(token: str, steps: int, seconds: float) -> list[int]:
     values = [chaos_step(token, i, seconds) for i in range(steps)]
     return [v["index"] for v in values]
+
+
+@durable_task(retry=FAST)
+def long_single_step(token: str, seconds: float) -> str:
+    """One long step: longer than the lease and the visibility timeout of the test."""
+    bump(token, "body")
+
+    @step
+    def crunch() -> str:
+        import time
+
+        bump(token, "crunch")
+        time.sleep(seconds)
+        return "done"
+
+    return crunch()
