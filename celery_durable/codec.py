@@ -25,6 +25,7 @@ from pydantic import BaseModel
 from .errors import CheckpointDecodeError, CheckpointEncodeError
 
 TAG = "__cd__"
+_encoder = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
 
 
 class Codec(Protocol):
@@ -202,7 +203,7 @@ class JsonCodec:
     """The default codec: compact JSON of :func:`to_jsonable`."""
 
     def dumps(self, value: Any) -> str:
-        return json.dumps(to_jsonable(value), separators=(",", ":"), ensure_ascii=False)
+        return _encoder.encode(to_jsonable(value))
 
     def loads(self, text: str) -> Any:
         try:

@@ -30,6 +30,9 @@ from .store import RunStore
 P = ParamSpec("P")
 R = TypeVar("R")
 
+#: One reusable encoder: json.dumps() with options builds a new encoder on every call.
+_encoder = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
+
 _current: ContextVar[RunContext | None] = ContextVar("celery_durable_run", default=None)
 
 
@@ -52,7 +55,7 @@ class RunContext:
 
     __slots__ = (
         "id", "attempt", "task_name", "owner", "_token", "_store", "_settings", "_committed",
-        "_position", "_occurrences", "_current_step", "replayed",
+        "_position", "_occurrences", "_current_step", "replayed", "_keys",
     )
 
     def __init__(
@@ -75,6 +78,7 @@ class RunContext:
         self._store = store
         self._settings: DurableSettings = store.settings
         self._committed = checkpoints
+        self._keys = store.keys.run(run_id)
         self._position = 0
         self._occurrences: dict[str, int] = {}
         self._current_step: str | None = None
@@ -187,7 +191,7 @@ class RunContext:
                       "t1": int(finished * 1000), "a": self.attempt}
         except Unencodable as err:
             raise describe_unencodable(err, f"step {step_id!r} of run {self.id}") from None
-        payload = json.dumps(record, separators=(",", ":"), ensure_ascii=False)
+        payload = _encoder.encode(record)
         limit = self._settings.max_checkpoint_bytes
         if len(payload) > limit // 4 and len(payload.encode()) > limit:
             raise CheckpointTooLargeError(
@@ -196,10 +200,7 @@ class RunContext:
                 "(S3, a database) and return a reference, or raise the limit",
                 step=step_id, size=len(payload.encode()),
             )
-        code = self._store.commit_step(
-            self.id, self._token, position, step_id, payload, self.attempt,
-            (finished - started) * 1000,
-        )
+        code = self._store.commit_step(self._keys, self._token, position, step_id, payload)
         self._check_code(code, f"commit step {step_id!r}")
 
     def _record_step_failure(

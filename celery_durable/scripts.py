@@ -6,9 +6,11 @@ Each script keeps one invariant and opens with its KEYS/ARGV/returns header. red
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cache
 from importlib import resources
+from typing import Any
 
 import redis
 from redis.commands.core import Script
@@ -40,3 +42,18 @@ class Scripts:
     @classmethod
     def register(cls, client: redis.Redis) -> Scripts:
         return cls(**{name: client.register_script(script_source(name)) for name in SCRIPT_NAMES})
+
+    def load_all(self, client: redis.Redis) -> None:
+        """Load every script into the server's script cache (after a restart or a flush)."""
+        for name in SCRIPT_NAMES:
+            client.script_load(getattr(self, name).script)
+
+
+def queue_call(pipe: Any, script: Script, keys: Sequence[str], args: Sequence[Any]) -> None:
+    """Queue an EVALSHA of ``script`` on ``pipe``.
+
+    Unlike calling the Script with ``client=pipe``, this does not make redis-py send a
+    SCRIPT EXISTS round trip before every pipeline; a NOSCRIPT reply is handled by
+    RunStore, which loads the scripts and runs the pipeline again.
+    """
+    pipe.evalsha(script.sha, len(keys), *keys, *args)

@@ -12,7 +12,7 @@ import os
 import threading
 import time
 import weakref
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -20,13 +20,14 @@ from typing import Any
 import redis
 from celery import Celery
 from redis.backoff import ExponentialBackoff
+from redis.exceptions import NoScriptError
 from redis.retry import Retry
 
 from .config import DurableSettings, settings_for
 from .errors import StoreError
-from .keys import KeySpace
+from .keys import KeySpace, RunKeys
 from .models import TERMINAL_STATUSES, RunStatus
-from .scripts import Scripts
+from .scripts import Scripts, queue_call
 
 
 def now_ms() -> int:
@@ -88,6 +89,7 @@ class RunStore:
         self.keys = KeySpace(settings.key_prefix)
         self.client = client if client is not None else make_client(settings)
         self.scripts = Scripts.register(self.client)
+        self._commit_script = self.scripts.commit_step
 
     # -- attempt lifecycle (workers) -------------------------------------------------------
 
@@ -96,15 +98,30 @@ class RunStore:
     ) -> bool:
         """Record a new pending run (publish side). Returns False if it already existed."""
         s, k, ts = self.settings, self.keys.run(run_id), now_ms()
-        with _redis_errors(f"record run {run_id}"), self.client.pipeline(False) as pipe:
-            self.scripts.create_run(
-                k.as_list(),
-                [ts, task, args_json, kwargs_json, queue, s.active_ttl_ms, s.trace_maxlen],
-                client=pipe,
-            )
+
+        def build(pipe: Any) -> None:
+            queue_call(pipe, self.scripts.create_run, k.as_list(),
+                       [ts, task, args_json, kwargs_json, queue, s.active_ttl_ms,
+                        s.trace_maxlen])
             self._index_new(pipe, run_id, task, ts)
-            created = pipe.execute()[0]
-        return bool(created)
+
+        with _redis_errors(f"record run {run_id}"):
+            return bool(self._pipelined(build)[0])
+
+    def _pipelined(self, build: Callable[[Any], None]) -> list[Any]:
+        """Run the commands ``build`` queues in one round trip; if the server lost our
+        scripts (restart, SCRIPT FLUSH), load them and run the pipeline again (every
+        command we pipeline is idempotent)."""
+        for retry in (False, True):
+            with self.client.pipeline(False) as pipe:
+                build(pipe)
+                try:
+                    return list(pipe.execute())
+                except NoScriptError:
+                    if retry:
+                        raise
+            self.scripts.load_all(self.client)
+        raise AssertionError("unreachable")  # pragma: no cover
 
     def claim(
         self,
@@ -153,21 +170,19 @@ class RunStore:
         return claim
 
     def commit_step(
-        self,
-        run_id: str,
-        token: str,
-        position: int,
-        step_id: str,
-        checkpoint: str,
-        attempt: int,
-        duration_ms: float,
+        self, keys: RunKeys, token: str, position: int, step_id: str, checkpoint: str
     ) -> int:
-        """Commit a checkpoint (one EVALSHA). Returns the script's code (see commit_step.lua)."""
-        s = self.settings
-        argv: list[Any] = [token, position, checkpoint, step_id, now_ms(), s.lease_ttl_ms,
-                           s.trace_maxlen, attempt, f"{duration_ms:.3f}"]
-        with _redis_errors(f"commit step {step_id!r} of run {run_id}"):
-            return int(self.scripts.commit_step(self.keys.run(run_id).as_list(), argv))
+        """Commit a checkpoint: one EVALSHA, the whole per-step cost in Redis. Returns the
+        script's code (see commit_step.lua). ``keys`` are the run's keys (built once per
+        attempt by the caller)."""
+        try:
+            return int(self._commit_script(
+                keys=(keys.run, keys.steps, keys.trace),
+                args=(token, position, checkpoint, step_id, time.time_ns() // 1_000_000)))
+        except redis.RedisError as exc:
+            raise StoreError(
+                f"celery-durable could not commit step {step_id!r} of {keys.run}: {exc}"
+            ) from exc
 
     def append_event(
         self, run_id: str, event_type: str, fields: Mapping[str, Any], token: str = ""
@@ -272,26 +287,32 @@ class RunStore:
         ``run_ids`` (one round trip for all of them)."""
         s, keys, ts = self.settings, self.keys, now_ms()
         expires = ts + s.lease_ttl_ms
-        with _redis_errors("send the worker heartbeat"), self.client.pipeline(False) as pipe:
+
+        def build(pipe: Any) -> None:
             pipe.zadd(keys.workers, {worker_id: ts})
             pipe.pexpire(keys.workers, max(s.active_ttl_ms, s.worker_ttl_ms * 10))
             if renew:
                 for run_id in run_ids:
-                    self.scripts.renew_lease([keys.run(run_id).run], [worker_id, expires],
-                                             client=pipe)
+                    queue_call(pipe, self.scripts.renew_lease, [keys.run(run_id).run],
+                               [worker_id, expires])
                     pipe.zadd(keys.leases, {run_id: expires}, xx=True)
-            pipe.execute()
+
+        with _redis_errors("send the worker heartbeat"):
+            self._pipelined(build)
 
     def release_leases(self, worker_id: str, run_ids: Sequence[str]) -> None:
         """Free the leases ``worker_id`` still holds on runs it no longer executes (their
         process died), so their redelivered messages can start the next attempt at once."""
         if not run_ids:
             return
-        with _redis_errors("release leases"), self.client.pipeline(False) as pipe:
+
+        def build(pipe: Any) -> None:
             for run_id in run_ids:
-                self.scripts.renew_lease([self.keys.run(run_id).run], [worker_id, 0],
-                                         client=pipe)
-            pipe.execute()
+                queue_call(pipe, self.scripts.renew_lease, [self.keys.run(run_id).run],
+                           [worker_id, 0])
+
+        with _redis_errors("release leases"):
+            self._pipelined(build)
 
     def forget_worker(self, worker_id: str) -> None:
         """Remove a worker that stopped cleanly (its runs were released or ended)."""

@@ -67,7 +67,7 @@ else
   attempt = redis.call('HINCRBY', run, 'attempt', 1)
   redis.call('HSET', run, 'status', 'running', 'lease_owner', ARGV[2], 'lease_nonce', ARGV[3],
              'lease_expires_ms', now + tonumber(ARGV[4]), 'updated_ms', ARGV[1],
-             'attempt_started_ms', ARGV[1], 'lease_pid', ARGV[11])
+             'attempt_started_ms', ARGV[1], 'lease_pid', ARGV[11], 'trace_maxlen', ARGV[7])
   if ARGV[12] ~= '' then redis.call('HSET', run, 'delivery_tag', ARGV[12]) end
   redis.call('HSETNX', run, 'started_ms', ARGV[1])
   redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[7], '*', 'type', 'attempt_started',

@@ -1,17 +1,17 @@
 -- commit_step.lua: record one step's checkpoint and its trace event, atomically.
 -- Idempotent (a re-sent commit of the same position changes nothing) and fenced (only the
--- attempt holding the current lease token may commit). Also renews the attempt's lease.
+-- attempt holding the current lease token may commit). Kept small: it runs once per step.
 -- KEYS[1] run hash      P{<run_id>}:run
 -- KEYS[2] steps hash    P{<run_id>}:steps
 -- KEYS[3] trace stream  P{<run_id>}:trace
--- ARGV[1] lease token  ARGV[2] position (0-based)  ARGV[3] checkpoint (JSON)
--- ARGV[4] step id ("fetch", "fetch#2")  ARGV[5] now_ms  ARGV[6] lease TTL (ms)
--- ARGV[7] trace maxlen  ARGV[8] attempt  ARGV[9] step duration (ms)
+-- ARGV[1] lease token  ARGV[2] position (0-based)  ARGV[3] checkpoint (JSON, which also
+-- holds the attempt and the step's start/end times)  ARGV[4] step id ("fetch", "fetch#2")
+-- ARGV[5] now_ms
 -- Returns 1 if committed, 0 if this position already had a checkpoint,
 --        -1 if the lease token is stale (taken over), -2 if the run is no longer running,
 --        -3 if the position is not the next one (a gap: the caller's replay is out of step).
 local run = KEYS[1]
-local cur = redis.call('HMGET', run, 'lease_token', 'status', 'step_count')
+local cur = redis.call('HMGET', run, 'lease_token', 'status', 'step_count', 'trace_maxlen')
 if cur[1] ~= ARGV[1] then return -1 end
 if cur[2] ~= 'running' then return -2 end
 local pos = tonumber(ARGV[2])
@@ -24,8 +24,7 @@ if pos == 0 then
   -- The first checkpoint creates the steps hash: give it the run's TTL.
   redis.call('PEXPIRE', KEYS[2], redis.call('PTTL', run))
 end
-redis.call('HSET', run, 'step_count', pos + 1, 'updated_ms', ARGV[5],
-           'lease_expires_ms', tonumber(ARGV[5]) + tonumber(ARGV[6]))
-redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[7], '*', 'type', 'step_committed',
-           'step', ARGV[4], 'pos', ARGV[2], 'attempt', ARGV[8], 'ms', ARGV[9])
+redis.call('HSET', run, 'step_count', pos + 1, 'updated_ms', ARGV[5])
+redis.call('XADD', KEYS[3], 'MAXLEN', '~', cur[4] or '10000', '*', 'type', 'step_committed',
+           'step', ARGV[4], 'pos', ARGV[2])
 return 1

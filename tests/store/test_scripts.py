@@ -44,23 +44,23 @@ def test_create_then_claim_loads_nothing_and_starts_attempt_one(store: RunStore)
 
 def test_commit_is_fenced_idempotent_and_ordered(store: RunStore) -> None:
     c1 = claim(store, "r2", "n1")
-    assert store.commit_step("r2", c1.token, 0, "a", checkpoint("a", 1), 1, 1.0) == 1
+    assert store.commit_step(store.keys.run("r2"), c1.token, 0, "a", checkpoint("a", 1)) == 1
     # A re-sent commit of the same position changes nothing.
-    assert store.commit_step("r2", c1.token, 0, "a", checkpoint("a", 99), 1, 1.0) == 0
+    assert store.commit_step(store.keys.run("r2"), c1.token, 0, "a", checkpoint("a", 99)) == 0
     # A gap is refused.
-    assert store.commit_step("r2", c1.token, 2, "c", checkpoint("c", 3), 1, 1.0) == -3
+    assert store.commit_step(store.keys.run("r2"), c1.token, 2, "c", checkpoint("c", 3)) == -3
     # Another attempt takes over once the lease has expired.
     store.client.hset("t:{r2}:run", "lease_expires_ms", 1)
     c2 = claim(store, "r2", "n2", owner="w2")
     assert c2.outcome == "claimed" and c2.attempt == 2 and int(c2.token) > int(c1.token)
     assert json.loads((c2.checkpoints or {})["0"])["v"] == 1
     # The old attempt (a zombie) can neither commit nor end the run.
-    assert store.commit_step("r2", c1.token, 1, "b", checkpoint("b", 2), 1, 1.0) == -1
+    assert store.commit_step(store.keys.run("r2"), c1.token, 1, "b", checkpoint("b", 2)) == -1
     assert store.end_attempt("r2", c1.token, RunStatus.COMPLETED, {"type": "x"},
                              task="t.task") is None
     assert store.append_event("r2", "step_failed", {"step": "b"}, token=c1.token) == -1
     assert store.client.hlen("t:{r2}:steps") == 1
-    assert store.commit_step("r2", c2.token, 1, "b", checkpoint("b", 2), 2, 1.0) == 1
+    assert store.commit_step(store.keys.run("r2"), c2.token, 1, "b", checkpoint("b", 2)) == 1
 
 
 def test_live_lease_makes_a_second_claim_busy(store: RunStore) -> None:
@@ -84,7 +84,7 @@ def test_ended_run_answers_done_with_its_result(store: RunStore) -> None:
 def test_every_key_has_a_ttl_and_terminal_runs_get_the_retention(store: RunStore) -> None:
     store.create_run("r5", "t.task", "[]", "{}", "celery")
     c = claim(store, "r5", "n1")
-    store.commit_step("r5", c.token, 0, "a", checkpoint("a", 1), 1, 1.0)
+    store.commit_step(store.keys.run("r5"), c.token, 0, "a", checkpoint("a", 1))
     keys = ["t:{r5}:run", "t:{r5}:steps", "t:{r5}:trace"]
     for key in keys:
         assert 900_000 < store.client.pttl(key) <= 1_000_000, key
@@ -112,3 +112,15 @@ def test_run_keys_share_one_cluster_slot(store: RunStore) -> None:
 
     k = store.keys.run("abc-123")
     assert len({key_slot(key.encode()) for key in k.as_list()}) == 1
+
+
+def test_scripts_are_reloaded_after_a_flush(store: RunStore) -> None:
+    # Pipelines send EVALSHA without SCRIPT EXISTS; a server that lost the scripts must
+    # still work (restart without persistence of the script cache, SCRIPT FLUSH).
+    store.client.script_flush()
+    assert store.create_run("r7", "t.task", "[]", "{}", "celery") is True
+    store.client.script_flush()
+    c = claim(store, "r7", "n1")
+    store.client.script_flush()
+    store.beat("w1", ["r7"], renew=True)
+    assert store.commit_step(store.keys.run("r7"), c.token, 0, "a", checkpoint("a", 1)) == 1
