@@ -1,0 +1,1 @@
+"""Benchmarks of celery-durable's hot path (run with ``python -m bench.run``)."""
