@@ -23,12 +23,15 @@ from .context import RunContext, bind_context, describe_error, unbind_context
 from .errors import LeaseLostError, RunCrashedError, StoreError
 from .identity import current_worker_id
 from .models import RunStatus
+from .payloads import coerce_call
 from .store import Claim, RunStore, now_ms, store_for
 
 if TYPE_CHECKING:
     from .task import DurableTask
 
 logger = logging.getLogger("celery_durable")
+#: Message header naming the idempotency key of a run (to release it if the run fails).
+IDEMPOTENCY_HEADER = "durable_idempotency_key"
 #: Message header counting how often a duplicate delivery was deferred (for its backoff).
 DEFERRALS_HEADER = "durable_deferrals"
 _codec = JsonCodec()
@@ -67,6 +70,7 @@ def run_attempt(task: DurableTask, args: tuple[Any, ...], kwargs: dict[str, Any]
         logger.error("%s; retrying run %s in %.1f s", exc, run_id, delay)
         _retry(task, exc, delay)
     if claim.outcome == "crashed":
+        _release_idempotency_key(task, store, run_id)
         raise RunCrashedError(
             f"run {run_id}: its worker died {claim.crashes} times; the run is failed "
             f"(durable_max_crashes={store.settings.max_crashes})",
@@ -154,6 +158,7 @@ def _run_body(
     kwargs: dict[str, Any],
 ) -> Any:
     try:
+        args, kwargs = coerce_call(task.run, args, kwargs)
         value = task.run(*args, **kwargs)
     except LeaseLostError as exc:
         logger.warning("%s", exc)
@@ -242,7 +247,20 @@ def _note_fenced(store: RunStore, ctx: RunContext) -> None:
 def _fail(store: RunStore, ctx: RunContext, task: DurableTask, exc: BaseException) -> None:
     error = describe_error(exc)
     event = {"type": "run_failed", "attempt": ctx.attempt, **error}
-    _end(store, ctx, task, RunStatus.FAILED, event, error_json=json.dumps(error), strict=False)
+    if _end(store, ctx, task, RunStatus.FAILED, event, error_json=json.dumps(error),
+            strict=False) is not None:
+        _release_idempotency_key(task, store, ctx.id)
+
+
+def _release_idempotency_key(task: DurableTask, store: RunStore, run_id: str) -> None:
+    """A failed run frees its idempotency key (by default), so the caller can try again."""
+    redis_key = (task.request.headers or {}).get(IDEMPOTENCY_HEADER)
+    if not redis_key or not store.settings.idempotency_release_on_failure:
+        return
+    try:
+        store.release_idempotency(str(redis_key), run_id)
+    except StoreError:
+        logger.exception("run %s: could not release its idempotency key", run_id)
 
 
 def _end(

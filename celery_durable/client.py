@@ -124,6 +124,11 @@ class DurableClient:
             events=events,
         )
 
+    def reset_idempotency_key(self, task: str, key: str) -> bool:
+        """Forget ``key`` of ``task``: the next call with it creates a new run. Returns
+        whether the key existed."""
+        return self.store.release_idempotency(self.store.keys.idempotency(task, key))
+
     def list_runs(
         self,
         status: RunStatus | str | None = None,

@@ -34,6 +34,8 @@ DEFAULT_MAX_CRASHES = 5
 DEFAULT_TRACE_MAXLEN = 10_000
 #: Largest encoded step or task result (bytes) stored as a checkpoint.
 DEFAULT_MAX_CHECKPOINT_BYTES = 1024 * 1024
+#: How long (seconds) an idempotency key maps to its run, unless the call says otherwise.
+DEFAULT_IDEMPOTENCY_TTL_S = 24 * 3600
 #: Prefix of every Redis key the package writes.
 DEFAULT_KEY_PREFIX = "durable:"
 #: Socket timeout (seconds) of the store's Redis client; no command of ours blocks longer.
@@ -56,6 +58,8 @@ class DurableSettings(BaseModel):
     worker_ttl_s: float = Field(default=DEFAULT_WORKER_TTL_S, gt=0)
     max_crashes: int = Field(default=DEFAULT_MAX_CRASHES, ge=0)
     reaper: bool = True
+    idempotency_ttl_s: float = Field(default=DEFAULT_IDEMPOTENCY_TTL_S, gt=0)
+    idempotency_release_on_failure: bool = True
     trace_maxlen: int = Field(default=DEFAULT_TRACE_MAXLEN, ge=100)
     max_checkpoint_bytes: int = Field(default=DEFAULT_MAX_CHECKPOINT_BYTES, ge=1024)
     redis_socket_timeout_s: float = Field(default=DEFAULT_REDIS_SOCKET_TIMEOUT_S, gt=0)

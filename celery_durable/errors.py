@@ -14,6 +14,7 @@ The tree::
      │   └─ CheckpointTooLargeError   an encoded result above the size limit
      ├─ NondeterminismError           the step order differs from the recorded one
      ├─ IdempotencyConflictError      a key reused with different arguments
+     ├─ PayloadValidationError        an argument does not match its pydantic model
      ├─ RunCrashedError               the run's worker died too many times
      └─ RunNotFoundError              an unknown run id
 
@@ -115,6 +116,12 @@ class IdempotencyConflictError(DurableError):
     retryable = False
 
 
+class PayloadValidationError(DurableError):
+    """An argument annotated with a pydantic model failed validation (in the caller)."""
+
+    retryable = False
+
+
 class RunNotFoundError(DurableError):
     """No run with this id exists (never created, or expired after its retention)."""
 
@@ -133,6 +140,7 @@ __all__ = [
     "NonRetryableError",
     "NondeterminismError",
     "NotInRunError",
+    "PayloadValidationError",
     "RunCrashedError",
     "RunNotFoundError",
     "StoreError",

@@ -16,6 +16,11 @@ changed the run, but not atomically with it: readers re-check the run hash)::
     Pindex:status:<status>   zset  run id -> last update (ms), one set per status
     Pindex:task:<task name>  zset  run id -> created (ms)
 
+Idempotency keys (scoped per task)::
+
+    Pidem:<task name>:<key>  string  JSON {"run": run id, "fp": argument fingerprint,
+                                     "ms": claimed at}; TTL: the key's idempotency TTL
+
 Worker coordination (heartbeat and reaper)::
 
     Pworkers                 zset  worker id -> last heartbeat (ms)
@@ -62,6 +67,9 @@ class KeySpace:
 
     def task_index(self, task_name: str) -> str:
         return f"{self.prefix}index:task:{task_name}"
+
+    def idempotency(self, task_name: str, key: str) -> str:
+        return f"{self.prefix}idem:{task_name}:{key}"
 
     @property
     def workers(self) -> str:

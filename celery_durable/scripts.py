@@ -17,7 +17,7 @@ from redis.commands.core import Script
 
 SCRIPT_NAMES = (
     "create_run", "claim_attempt", "commit_step", "append_event", "end_attempt",
-    "renew_lease", "reap_run",
+    "renew_lease", "reap_run", "claim_idempotency", "release_idempotency",
 )
 
 
@@ -38,6 +38,8 @@ class Scripts:
     end_attempt: Script
     renew_lease: Script
     reap_run: Script
+    claim_idempotency: Script
+    release_idempotency: Script
 
     @classmethod
     def register(cls, client: redis.Redis) -> Scripts:

@@ -362,6 +362,25 @@ class RunStore:
             self.client.zrem(self.keys.leases, run_id)
         return [str(x) for x in reply]
 
+    # -- idempotency keys -----------------------------------------------------------------
+
+    def claim_idempotency(
+        self, redis_key: str, run_id: str, fp: str, ts: int, ttl_ms: int
+    ) -> tuple[int, str]:
+        """Run claim_idempotency.lua: ``(1, value)`` if ``run_id`` now owns the key."""
+        with _redis_errors("claim an idempotency key"):
+            won, value = self.scripts.claim_idempotency([redis_key], [run_id, fp, ts, ttl_ms])
+        return int(won), str(value)
+
+    def release_idempotency(self, redis_key: str, run_id: str = "") -> bool:
+        """Free an idempotency key if it still names ``run_id`` (any run if '')."""
+        with _redis_errors("release an idempotency key"):
+            return bool(self.scripts.release_idempotency([redis_key], [run_id]))
+
+    def run_exists(self, run_id: str) -> bool:
+        with _redis_errors(f"read run {run_id}"):
+            return bool(self.client.exists(self.keys.run(run_id).run))
+
     # -- reads (admin API) -----------------------------------------------------------------
 
     def read_run(self, run_id: str) -> tuple[dict[str, str], dict[str, str], list[Any]]:

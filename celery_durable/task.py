@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import logging
 from collections.abc import Callable
 from typing import Any, ClassVar, TypeVar
 
@@ -10,11 +11,15 @@ from celery import Task, shared_task
 from celery.result import AsyncResult
 from celery.utils import uuid
 
-from .attempt import encode_arguments, queue_of, run_attempt
+from .attempt import IDEMPOTENCY_HEADER, encode_arguments, queue_of, run_attempt
 from .bootsteps import install
-from .errors import ConfigurationError
-from .retry import RetryPolicy
+from .errors import ConfigurationError, StoreError
+from .idempotency import check_conflict, check_key, claim_key, fingerprint
+from .payloads import dump_models, validate_call
+from .retry import RetryPolicy, to_seconds
 from .store import store_for
+
+logger = logging.getLogger("celery_durable")
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -27,7 +32,8 @@ CELERY_DECORATOR_OPTIONS = frozenset({
 })
 
 #: Options that belong to celery-durable (the rest pass through to Celery).
-DURABLE_OPTIONS = frozenset({"retry"})
+DURABLE_OPTIONS = frozenset({"retry", "idempotency_key", "idempotency_ttl"})
+
 
 #: Celery autoretry options replaced by ``retry=RetryPolicy(...)``.
 _AUTORETRY_OPTIONS = frozenset({
@@ -65,6 +71,13 @@ def validate_options(options: dict[str, Any], base: type[Task[Any, Any]]) -> Non
             raise ConfigurationError("@durable_task(bind=...) must be True or False")
         if name in ("name", "queue") and value is not None and not isinstance(value, str):
             raise ConfigurationError(f"@durable_task({name}=...) must be a str")
+        if name == "idempotency_key" and not callable(value):
+            raise ConfigurationError(
+                "@durable_task(idempotency_key=...) must be a function of the task's "
+                "arguments returning the key (pass a fixed key to apply_async instead)"
+            )
+        if name == "idempotency_ttl":
+            to_seconds(value, "@durable_task(idempotency_ttl=...)")
 
 
 class DurableTask(Task[Any, Any]):
@@ -81,6 +94,10 @@ class DurableTask(Task[Any, Any]):
     max_retries = None
     #: The task's retry policy; None means the ``durable_default_retry`` setting.
     durable_retry: ClassVar[RetryPolicy | None] = None
+    #: Function of the task's arguments giving the idempotency key of a call (or None).
+    durable_idempotency_key: ClassVar[Callable[..., str] | None] = None
+    #: Seconds an idempotency key names its run; None means ``durable_idempotency_ttl_s``.
+    durable_idempotency_ttl: ClassVar[float | None] = None
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -94,6 +111,14 @@ class DurableTask(Task[Any, Any]):
             raise ConfigurationError(
                 f"task {cls.__name__}: retry= must be a RetryPolicy, got {type(policy).__name__}"
             )
+        if "idempotency_key" in cls.__dict__:
+            key_fn = cls.__dict__["idempotency_key"]
+            delattr(cls, "idempotency_key")
+            cls.durable_idempotency_key = staticmethod(key_fn)
+        if "idempotency_ttl" in cls.__dict__:
+            ttl = cls.__dict__["idempotency_ttl"]
+            delattr(cls, "idempotency_ttl")
+            cls.durable_idempotency_ttl = to_seconds(ttl, f"task {cls.__name__}: idempotency_ttl")
 
     @classmethod
     def on_bound(cls, app: Any) -> None:
@@ -115,26 +140,87 @@ class DurableTask(Task[Any, Any]):
     ) -> AsyncResult:  # type: ignore[type-arg]
         """Publish the task like Celery does, after recording the run as ``pending``.
 
+        Besides Celery's options it takes ``idempotency_key`` (a str: the first call with a
+        key creates the run, later calls within the TTL return an AsyncResult with the same
+        id and publish nothing), ``idempotency_ttl`` (seconds or timedelta) and
+        ``idempotency_conflict`` (``"error"``, the default, raises IdempotencyConflictError
+        when a key is reused with other arguments; ``"ignore"`` returns the existing run).
+
         The run id is the task id. A continuation of an existing run (a retry, a deferred
         duplicate) carries ``retries`` in its options and does not record anything.
+
+        Raises:
+            PayloadValidationError: an argument does not match its pydantic annotation.
+            IdempotencyConflictError: see ``idempotency_conflict``.
+            StoreError: Redis is unreachable (nothing was published).
         """
+        key = options.pop("idempotency_key", None)
+        ttl = options.pop("idempotency_ttl", None)
+        on_conflict = options.pop("idempotency_conflict", "error")
+        if "retries" in options or self.app.conf.task_always_eager:
+            return super().apply_async(args, kwargs, task_id=task_id, **options)
+        args, kwargs = validate_call(self.name, self.run, args, kwargs)
+        if key is None and self.durable_idempotency_key is not None:
+            key = self.durable_idempotency_key(*(args or ()), **(kwargs or {}))
+        args, kwargs = dump_models(args, kwargs)
+        if key is not None:
+            return self._apply_idempotent(args, kwargs, task_id, key, ttl, on_conflict, options)
         task_id = task_id or uuid()
-        if "retries" not in options and not self.app.conf.task_always_eager:
-            store_for(self.app).create_run(
-                task_id,
-                self.name,
-                encode_arguments(list(args or ())),
-                encode_arguments(dict(kwargs or {})),
-                queue_of(self, options),
-            )
+        self._record(task_id, args, kwargs, options)
         return super().apply_async(args, kwargs, task_id=task_id, **options)
+
+    def _record(self, run_id: str, args: Any, kwargs: Any, options: dict[str, Any]) -> None:
+        store_for(self.app).create_run(
+            run_id, self.name, encode_arguments(list(args or ())),
+            encode_arguments(dict(kwargs or {})), queue_of(self, options),
+        )
+
+    def _apply_idempotent(
+        self,
+        args: Any,
+        kwargs: Any,
+        task_id: str | None,
+        key: Any,
+        ttl: Any,
+        on_conflict: str,
+        options: dict[str, Any],
+    ) -> AsyncResult:  # type: ignore[type-arg]
+        if on_conflict not in ("error", "ignore"):
+            raise ConfigurationError("idempotency_conflict must be 'error' or 'ignore'")
+        store = store_for(self.app)
+        key = check_key(key)
+        ttl_s = to_seconds(ttl if ttl is not None else self.durable_idempotency_ttl
+                           or store.settings.idempotency_ttl_s, "idempotency_ttl")
+        fp = fingerprint(args, kwargs)
+        claim = claim_key(store, self.name, key, task_id or uuid(), fp, ttl_s)
+        options["headers"] = {**(options.get("headers") or {}), IDEMPOTENCY_HEADER: claim.redis_key}
+        if not claim.won:
+            check_conflict(claim, fp, self.name, key, on_conflict)
+            if (claim.fingerprint != fp or not claim.may_be_orphaned()
+                    or store.run_exists(claim.run_id)):
+                return self.AsyncResult(claim.run_id)
+            # The key has named, for a while, a run that was never recorded: its caller died
+            # between claiming the key and publishing. Publish it now (a second copy would
+            # be harmless: the run's claim lets one execute).
+        # Publish first, then record: once the key is claimed, a crash can no longer leave
+        # a key that names a run with no message (the worker records the run if we cannot).
+        result = super().apply_async(args, kwargs, task_id=claim.run_id, **options)
+        try:
+            self._record(claim.run_id, args, kwargs, options)
+        except StoreError:
+            logger.warning("run %s: published, but not recorded yet (the worker will)",
+                           claim.run_id, exc_info=True)
+        return result
 
 
 def durable_task(fn: Callable[..., Any] | None = None, /, **options: Any) -> Any:
     """Declare a durable task: ``@durable_task`` or ``@durable_task(retry=..., queue=...)``.
 
     Registers like Celery's ``shared_task`` (with every app, works with autodiscovery) and
-    accepts every ``@app.task`` option, plus ``retry`` (a RetryPolicy for the whole run).
+    accepts every ``@app.task`` option, plus ``retry`` (a RetryPolicy for the whole run),
+    ``idempotency_key`` (a function of the task's arguments returning the key of a call,
+    used by ``.delay()``, ``.apply_async()`` and canvas) and ``idempotency_ttl`` (seconds or
+    a timedelta; default ``durable_idempotency_ttl_s``).
 
     Raises:
         ConfigurationError: at decoration time, for an unknown or invalid option.
@@ -154,6 +240,11 @@ def durable_task(fn: Callable[..., Any] | None = None, /, **options: Any) -> Any
         policy = opts.pop("retry", None)
         if policy is not None:
             opts["durable_retry"] = policy
+        if "idempotency_key" in opts:
+            opts["durable_idempotency_key"] = staticmethod(opts.pop("idempotency_key"))
+        if "idempotency_ttl" in opts:
+            opts["durable_idempotency_ttl"] = to_seconds(opts.pop("idempotency_ttl"),
+                                                         "idempotency_ttl")
         return shared_task(**opts)(fun)
 
     if fn is not None:

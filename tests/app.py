@@ -18,6 +18,9 @@ app = Celery(
     backend=f"{BASE_URL}/1",
     include=["tests.tasks"],
 )
+# Shared tasks resolve through the current app, which is per thread: make this app the
+# default so tests that call tasks from threads find it.
+app.set_default()
 app.conf.update(
     task_default_queue=os.environ.get("DURABLE_TEST_QUEUE", "celery"),
     worker_prefetch_multiplier=1,

@@ -235,3 +235,21 @@ def long_single_step(token: str, seconds: float) -> str:
         return "done"
 
     return crunch()
+
+
+class Order(BaseModel):
+    order_id: str
+    quantity: int
+
+
+@durable_task(retry=FAST, idempotency_key=lambda order, note="": f"order:{order.order_id}")
+def place_order(order: Order, note: str = "") -> dict[str, Any]:
+    assert isinstance(order, Order), "the worker must coerce the payload into the model"
+    return {"order": order.order_id, "quantity": order.quantity, "note": note}
+
+
+@durable_task(retry=RetryPolicy(max_attempts=1))
+def fail_once_per_key(token: str) -> str:
+    if bump(token, "attempts") == 1:
+        raise ValueError("first run fails")
+    return "second run succeeds"

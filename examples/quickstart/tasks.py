@@ -1,8 +1,13 @@
-"""An order pipeline of three steps whose payment step fails on the first attempt.
+"""Two durable tasks: an order whose payment fails once, and a catalog import to crash.
 
-Attempt 1 reserves the stock, then the (simulated) payment API times out: the attempt fails
-and the run is retried. Attempt 2 gets the reservation back from its checkpoint, without
+``process_order``: an order pipeline of three steps whose payment step fails on the first
+attempt. Attempt 1 reserves the stock, then the (simulated) payment API times out: the attempt
+fails and the run is retried. Attempt 2 gets the reservation back from its checkpoint, without
 executing ``reserve_stock`` again, charges the card and sends the receipt.
+
+``import_catalog``: imports a batch page by page, one ``import_page`` step per page (about
+0.8 s each), so that there is time to kill its worker mid-run (``run_crash_demo.py``). Another
+worker resumes the run: the pages committed before the crash are not imported again.
 """
 
 from __future__ import annotations
@@ -58,3 +63,20 @@ def process_order(order_id: str) -> dict[str, Any]:
     say(f"process_order: done (order {order_id})")
     return {"order_id": order_id, "reservation": reservation["reservation"],
             "charge_id": charge_id, "receipt": receipt}
+
+
+@step
+def import_page(batch_id: str, page: int) -> dict[str, Any]:
+    say(f"import_page: executing page {page} (batch {batch_id})")
+    time.sleep(0.8)  # fetching and writing one page of products
+    return {"page": page, "products": 50}
+
+
+@durable_task(retry=RetryPolicy(max_attempts=3, min_delay=1, max_delay=2))
+def import_catalog(batch_id: str, pages: int = 6) -> dict[str, Any]:
+    """One step per page: the steps are named import_page, import_page#2, ... in call order."""
+    say(f"import_catalog: starting (batch {batch_id}, {pages} pages)")
+    imported = [import_page(batch_id, page) for page in range(1, pages + 1)]
+    say(f"import_catalog: done (batch {batch_id})")
+    return {"batch_id": batch_id, "pages": len(imported),
+            "products": sum(p["products"] for p in imported)}
