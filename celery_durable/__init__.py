@@ -26,7 +26,7 @@ from .errors import (
     RunNotFoundError,
     StoreError,
 )
-from .models import ErrorInfo, RunInfo, RunStatus, RunSummary, StepInfo, TraceEvent
+from .models import ErrorInfo, LimitInfo, RunInfo, RunStatus, RunSummary, StepInfo, TraceEvent
 from .retry import RetryPolicy
 from .steps import step
 from .task import DurableTask, durable_task
@@ -43,6 +43,7 @@ __all__ = [
     "ErrorInfo",
     "IdempotencyConflictError",
     "LeaseLostError",
+    "LimitInfo",
     "NonRetryableError",
     "NondeterminismError",
     "NotInRunError",

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 from celery.exceptions import Ignore, Reject, Retry
 
 from .codec import JsonCodec, Unencodable, describe_unencodable
+from .concurrency import SlotRef, acquire, park_info, publish_woken, release, slots_for
 from .context import RunContext, bind_context, describe_error, unbind_context
 from .errors import LeaseLostError, RunCrashedError, StoreError
 from .identity import current_worker_id
@@ -62,13 +63,17 @@ def run_attempt(task: DurableTask, args: tuple[Any, ...], kwargs: dict[str, Any]
     run_id = str(req.id)
     owner = current_worker_id(req.hostname)
     properties = req.properties or {}
+    queue = queue_of(task, {"delivery_info": req.delivery_info or {}})
     try:
+        slots = _take_slots(task, store, run_id, args, kwargs, queue)
         claim = _claim(task, store, run_id, owner, args, kwargs, properties)
     except StoreError as exc:
         # Redis is unreachable: nothing ran; try again later with the same message id.
         delay = min(60.0, 2.0 ** min(int(req.retries or 0), 6)) * random.uniform(0.5, 1.0)
         logger.error("%s; retrying run %s in %.1f s", exc, run_id, delay)
         _retry(task, exc, delay)
+    if claim.outcome in ("crashed", "done"):
+        _give_back_slots(task, store, run_id, slots)
     if claim.outcome == "crashed":
         _release_idempotency_key(task, store, run_id)
         raise RunCrashedError(
@@ -88,12 +93,47 @@ def run_attempt(task: DurableTask, args: tuple[Any, ...], kwargs: dict[str, Any]
         owner=owner,
         store=store,
         checkpoints=dict(claim.checkpoints or {}),
+        slots=slots,
     )
     bound = bind_context(ctx)
     try:
         return _run_body(task, store, ctx, args, kwargs)
     finally:
         unbind_context(bound)
+
+
+def _take_slots(
+    task: DurableTask,
+    store: RunStore,
+    run_id: str,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    queue: str,
+) -> list[SlotRef]:
+    """Hold a slot of every concurrency limit of this call, or park the run and stop."""
+    slots = slots_for(task, args, kwargs, queue, store.settings)
+    if not slots or task.request.is_eager:
+        return []
+    info = park_info(task, args, kwargs, queue, task.request.headers)
+    admission = acquire(store, run_id, slots, info)
+    publish_woken(task.app, admission.woken)
+    if admission.admitted:
+        return slots
+    denied = admission.denied
+    assert denied is not None
+    store.append_event(run_id, "slot_denied", {
+        "limit": denied.name, "position": admission.position, "held": admission.held,
+        "max": admission.limit})
+    logger.info("run %s: concurrency limit %s is full (%d/%d); parked at position %d",
+                run_id, denied.name, admission.held, admission.limit, admission.position)
+    raise Ignore()
+
+
+def _give_back_slots(
+    task: DurableTask, store: RunStore, run_id: str, slots: list[SlotRef]
+) -> None:
+    if slots:
+        publish_woken(task.app, release(store, run_id, slots))
 
 
 def _claim(
@@ -276,9 +316,13 @@ def _end(
 ) -> str | None:
     event.setdefault("attempt", ctx.attempt)
     try:
-        return store.end_attempt(ctx.id, ctx._token, status, event, task=task.name,
+        prev = store.end_attempt(ctx.id, ctx._token, status, event, task=task.name,
                                  owner=ctx.owner, result_json=result_json,
                                  error_json=error_json)
+        if prev is not None:
+            # Only the attempt that still owned the run gives its slots back.
+            _give_back_slots(task, store, ctx.id, ctx.slots)
+        return prev
     except StoreError:
         if strict:
             raise

@@ -9,9 +9,11 @@ from typing import Any
 from celery import Celery
 
 from .codec import JsonCodec
+from .concurrency import NO_KEY, SlotRef, limit_base, publish_woken
 from .errors import CheckpointDecodeError, ConfigurationError, RunNotFoundError
 from .models import (
     ErrorInfo,
+    LimitInfo,
     RunInfo,
     RunStatus,
     RunSummary,
@@ -123,6 +125,37 @@ class DurableClient:
             lease_owner=raw.get("lease_owner") or None,
             events=events,
         )
+
+    def set_concurrency_limit(self, name: str, limit: int) -> None:
+        """Change a concurrency limit at runtime (no worker restart): ``name`` is a task
+        name (or ``task:<name>``) or ``queue:<name>``; for a per-key task limit the new
+        value applies to every key. Runs waiting for a slot are woken if it grew."""
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
+            raise ConfigurationError(f"a concurrency limit must be an int >= 0, got {limit!r}")
+        base = limit_base(name, self.app)
+        store = self.store
+        store.client.hset(store.keys.limit(base, NO_KEY).config, "limit", limit)
+        woken = []
+        for member in store.client.smembers(store.keys.limits):
+            ref = SlotRef.from_member(str(member))
+            if ref.base == base:
+                reply = store.slot_op(store.keys.limit(ref.base, ref.sub), "sweep", "",
+                                      ref.default)
+                woken += [(str(r), str(i)) for r, i in zip(reply[4::2], reply[5::2],
+                                                           strict=True)]
+        publish_woken(self.app, woken)
+
+    def concurrency_limit(self, name: str, key: str | None = None) -> LimitInfo:
+        """The state of a limit: its value, slots in use, runs waiting."""
+        base = limit_base(name, self.app)
+        k = self.store.keys.limit(base, key or NO_KEY)
+        with self.store.client.pipeline(False) as pipe:
+            pipe.hget(k.config, "limit")
+            pipe.zrange(k.holders, 0, -1)
+            pipe.zrange(k.parked, 0, -1)
+            override, holders, parked = pipe.execute()
+        return LimitInfo(name=base, key=key, limit=int(override) if override else None,
+                         holders=[str(h) for h in holders], parked=[str(p) for p in parked])
 
     def reset_idempotency_key(self, task: str, key: str) -> bool:
         """Forget ``key`` of ``task``: the next call with it creates a new run. Returns

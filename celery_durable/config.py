@@ -60,6 +60,8 @@ class DurableSettings(BaseModel):
     reaper: bool = True
     idempotency_ttl_s: float = Field(default=DEFAULT_IDEMPOTENCY_TTL_S, gt=0)
     idempotency_release_on_failure: bool = True
+    queue_limits: dict[str, int] = Field(default_factory=dict)
+    slot_handoff_s: float = Field(default=60.0, gt=0)
     trace_maxlen: int = Field(default=DEFAULT_TRACE_MAXLEN, ge=100)
     max_checkpoint_bytes: int = Field(default=DEFAULT_MAX_CHECKPOINT_BYTES, ge=1024)
     redis_socket_timeout_s: float = Field(default=DEFAULT_REDIS_SOCKET_TIMEOUT_S, gt=0)
@@ -78,6 +80,14 @@ class DurableSettings(BaseModel):
     def _prefix(cls, value: str) -> str:
         if not value or "{" in value or "}" in value:
             raise ValueError("must be non-empty and contain no '{' or '}' (hash tags are ours)")
+        return value
+
+    @field_validator("queue_limits")
+    @classmethod
+    def _queue_limits(cls, value: dict[str, int]) -> dict[str, int]:
+        for queue, limit in value.items():
+            if limit < 0:
+                raise ValueError(f"the limit of queue {queue!r} must be >= 0, got {limit}")
         return value
 
     @model_validator(mode="after")

@@ -10,9 +10,9 @@ from __future__ import annotations
 import json
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextvars import ContextVar
-from typing import Any, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 from .codec import Unencodable, describe_unencodable, from_jsonable, to_jsonable
 from .config import DurableSettings
@@ -26,6 +26,9 @@ from .errors import (
 )
 from .retry import RetryPolicy
 from .store import RunStore
+
+if TYPE_CHECKING:
+    from .concurrency import SlotRef
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -55,7 +58,7 @@ class RunContext:
 
     __slots__ = (
         "id", "attempt", "task_name", "owner", "_token", "_store", "_settings", "_committed",
-        "_position", "_occurrences", "_current_step", "replayed", "_keys",
+        "_position", "_occurrences", "_current_step", "replayed", "_keys", "slots",
     )
 
     def __init__(
@@ -68,6 +71,7 @@ class RunContext:
         owner: str,
         store: RunStore,
         checkpoints: dict[str, str],
+        slots: Sequence[SlotRef] = (),
     ) -> None:
         self.id = run_id
         self.attempt = attempt
@@ -79,6 +83,8 @@ class RunContext:
         self._settings: DurableSettings = store.settings
         self._committed = checkpoints
         self._keys = store.keys.run(run_id)
+        #: The concurrency slots this attempt holds (given back when it ends).
+        self.slots = list(slots)
         self._position = 0
         self._occurrences: dict[str, int] = {}
         self._current_step: str | None = None

@@ -22,6 +22,7 @@ import redis
 from celery import Celery
 from celery.worker import state
 
+from .concurrency import slots_for
 from .requeue import broker_is_redis
 from .store import RunStore
 
@@ -38,15 +39,37 @@ def _snapshot(items: Iterable[Any]) -> list[Any]:
     return []
 
 
-def active_durable_runs() -> set[str]:
-    """Ids of the durable runs this worker is executing right now."""
+def active_durable_requests() -> dict[str, Any]:
+    """The durable runs this worker is executing right now: run id -> worker Request."""
     from .task import DurableTask
 
-    runs = set()
+    runs = {}
     for req in _snapshot(state.active_requests):
         if isinstance(getattr(req, "task", None), DurableTask) and req.id:
-            runs.add(str(req.id))
+            runs[str(req.id)] = req
     return runs
+
+
+def active_durable_runs() -> set[str]:
+    """Ids of the durable runs this worker is executing right now."""
+    return set(active_durable_requests())
+
+
+def slot_holders(store: RunStore, requests: dict[str, Any]) -> list[tuple[str, str]]:
+    """``(holders key, run id)`` of every concurrency slot the active runs hold."""
+    pairs = []
+    for run_id, req in requests.items():
+        task = req.task
+        if task.durable_concurrency_limit is None and not store.settings.queue_limits:
+            continue
+        queue = str((req.delivery_info or {}).get("routing_key") or "")
+        try:
+            refs = slots_for(task, req.args, req.kwargs, queue, store.settings)
+        except Exception:
+            logger.exception("celery-durable: cannot compute the slots of run %s", run_id)
+            continue
+        pairs += [(store.keys.limit(r.base, r.sub).holders, run_id) for r in refs]
+    return pairs
 
 
 def live_delivery_tags() -> list[str]:
@@ -97,13 +120,15 @@ class Heartbeat:
 
     def beat(self) -> None:
         now = time.monotonic()
-        active = active_durable_runs()
+        requests = active_durable_requests()
+        active = set(requests)
         renew = now - self._last_renew >= self.store.settings.lease_renew_every_s
         # A run that appeared since the last renewal is renewed at once as well.
         renew = renew or bool(active - self._held)
         self.store.beat(self.worker_id, sorted(active), renew)
         if renew:
             self._last_renew = now
+            self.store.renew_slots(slot_holders(self.store, requests))
         gone = self._held - active
         if gone:
             self.store.release_leases(self.worker_id, sorted(gone))

@@ -21,6 +21,18 @@ Idempotency keys (scoped per task)::
     Pidem:<task name>:<key>  string  JSON {"run": run id, "fp": argument fingerprint,
                                      "ms": claimed at}; TTL: the key's idempotency TTL
 
+Concurrency limits (one Cluster slot per limit, tagged by its base name: "task:<task>" or
+"queue:<queue>"; <sub> is the concurrency key, "_" for none)::
+
+    Plimit:{<base>}:config          hash  "limit" -> runtime override of the coded limit
+    Plimit:{<base>}:<sub>:holders   zset  run id -> slot lease expiry (ms)
+    Plimit:{<base>}:<sub>:parked    zset  run id -> queue order (ms); FIFO
+    Plimit:{<base>}:<sub>:woken     zset  run id -> hand-over expiry (ms)
+    Plimit:{<base>}:<sub>:info      hash  run id -> JSON needed to re-publish a parked run
+    Plimits                         set   JSON [base, sub, default limit] of limits with
+                                          waiting runs (for the safety sweep)
+    (all TTL'd: durable_active_ttl_s, refreshed on use)
+
 Worker coordination (heartbeat and reaper)::
 
     Pworkers                 zset  worker id -> last heartbeat (ms)
@@ -49,6 +61,20 @@ class RunKeys:
 
 
 @dataclass(frozen=True, slots=True)
+class LimitKeys:
+    """The keys of one concurrency limit, in the order slots.lua takes them."""
+
+    config: str
+    holders: str
+    parked: str
+    woken: str
+    info: str
+
+    def as_list(self) -> list[str]:
+        return [self.config, self.holders, self.parked, self.woken, self.info]
+
+
+@dataclass(frozen=True, slots=True)
 class KeySpace:
     """Builds key names from the configured prefix; does no I/O."""
 
@@ -67,6 +93,16 @@ class KeySpace:
 
     def task_index(self, task_name: str) -> str:
         return f"{self.prefix}index:task:{task_name}"
+
+    def limit(self, base: str, sub: str) -> LimitKeys:
+        tag = f"{self.prefix}limit:{{{base}}}"
+        return LimitKeys(config=f"{tag}:config", holders=f"{tag}:{sub}:holders",
+                         parked=f"{tag}:{sub}:parked", woken=f"{tag}:{sub}:woken",
+                         info=f"{tag}:{sub}:info")
+
+    @property
+    def limits(self) -> str:
+        return f"{self.prefix}limits"
 
     def idempotency(self, task_name: str, key: str) -> str:
         return f"{self.prefix}idem:{task_name}:{key}"

@@ -69,6 +69,17 @@ class TraceEvent(_Record):
     fields: dict[str, str]
 
 
+class LimitInfo(_Record):
+    """A concurrency limit as stored: the runtime value (None = the one set in code), the
+    runs holding a slot and the runs waiting for one (oldest first)."""
+
+    name: str
+    key: str | None
+    limit: int | None
+    holders: list[str]
+    parked: list[str]
+
+
 class RunSummary(_Record):
     """The fields of a run shown in lists."""
 

@@ -14,11 +14,14 @@ from typing import Any
 
 from celery import Celery
 
+from .concurrency import publish_woken, sweep
 from .errors import DurableError
 from .requeue import broker_is_redis, requeue_run, restore_stale_messages
 from .store import RunStore
 
 logger = logging.getLogger("celery_durable.reaper")
+#: Reaper sweeps (heartbeats) between two safety sweeps of the concurrency limits.
+SLOT_SWEEP_EVERY = 5
 
 
 class Reaper:
@@ -29,6 +32,7 @@ class Reaper:
         self.store = store
         self.worker_id = worker_id
         self._connection: Any = None
+        self._sweeps = 0
 
     def close(self) -> None:
         if self._connection is not None:
@@ -75,7 +79,20 @@ class Reaper:
             resumed += sum(self._resume(run_id, dead) for run_id in runs)
         for run_id in self.store.expired_leases():
             resumed += self._resume(run_id, "")
-        return resumed + self.restore_orphaned_messages()
+        return resumed + self.restore_orphaned_messages() + self.wake_parked()
+
+    def wake_parked(self) -> int:
+        """The safety net of concurrency limits, every ``SLOT_SWEEP_EVERY`` sweeps: hand
+        free slots to parked runs whose wake-up was lost (a worker died mid-release, a
+        hand-over never taken). Normally releases wake parked runs directly."""
+        self._sweeps += 1
+        if self._sweeps % SLOT_SWEEP_EVERY:
+            return 0
+        woken = sweep(self.store)
+        publish_woken(self.app, woken)
+        if woken:
+            logger.warning("celery-durable: the slot sweep woke %d parked run(s)", len(woken))
+        return len(woken)
 
     def _resume(self, run_id: str, dead_owner: str) -> bool:
         try:

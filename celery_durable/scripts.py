@@ -18,6 +18,7 @@ from redis.commands.core import Script
 SCRIPT_NAMES = (
     "create_run", "claim_attempt", "commit_step", "append_event", "end_attempt",
     "renew_lease", "reap_run", "claim_idempotency", "release_idempotency",
+    "slots",
 )
 
 
@@ -40,6 +41,7 @@ class Scripts:
     reap_run: Script
     claim_idempotency: Script
     release_idempotency: Script
+    slots: Script
 
     @classmethod
     def register(cls, client: redis.Redis) -> Scripts:

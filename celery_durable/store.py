@@ -25,7 +25,7 @@ from redis.retry import Retry
 
 from .config import DurableSettings, settings_for
 from .errors import StoreError
-from .keys import KeySpace, RunKeys
+from .keys import KeySpace, LimitKeys, RunKeys
 from .models import TERMINAL_STATUSES, RunStatus
 from .scripts import Scripts, queue_call
 
@@ -380,6 +380,28 @@ class RunStore:
     def run_exists(self, run_id: str) -> bool:
         with _redis_errors(f"read run {run_id}"):
             return bool(self.client.exists(self.keys.run(run_id).run))
+
+    # -- concurrency limits -----------------------------------------------------------------
+
+    def slot_op(
+        self, keys: LimitKeys, op: str, run_id: str, default_limit: int, info_json: str = ""
+    ) -> list[Any]:
+        """Run slots.lua (see its header for the reply)."""
+        s = self.settings
+        argv: list[Any] = [op, run_id, now_ms(), s.lease_ttl_ms, default_limit, info_json,
+                int(s.slot_handoff_s * 1000), s.active_ttl_ms]
+        with _redis_errors(f"{op} a concurrency slot"):
+            return list(self.scripts.slots(keys.as_list(), argv))
+
+    def renew_slots(self, holders: Sequence[tuple[str, str]]) -> None:
+        """Extend slot leases: ``(holders key, run id)`` pairs, one round trip."""
+        if not holders:
+            return
+        expires = now_ms() + self.settings.lease_ttl_ms
+        with _redis_errors("renew concurrency slots"), self.client.pipeline(False) as pipe:
+            for key, run_id in holders:
+                pipe.zadd(key, {run_id: expires}, xx=True)
+            pipe.execute()
 
     # -- reads (admin API) -----------------------------------------------------------------
 

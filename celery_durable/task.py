@@ -32,7 +32,9 @@ CELERY_DECORATOR_OPTIONS = frozenset({
 })
 
 #: Options that belong to celery-durable (the rest pass through to Celery).
-DURABLE_OPTIONS = frozenset({"retry", "idempotency_key", "idempotency_ttl"})
+DURABLE_OPTIONS = frozenset({
+    "retry", "idempotency_key", "idempotency_ttl", "concurrency_limit", "concurrency_key",
+})
 
 
 #: Celery autoretry options replaced by ``retry=RetryPolicy(...)``.
@@ -78,6 +80,22 @@ def validate_options(options: dict[str, Any], base: type[Task[Any, Any]]) -> Non
             )
         if name == "idempotency_ttl":
             to_seconds(value, "@durable_task(idempotency_ttl=...)")
+        if name == "concurrency_limit" and (
+            isinstance(value, bool) or not isinstance(value, int) or value < 0
+        ):
+            raise ConfigurationError(
+                f"@durable_task(concurrency_limit=...) must be an int >= 0, got {value!r}"
+            )
+        if name == "concurrency_key" and not callable(value):
+            raise ConfigurationError(
+                "@durable_task(concurrency_key=...) must be a function of the task's "
+                "arguments returning the key (a tenant, a user) the limit applies to"
+            )
+    if "concurrency_key" in options and options.get("concurrency_limit") is None:
+        raise ConfigurationError(
+            "@durable_task(concurrency_key=...) needs concurrency_limit=N: the number of "
+            "runs allowed at once per key"
+        )
 
 
 class DurableTask(Task[Any, Any]):
@@ -98,6 +116,10 @@ class DurableTask(Task[Any, Any]):
     durable_idempotency_key: ClassVar[Callable[..., str] | None] = None
     #: Seconds an idempotency key names its run; None means ``durable_idempotency_ttl_s``.
     durable_idempotency_ttl: ClassVar[float | None] = None
+    #: Runs of this task allowed at once across the cluster (per key); None = no limit.
+    durable_concurrency_limit: ClassVar[int | None] = None
+    #: Function of the task's arguments giving the key the limit applies to (a tenant).
+    durable_concurrency_key: ClassVar[Callable[..., str] | None] = None
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -115,6 +137,12 @@ class DurableTask(Task[Any, Any]):
             key_fn = cls.__dict__["idempotency_key"]
             delattr(cls, "idempotency_key")
             cls.durable_idempotency_key = staticmethod(key_fn)
+        for option in ("concurrency_limit", "concurrency_key"):
+            if option in cls.__dict__:
+                value = cls.__dict__[option]
+                delattr(cls, option)
+                setattr(cls, f"durable_{option}",
+                        staticmethod(value) if option == "concurrency_key" else value)
         if "idempotency_ttl" in cls.__dict__:
             ttl = cls.__dict__["idempotency_ttl"]
             delattr(cls, "idempotency_ttl")
@@ -218,6 +246,8 @@ def durable_task(fn: Callable[..., Any] | None = None, /, **options: Any) -> Any
 
     Registers like Celery's ``shared_task`` (with every app, works with autodiscovery) and
     accepts every ``@app.task`` option, plus ``retry`` (a RetryPolicy for the whole run),
+    ``concurrency_limit`` (runs allowed at once across all workers), ``concurrency_key``
+    (a function of the task's arguments: the limit then applies per key),
     ``idempotency_key`` (a function of the task's arguments returning the key of a call,
     used by ``.delay()``, ``.apply_async()`` and canvas) and ``idempotency_ttl`` (seconds or
     a timedelta; default ``durable_idempotency_ttl_s``).
@@ -242,6 +272,10 @@ def durable_task(fn: Callable[..., Any] | None = None, /, **options: Any) -> Any
             opts["durable_retry"] = policy
         if "idempotency_key" in opts:
             opts["durable_idempotency_key"] = staticmethod(opts.pop("idempotency_key"))
+        if "concurrency_limit" in opts:
+            opts["durable_concurrency_limit"] = opts.pop("concurrency_limit")
+        if "concurrency_key" in opts:
+            opts["durable_concurrency_key"] = staticmethod(opts.pop("concurrency_key"))
         if "idempotency_ttl" in opts:
             opts["durable_idempotency_ttl"] = to_seconds(opts.pop("idempotency_ttl"),
                                                          "idempotency_ttl")

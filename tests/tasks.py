@@ -253,3 +253,38 @@ def fail_once_per_key(token: str) -> str:
     if bump(token, "attempts") == 1:
         raise ValueError("first run fails")
     return "second run succeeds"
+
+
+def record_span(token: str, label: str, seconds: float) -> None:
+    """Sleep ``seconds``, recording [start, end, label] so tests can compute overlaps."""
+    import json
+    import time
+
+    start = time.time()
+    time.sleep(seconds)
+    counters.rpush(f"{token}:spans", json.dumps([start, time.time(), label]))
+
+
+@durable_task(retry=FAST, concurrency_limit=2)
+def limited(token: str, i: int, seconds: float) -> int:
+    current_run().step("work", record_span, token, str(i), seconds)
+    return i
+
+
+@durable_task(retry=FAST, concurrency_limit=1,
+              concurrency_key=lambda token, tenant, i, seconds: tenant)
+def per_tenant(token: str, tenant: str, i: int, seconds: float) -> str:
+    current_run().step("work", record_span, token, tenant, seconds)
+    return tenant
+
+
+@durable_task(retry=FAST, concurrency_limit=1)
+def adjustable(token: str, i: int, seconds: float) -> int:
+    current_run().step("work", record_span, token, str(i), seconds)
+    return i
+
+
+@durable_task(retry=FAST, concurrency_limit=1)
+def limited_pipeline(token: str, steps: int, seconds: float) -> list[int]:
+    values = [chaos_step(token, i, seconds) for i in range(steps)]
+    return [v["index"] for v in values]

@@ -1,0 +1,160 @@
+"""Cluster-wide concurrency limits: per task (optionally per key) and per Celery queue.
+
+An attempt takes a slot of every limit that applies to it before it starts; if one is
+full, the attempt is parked in Redis (its message acknowledged: it holds no worker) and the
+run is re-published, in FIFO order, the moment a slot frees up. Slots are leases renewed by
+the worker heartbeat, so a dead worker's slots come back within ``durable_lease_ttl_s``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from celery import Celery
+
+from .config import DurableSettings
+from .errors import ConfigurationError
+from .store import RunStore
+
+if TYPE_CHECKING:
+    from .task import DurableTask
+
+logger = logging.getLogger("celery_durable")
+
+#: The concurrency key of a limit that has none.
+NO_KEY = "_"
+
+
+@dataclass(frozen=True, slots=True)
+class SlotRef:
+    """One limit an attempt must hold a slot of: ``base`` (``task:<name>`` or
+    ``queue:<name>``), ``sub`` (the concurrency key) and the limit set in code."""
+
+    base: str
+    sub: str
+    default: int
+
+    @property
+    def name(self) -> str:
+        return self.base if self.sub == NO_KEY else f"{self.base}[{self.sub}]"
+
+    def member(self) -> str:
+        """Its entry in the registry of limits with waiting runs."""
+        return json.dumps([self.base, self.sub, self.default])
+
+    @classmethod
+    def from_member(cls, member: str) -> SlotRef:
+        base, sub, default = json.loads(member)
+        return cls(str(base), str(sub), int(default))
+
+
+def limit_base(name: str, app: Celery | None = None) -> str:
+    """Normalize a limit name given by a user: ``task:<name>``, ``queue:<name>`` or the
+    name of a registered durable task."""
+    if name.startswith(("task:", "queue:")):
+        return name
+    if app is not None and name in app.tasks:
+        return f"task:{name}"
+    raise ConfigurationError(
+        f"unknown concurrency limit {name!r}: name it 'task:<task name>' or "
+        "'queue:<queue name>' (or pass the name of a registered task)"
+    )
+
+
+def slots_for(
+    task: DurableTask, args: Sequence[Any], kwargs: dict[str, Any], queue: str,
+    settings: DurableSettings,
+) -> list[SlotRef]:
+    """The limits a call of ``task`` routed to ``queue`` must hold a slot of."""
+    refs = []
+    limit = task.durable_concurrency_limit
+    if limit is not None:
+        key_fn = task.durable_concurrency_key
+        sub = NO_KEY if key_fn is None else str(key_fn(*args, **kwargs))
+        refs.append(SlotRef(f"task:{task.name}", sub or NO_KEY, limit))
+    queue_limit = settings.queue_limits.get(queue)
+    if queue_limit is not None:
+        refs.append(SlotRef(f"queue:{queue}", NO_KEY, queue_limit))
+    return refs
+
+
+Woken = list[tuple[str, str]]
+
+
+@dataclass
+class Admission:
+    """Whether an attempt got all its slots; if not, where it waits."""
+
+    admitted: bool
+    denied: SlotRef | None = None
+    position: int = -1
+    held: int = 0
+    limit: int = 0
+    woken: Woken = field(default_factory=list)
+
+
+def _woken(reply: Sequence[Any]) -> Woken:
+    flat = list(reply[4:])
+    return [(str(r), str(i)) for r, i in zip(flat[::2], flat[1::2], strict=True)]
+
+
+def acquire(store: RunStore, run_id: str, refs: Sequence[SlotRef], info: str) -> Admission:
+    """Take a slot of every limit in ``refs``, or park the run on the first full one."""
+    taken: list[SlotRef] = []
+    woken: Woken = []
+    for ref in refs:
+        reply = store.slot_op(store.keys.limit(ref.base, ref.sub), "acquire", run_id,
+                              ref.default, info)
+        woken += _woken(reply)
+        if int(reply[0]) != 1:
+            woken += release(store, run_id, taken)
+            store.client.sadd(store.keys.limits, ref.member())
+            return Admission(False, ref, int(reply[3]), int(reply[1]), int(reply[2]), woken)
+        taken.append(ref)
+    return Admission(True, woken=woken)
+
+
+def release(store: RunStore, run_id: str, refs: Iterable[SlotRef]) -> Woken:
+    """Give back the run's slots; returns the parked runs that were handed them."""
+    woken: Woken = []
+    for ref in refs:
+        woken += _woken(store.slot_op(store.keys.limit(ref.base, ref.sub), "release", run_id,
+                                      ref.default))
+    return woken
+
+
+def sweep(store: RunStore) -> Woken:
+    """The safety net for lost wake-ups: hand free slots of every limit with waiting runs
+    (expired holders, hand-overs never taken) and forget limits nobody waits for."""
+    woken: Woken = []
+    for member in store.client.smembers(store.keys.limits):
+        ref = SlotRef.from_member(str(member))
+        reply = store.slot_op(store.keys.limit(ref.base, ref.sub), "sweep", "", ref.default)
+        woken += _woken(reply)
+        if int(reply[3]) == 0:
+            store.client.srem(store.keys.limits, str(member))
+    return woken
+
+
+def publish_woken(app: Celery, woken: Woken) -> None:
+    """Re-publish the runs that were just handed a slot (same run id)."""
+    for run_id, info in woken:
+        try:
+            data = json.loads(info)
+        except ValueError:
+            logger.error("celery-durable: run %s was handed a slot but its message data is "
+                         "unreadable; the safety sweep will re-park it", run_id)
+            continue
+        app.send_task(data["task"], args=data["args"], kwargs=data["kwargs"], task_id=run_id,
+                      queue=data.get("queue") or None, headers=data.get("headers") or None)
+
+
+def park_info(task: DurableTask, args: Sequence[Any], kwargs: dict[str, Any], queue: str,
+              headers: dict[str, Any] | None) -> str:
+    """What a parked run needs to be published again."""
+    return json.dumps({"task": task.name, "args": list(args), "kwargs": kwargs,
+                       "queue": queue, "headers": headers or {}}, default=str)

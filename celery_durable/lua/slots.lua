@@ -1,0 +1,75 @@
+-- slots.lua: a cluster-wide concurrency limit: at most `limit` runs hold a slot; the others
+-- wait in FIFO order and are handed a slot as soon as one frees up (no polling).
+-- Slots are leases: a holder that is not renewed (its worker died) expires, and a run that
+-- was handed a slot but never started within the TTL goes back to the head of the queue.
+-- KEYS[1] config hash   P limit:{<base>}:config   (field "limit" overrides the default)
+-- KEYS[2] holders zset  P limit:{<base>}:<sub>:holders   run id -> lease expiry (ms)
+-- KEYS[3] parked zset   P limit:{<base>}:<sub>:parked    run id -> queue order (ms)
+-- KEYS[4] woken zset    P limit:{<base>}:<sub>:woken     run id -> hand-over expiry (ms)
+-- KEYS[5] info hash     P limit:{<base>}:<sub>:info      run id -> JSON to re-publish it
+-- ARGV[1] op: 'acquire' | 'release' | 'sweep'   ARGV[2] run id ('' for sweep)
+-- ARGV[3] now_ms  ARGV[4] lease TTL (ms)  ARGV[5] default limit  ARGV[6] info JSON (acquire)
+-- ARGV[7] hand-over TTL (ms)  ARGV[8] TTL (ms) of these keys when idle
+-- Returns {admitted, held, limit, position, run1, info1, run2, info2, ...}:
+--   admitted 1 = the run holds a slot, 0 = it is parked at `position` (0-based), -1 = n/a
+--   (release, sweep: `position` is then the number of runs parked or being handed a slot);
+--   then the runs just handed a slot, with what is needed to publish them.
+local op, run, now = ARGV[1], ARGV[2], tonumber(ARGV[3])
+local limit = tonumber(redis.call('HGET', KEYS[1], 'limit') or ARGV[5])
+-- Hand-overs that were never taken: back to the head of the queue.
+for _, r in ipairs(redis.call('ZRANGEBYSCORE', KEYS[4], '-inf', now)) do
+  redis.call('ZREM', KEYS[4], r)
+  redis.call('ZREM', KEYS[2], r)
+  redis.call('ZADD', KEYS[3], 0, r)
+end
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
+local admitted, position = -1, -1
+if op == 'acquire' then
+  local head = redis.call('ZRANGE', KEYS[3], 0, 0)[1]
+  if redis.call('ZSCORE', KEYS[2], run)
+      or (redis.call('ZCARD', KEYS[2]) < limit and (not head or head == run)) then
+    redis.call('ZADD', KEYS[2], now + tonumber(ARGV[4]), run)
+    redis.call('ZREM', KEYS[3], run)
+    redis.call('ZREM', KEYS[4], run)
+    redis.call('HDEL', KEYS[5], run)
+    admitted = 1
+  else
+    redis.call('ZADD', KEYS[3], 'NX', now, run)
+    redis.call('HSET', KEYS[5], run, ARGV[6])
+    admitted = 0
+  end
+elseif op == 'release' then
+  redis.call('ZREM', KEYS[2], run)
+  redis.call('ZREM', KEYS[4], run)
+end
+-- Free slots go to the longest-waiting runs.
+local reply = {admitted, 0, limit, 0}
+local free = limit - redis.call('ZCARD', KEYS[2])
+while free > 0 do
+  local head = redis.call('ZRANGE', KEYS[3], 0, 0)[1]
+  if not head then break end
+  redis.call('ZREM', KEYS[3], head)
+  if head == run and op == 'acquire' then
+    -- The caller itself reached the head: it runs now instead of being re-published.
+    redis.call('ZADD', KEYS[2], now + tonumber(ARGV[4]), head)
+    redis.call('HDEL', KEYS[5], head)
+    reply[1] = 1
+    admitted = 1
+  else
+    local expiry = now + tonumber(ARGV[7])
+    redis.call('ZADD', KEYS[2], expiry, head)
+    redis.call('ZADD', KEYS[4], expiry, head)
+    reply[#reply + 1] = head
+    reply[#reply + 1] = redis.call('HGET', KEYS[5], head) or ''
+  end
+  free = free - 1
+end
+if admitted == 0 then
+  position = redis.call('ZRANK', KEYS[3], run) or -1
+elseif op ~= 'acquire' then
+  position = redis.call('ZCARD', KEYS[3]) + redis.call('ZCARD', KEYS[4])
+end
+reply[2] = redis.call('ZCARD', KEYS[2])
+reply[4] = position
+for i = 1, 5 do redis.call('PEXPIRE', KEYS[i], ARGV[8]) end
+return reply
