@@ -6,6 +6,7 @@ db 0 as the broker and checkpoint store, db 1 as the result backend and db 3 for
 
 from __future__ import annotations
 
+import json
 import os
 
 from celery import Celery
@@ -42,3 +43,5 @@ if os.environ.get("DURABLE_TEST_VT"):
         "unacked_restore_interval": 1,
         "unacked_restore_throttle": 1,
     }
+if os.environ.get("DURABLE_TEST_QUEUE_LIMITS"):
+    app.conf.durable_queue_limits = json.loads(os.environ["DURABLE_TEST_QUEUE_LIMITS"])

@@ -107,3 +107,19 @@ def test_slots_of_a_killed_worker_come_back(redis_base_url, tasks, client, token
     assert b.steps[0].started_at >= a.finished_at  # type: ignore[operator]
     info = client.concurrency_limit(tasks.limited_pipeline.name)
     assert info.holders == [] and info.parked == []
+
+
+def test_queue_limit_is_shared_by_every_task_routed_there(redis_base_url, tasks,
+                                                          token) -> None:
+    queue = "images"
+    env = {"DURABLE_TEST_QUEUE_LIMITS": json.dumps({queue: 2})}
+    with celery_worker(redis_base_url, pool="threads", queue=queue, concurrency=6, name="q1",
+                       extra_env=env):
+        # Two different tasks (one of them unlimited by itself) share the queue's 2 slots.
+        results = [tasks.per_tenant.apply_async((token, f"t{i}", i, 0.2), queue=queue)
+                   for i in range(6)]
+        results += [tasks.limited.apply_async((token, 100 + i, 0.2), queue=queue)
+                    for i in range(6)]
+        for r in results:
+            r.get(timeout=120)
+    assert max_overlap(spans(redis_base_url, token)) == 2
