@@ -9,6 +9,7 @@ touch the run (fenced out, duplicate delivery) raises ``Ignore``.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -145,12 +146,22 @@ def _claim(
     kwargs: dict[str, Any],
     properties: dict[str, Any],
 ) -> Claim:
-    claim = _claim_once(task, store, run_id, owner, args, kwargs, properties, 0)
+    claim_with = functools.partial(
+        store.claim,
+        run_id,
+        owner=owner,
+        task=task.name,
+        args_json=encode_arguments(list(args)),
+        kwargs_json=encode_arguments(kwargs),
+        queue=queue_of(task, {"delivery_info": task.request.delivery_info or {}}),
+        pid=os.getpid(),
+        delivery_tag=str(properties.get("delivery_tag") or ""),
+    )
+    claim = claim_with(nonce=uuid.uuid4().hex)
     if claim.outcome == "busy" and claim.owner == owner and _is_dead(claim.holder_pid):
         # A pool process of this very worker held the run and died (SIGKILL, OOM): its
         # message came back before the heartbeat freed the lease. Take over at once.
-        claim = _claim_once(task, store, run_id, owner, args, kwargs, properties,
-                            claim.holder_pid)
+        claim = claim_with(nonce=uuid.uuid4().hex, dead_pid=claim.holder_pid)
     return claim
 
 
@@ -164,30 +175,6 @@ def _is_dead(pid: int) -> bool:
     except PermissionError:
         return False
     return False
-
-
-def _claim_once(
-    task: DurableTask,
-    store: RunStore,
-    run_id: str,
-    owner: str,
-    args: tuple[Any, ...],
-    kwargs: dict[str, Any],
-    properties: dict[str, Any],
-    dead_pid: int,
-) -> Claim:
-    return store.claim(
-        run_id,
-        owner=owner,
-        nonce=uuid.uuid4().hex,
-        task=task.name,
-        args_json=encode_arguments(list(args)),
-        kwargs_json=encode_arguments(kwargs),
-        queue=queue_of(task, {"delivery_info": task.request.delivery_info or {}}),
-        pid=os.getpid(),
-        delivery_tag=str(properties.get("delivery_tag") or ""),
-        dead_pid=dead_pid,
-    )
 
 
 def _run_body(
