@@ -288,3 +288,28 @@ def adjustable(token: str, i: int, seconds: float) -> int:
 def limited_pipeline(token: str, steps: int, seconds: float) -> list[int]:
     values = [chaos_step(token, i, seconds) for i in range(steps)]
     return [v["index"] for v in values]
+
+
+@step
+def charge_with_key(token: str) -> str:
+    key = current_run().step_key
+    counters.rpush(f"{token}:keys", key)
+    if counters.llen(f"{token}:keys") == 1:
+        raise ConnectionError("the payment API timed out after taking the key")
+    return key
+
+
+@durable_task(retry=FAST)
+def keyed_payment(token: str) -> str:
+    load(token)
+    return charge_with_key(token)
+
+
+@step
+def huge() -> str:
+    return "x" * (2 * 1024 * 1024)
+
+
+@durable_task(retry=FAST)
+def oversized_task() -> None:
+    huge()

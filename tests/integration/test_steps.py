@@ -61,3 +61,26 @@ def test_loop_steps_are_numbered_and_resume_at_the_failed_call(
 def test_run_context_step_and_bound_tasks(worker, tasks, token) -> None:
     assert tasks.add_one.delay(41).get(timeout=30) == 42
     assert tasks.bound_task.delay(token).get(timeout=30) == "tests.tasks.bound_task:True"
+
+
+def test_step_key_is_stable_across_attempts(worker, tasks, client, token) -> None:
+    result = tasks.keyed_payment.delay(token)
+    key = result.get(timeout=30)
+    assert key == f"{result.id}:charge_with_key"
+    assert tasks.counters.lrange(f"{token}:keys", 0, -1) == [key, key]
+
+
+def test_oversized_checkpoint_fails_clearly(worker, tasks, client) -> None:
+    from celery_durable import CheckpointTooLargeError
+
+    result = tasks.oversized_task.delay()
+    with pytest.raises(CheckpointTooLargeError, match="durable_max_checkpoint_bytes"):
+        result.get(timeout=30)
+    run = client.get_run(result.id)
+    assert run.status is RunStatus.FAILED and run.attempt == 1 and run.steps == []
+
+
+def test_apply_runs_a_durable_task_in_process(test_app, tasks, client) -> None:
+    eager = tasks.add_one.apply(args=(1,))
+    assert eager.get() == 2
+    assert client.get_run(eager.id).status is RunStatus.COMPLETED
