@@ -20,12 +20,13 @@ from typing import TYPE_CHECKING, Any, NoReturn
 from celery.exceptions import Ignore, Reject, Retry
 
 from .codec import JsonCodec, Unencodable, describe_unencodable
-from .concurrency import SlotRef, acquire, park_info, publish_woken, release, slots_for
-from .context import RunContext, bind_context, describe_error, unbind_context
+from .concurrency import SlotRef, acquire, publish_woken, release, slots_for
+from .context import RunContext, SuspendRun, bind_context, describe_error, unbind_context
 from .errors import LeaseLostError, RunCrashedError, StoreError
 from .identity import current_worker_id
 from .models import RunStatus
 from .payloads import coerce_call
+from .requeue import resume_info
 from .store import Claim, RunStore, now_ms, store_for
 
 if TYPE_CHECKING:
@@ -95,6 +96,7 @@ def run_attempt(task: DurableTask, args: tuple[Any, ...], kwargs: dict[str, Any]
         store=store,
         checkpoints=dict(claim.checkpoints or {}),
         slots=slots,
+        failures=claim.failures,
     )
     bound = bind_context(ctx)
     try:
@@ -115,7 +117,7 @@ def _take_slots(
     slots = slots_for(task, args, kwargs, queue, store.settings)
     if not slots or task.request.is_eager:
         return []
-    info = park_info(task, args, kwargs, queue, task.request.headers)
+    info = resume_info(task.name, args, kwargs, queue, task.request.headers)
     admission = acquire(store, run_id, slots, info)
     publish_woken(task.app, admission.woken)
     if admission.admitted:
@@ -191,6 +193,10 @@ def _run_body(
         logger.warning("%s", exc)
         _note_fenced(store, ctx)
         raise Ignore() from exc
+    except SuspendRun as suspend:
+        _park(task, store, ctx, suspend.due_ms, RunStatus.SUSPENDED,
+              {"type": "run_suspended", "reason": suspend.reason,
+               "until_ms": suspend.due_ms or "", **suspend.details})
     except Retry:
         # The task called self.retry() itself: the next message is already published.
         _end(store, ctx, task, RunStatus.RETRYING, {"type": "attempt_retrying"})
@@ -233,11 +239,17 @@ def _handle_failure(
     task: DurableTask, store: RunStore, ctx: RunContext, exc: Exception
 ) -> NoReturn:
     policy = task.durable_retry or store.settings.default_retry
-    if not policy.should_retry(exc, ctx.attempt):
+    failure = ctx.failures + 1  # this attempt's failure, counted as the policy counts
+    if not policy.should_retry(exc, failure):
         _fail(store, ctx, task, exc)
         raise exc
-    delay = policy.delay_for(ctx.attempt)
+    delay = policy.delay_for(failure)
     error = describe_error(exc)
+    if delay > store.settings.max_countdown_s:
+        # A long backoff waits in a Redis timer, not as an ETA message in a worker.
+        _park(task, store, ctx, now_ms() + int(delay * 1000), RunStatus.RETRYING,
+              {"type": "attempt_failed", "attempt": ctx.attempt, "retry_in_s": f"{delay:.3f}",
+               **error}, error_json=json.dumps(error))
     event = {"type": "attempt_failed", "attempt": ctx.attempt, "retry_in_s": f"{delay:.3f}",
              **error}
     try:
@@ -251,6 +263,32 @@ def _handle_failure(
         _note_fenced(store, ctx)
         raise Ignore() from exc
     _retry(task, exc, delay)
+
+
+def _park(
+    task: DurableTask,
+    store: RunStore,
+    ctx: RunContext,
+    due_ms: int | None,
+    status: RunStatus,
+    event: dict[str, Any],
+    error_json: str = "",
+) -> NoReturn:
+    """End the attempt and let a Redis timer (or an event) publish the run again.
+
+    The timer is set before the attempt ends: if the worker dies in between, the timer
+    still fires and the next attempt takes over the run; the other way round, a crash
+    could leave a suspended run that nothing wakes.
+    """
+    req = task.request
+    if due_ms is not None:
+        info = resume_info(task.name, req.args, req.kwargs,
+                           queue_of(task, {"delivery_info": req.delivery_info or {}}),
+                           req.headers)
+        store.schedule(ctx.id, due_ms, info)
+    if _end(store, ctx, task, status, event, error_json=error_json) is None:
+        _note_fenced(store, ctx)
+    raise Ignore()
 
 
 def _retry(task: DurableTask, exc: Exception, delay: float) -> NoReturn:

@@ -18,6 +18,7 @@ from celery import Celery
 
 from .config import DurableSettings
 from .errors import ConfigurationError
+from .requeue import publish_resume
 from .store import RunStore
 
 if TYPE_CHECKING:
@@ -143,18 +144,4 @@ def sweep(store: RunStore) -> Woken:
 def publish_woken(app: Celery, woken: Woken) -> None:
     """Re-publish the runs that were just handed a slot (same run id)."""
     for run_id, info in woken:
-        try:
-            data = json.loads(info)
-        except ValueError:
-            logger.error("celery-durable: run %s was handed a slot but its message data is "
-                         "unreadable; the safety sweep will re-park it", run_id)
-            continue
-        app.send_task(data["task"], args=data["args"], kwargs=data["kwargs"], task_id=run_id,
-                      queue=data.get("queue") or None, headers=data.get("headers") or None)
-
-
-def park_info(task: DurableTask, args: Sequence[Any], kwargs: dict[str, Any], queue: str,
-              headers: dict[str, Any] | None) -> str:
-    """What a parked run needs to be published again."""
-    return json.dumps({"task": task.name, "args": list(args), "kwargs": kwargs,
-                       "queue": queue, "headers": headers or {}}, default=str)
+        publish_resume(app, run_id, info)

@@ -61,6 +61,8 @@ class DurableSettings(BaseModel):
     idempotency_ttl_s: float = Field(default=DEFAULT_IDEMPOTENCY_TTL_S, gt=0)
     idempotency_release_on_failure: bool = True
     queue_limits: dict[str, int] = Field(default_factory=dict)
+    inline_sleep_s: float = Field(default=1.0, ge=0)
+    max_countdown_s: float = Field(default=10.0, ge=0)
     slot_handoff_s: float = Field(default=60.0, gt=0)
     trace_maxlen: int = Field(default=DEFAULT_TRACE_MAXLEN, ge=100)
     max_checkpoint_bytes: int = Field(default=DEFAULT_MAX_CHECKPOINT_BYTES, ge=1024)

@@ -12,6 +12,7 @@ import time
 import traceback
 from collections.abc import Callable, Sequence
 from contextvars import ContextVar
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 from .codec import Unencodable, describe_unencodable, from_jsonable, to_jsonable
@@ -24,7 +25,7 @@ from .errors import (
     NotInRunError,
     StoreError,
 )
-from .retry import RetryPolicy
+from .retry import RetryPolicy, to_seconds
 from .store import RunStore
 
 if TYPE_CHECKING:
@@ -37,6 +38,24 @@ R = TypeVar("R")
 _encoder = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
 
 _current: ContextVar[RunContext | None] = ContextVar("celery_durable_run", default=None)
+
+
+class SuspendRun(BaseException):
+    """Internal: end this attempt and resume the run later (a sleep, a wait).
+
+    A BaseException so that ``except Exception`` in user code cannot swallow it.
+    ``due_ms`` is when a timer publishes the run again (None: only an event wakes it).
+    """
+
+    def __init__(self, due_ms: int | None, reason: str, **details: Any) -> None:
+        super().__init__(reason)
+        self.due_ms = due_ms
+        self.reason = reason
+        self.details = details
+
+
+def _sleep_record(seconds: float) -> dict[str, int]:
+    return {"until": time.time_ns() // 1_000_000 + int(seconds * 1000)}
 
 
 def describe_error(exc: BaseException) -> dict[str, str]:
@@ -57,8 +76,9 @@ class RunContext:
     """
 
     __slots__ = (
-        "id", "attempt", "task_name", "owner", "_token", "_store", "_settings", "_committed",
-        "_position", "_occurrences", "_current_step", "replayed", "_keys", "slots",
+        "id", "attempt", "task_name", "owner", "failures", "_token", "_store", "_settings",
+        "_committed", "_position", "_occurrences", "_current_step", "replayed", "_keys", "slots",
+        "_last_step_id",
     )
 
     def __init__(
@@ -72,6 +92,7 @@ class RunContext:
         store: RunStore,
         checkpoints: dict[str, str],
         slots: Sequence[SlotRef] = (),
+        failures: int = 0,
     ) -> None:
         self.id = run_id
         self.attempt = attempt
@@ -79,6 +100,9 @@ class RunContext:
         self._token = token
         #: The id of the worker executing this attempt (it holds the run's lease).
         self.owner = owner
+        #: Earlier attempts of this run that ended in an error (the retry policy's count;
+        #: resuming from a sleep or a wait is not a failure).
+        self.failures = failures
         self._store = store
         self._settings: DurableSettings = store.settings
         self._committed = checkpoints
@@ -88,6 +112,7 @@ class RunContext:
         self._position = 0
         self._occurrences: dict[str, int] = {}
         self._current_step: str | None = None
+        self._last_step_id = ""
         #: Number of steps this attempt answered from checkpoints instead of executing.
         self.replayed = 0
 
@@ -100,6 +125,24 @@ class RunContext:
         ``fn``. Otherwise call it, commit its result (one Redis round trip), and return it.
         """
         return self.run_step(name, fn, args, kwargs, None)
+
+    def sleep(self, name: str, seconds: float | timedelta) -> None:
+        """Sleep durably: the attempt ends and frees its worker, and a Redis timer publishes
+        the run again when ``seconds`` have passed (whatever happens to workers meanwhile).
+
+        The sleep is a step named ``name``: when the run resumes, the sleep is already
+        recorded and returns at once; it is never slept twice. Sleeps shorter than
+        ``durable_inline_sleep_s`` are slept in place.
+        """
+        seconds = to_seconds(seconds, f"current_run().sleep({name!r}, seconds)")
+        record = self.run_step(name, _sleep_record, (seconds,), {}, None)
+        remaining_ms = int(record["until"]) - time.time_ns() // 1_000_000
+        if remaining_ms <= 0:
+            return
+        if remaining_ms <= self._settings.inline_sleep_s * 1000:
+            time.sleep(remaining_ms / 1000)
+            return
+        raise SuspendRun(int(record["until"]), "sleep", step=self._last_step_id)
 
     @property
     def step_key(self) -> str:
@@ -134,6 +177,7 @@ class RunContext:
         count = self._occurrences.get(name, 0) + 1
         self._occurrences[name] = count
         step_id = name if count == 1 else f"{name}#{count}"
+        self._last_step_id = step_id
         position = self._position
         self._position += 1
         stored = self._committed.get(str(position))

@@ -33,6 +33,11 @@ Concurrency limits (one Cluster slot per limit, tagged by its base name: "task:<
                                           waiting runs (for the safety sweep)
     (all TTL'd: durable_active_ttl_s, refreshed on use)
 
+Durable waits::
+
+    Ptimers                  zset  run id -> when to publish it again (ms): sleeps, wait
+                                   timeouts, long retry backoffs; dispatched exactly once
+
 Worker coordination (heartbeat and reaper)::
 
     Pworkers                 zset  worker id -> last heartbeat (ms)
@@ -106,6 +111,10 @@ class KeySpace:
 
     def idempotency(self, task_name: str, key: str) -> str:
         return f"{self.prefix}idem:{task_name}:{key}"
+
+    @property
+    def timers(self) -> str:
+        return f"{self.prefix}timers"
 
     @property
     def workers(self) -> str:

@@ -16,8 +16,8 @@ from celery import Celery
 
 from .concurrency import publish_woken, sweep
 from .errors import DurableError
-from .requeue import broker_is_redis, requeue_run, restore_stale_messages
-from .store import RunStore
+from .requeue import broker_is_redis, publish_resume, requeue_run, restore_stale_messages
+from .store import RunStore, now_ms
 
 logger = logging.getLogger("celery_durable.reaper")
 #: Reaper sweeps (heartbeats) between two safety sweeps of the concurrency limits.
@@ -79,7 +79,25 @@ class Reaper:
             resumed += sum(self._resume(run_id, dead) for run_id in runs)
         for run_id in self.store.expired_leases():
             resumed += self._resume(run_id, "")
-        return resumed + self.restore_orphaned_messages() + self.wake_parked()
+        return (resumed + self.restore_orphaned_messages() + self.wake_parked()
+                + self.dispatch_timers())
+
+    def dispatch_timers(self) -> int:
+        """Publish the runs whose timer is due (sleeps, wait timeouts, long backoffs).
+        ``take_timer`` lets exactly one worker dispatch each."""
+        dispatched = 0
+        for run_id in self.store.due_timers():
+            info = self.store.take_timer(run_id)
+            if info is None:
+                continue
+            try:
+                publish_resume(self.app, run_id, info)
+            except Exception:
+                logger.exception("celery-durable: could not publish run %s; retrying", run_id)
+                self.store.schedule(run_id, now_ms() + 1000, info)
+                continue
+            dispatched += 1
+        return dispatched
 
     def wake_parked(self) -> int:
         """The safety net of concurrency limits, every ``SLOT_SWEEP_EVERY`` sweeps: hand

@@ -66,6 +66,26 @@ def restore_stale_messages(
     return restored
 
 
+def resume_info(task_name: str, args: Any, kwargs: Any, queue: str,
+                headers: dict[str, Any] | None) -> str:
+    """What a run needs to be published again later (parked, sleeping, waiting)."""
+    return json.dumps({"task": task_name, "args": list(args or ()), "kwargs": kwargs or {},
+                       "queue": queue, "headers": headers or {}}, default=str)
+
+
+def publish_resume(app: Celery, run_id: str, info: str) -> bool:
+    """Publish run ``run_id`` again from :func:`resume_info` data (same run id)."""
+    try:
+        data = json.loads(info)
+    except ValueError:
+        logger.error("celery-durable: run %s cannot be published again: its resume data is "
+                     "unreadable", run_id)
+        return False
+    app.send_task(data["task"], args=data["args"], kwargs=data["kwargs"], task_id=run_id,
+                  queue=data.get("queue") or None, headers=data.get("headers") or None)
+    return True
+
+
 def _decode(text: str, fallback: Any) -> Any:
     try:
         return _codec.loads(text) if text else fallback

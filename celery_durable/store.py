@@ -57,6 +57,7 @@ class Claim:
     attempt: int = 0
     status: str = ""
     crashes: int = 0
+    failures: int = 0
     checkpoints: Mapping[str, str] | None = None
     result: str = ""
     owner: str = ""
@@ -156,13 +157,14 @@ class RunStore:
                                    task=task, owner=None)
             return Claim("crashed", status=RunStatus.FAILED.value, crashes=int(reply[1]))
         prev = reply[3]
-        flat = reply[5:]
+        flat = reply[6:]
         claim = Claim(
             "claimed",
             token=str(reply[1]),
             attempt=int(reply[2]),
             status=prev,
             crashes=int(reply[4]),
+            failures=int(reply[5]),
             checkpoints=dict(zip(flat[::2], flat[1::2], strict=True)),
         )
         self._index_transition(run_id, prev, RunStatus.RUNNING, ts, task=task, owner=owner,
@@ -380,6 +382,33 @@ class RunStore:
     def run_exists(self, run_id: str) -> bool:
         with _redis_errors(f"read run {run_id}"):
             return bool(self.client.exists(self.keys.run(run_id).run))
+
+    # -- timers (sleeps, wait timeouts, parked backoffs) -----------------------------------
+
+    def schedule(self, run_id: str, due_ms: int, resume_json: str) -> None:
+        """Publish the run again at ``due_ms`` (from the Redis timer, never an ETA)."""
+        with _redis_errors(f"schedule run {run_id}"), self.client.pipeline(False) as pipe:
+            pipe.hset(self.keys.run(run_id).run, "resume", resume_json)
+            pipe.zadd(self.keys.timers, {run_id: due_ms})
+            pipe.pexpire(self.keys.timers, self.settings.active_ttl_ms)
+            pipe.execute()
+
+    def due_timers(self, limit: int = 100) -> list[str]:
+        with _redis_errors("read the timers"):
+            return [str(r) for r in self.client.zrangebyscore(
+                self.keys.timers, "-inf", now_ms(), start=0, num=limit)]
+
+    def take_timer(self, run_id: str) -> str | None:
+        """Claim a due timer (one dispatcher wins); returns the run's resume data."""
+        with _redis_errors("take a timer"):
+            if not self.client.zrem(self.keys.timers, run_id):
+                return None
+            value = self.client.hget(self.keys.run(run_id).run, "resume")
+        return str(value) if value else None
+
+    def cancel_timer(self, run_id: str) -> None:
+        with _redis_errors("cancel a timer"):
+            self.client.zrem(self.keys.timers, run_id)
 
     # -- concurrency limits -----------------------------------------------------------------
 

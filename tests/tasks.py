@@ -313,3 +313,20 @@ def huge() -> str:
 @durable_task(retry=FAST)
 def oversized_task() -> None:
     huge()
+
+
+@durable_task(retry=FAST)
+def sleeper(token: str, seconds: float) -> list[float]:
+    import time
+
+    before = current_run().step("before", time.time)
+    bump(token, "body")
+    current_run().sleep("nap", seconds)
+    after = current_run().step("after", time.time)
+    return [before, after]
+
+
+@durable_task(retry=FAST)
+def quick(token: str) -> str:
+    bump(token, "quick")
+    return "quick"

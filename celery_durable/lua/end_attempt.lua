@@ -6,7 +6,8 @@
 -- ARGV[1] lease token  ARGV[2] new status  ARGV[3] now_ms
 -- ARGV[4] TTL (ms) for all the run's keys: the retention if the status is terminal
 -- ARGV[5] trace maxlen  ARGV[6] result (JSON, '' to leave unchanged)
--- ARGV[7] error (JSON, '' to leave unchanged)  ARGV[8] 1 if the status is terminal
+-- ARGV[7] error (JSON, '' to leave unchanged; an error also counts one failure)
+-- ARGV[8] 1 if the status is terminal
 -- ARGV[9..] trace event: field, value, ... (the first pair is 'type', <event type>)
 -- Returns the previous status, or -1 if the lease token is stale.
 local run = KEYS[1]
@@ -17,6 +18,7 @@ redis.call('HSET', run, 'status', ARGV[2], 'updated_ms', ARGV[3], 'lease_expires
 if ARGV[6] ~= '' then redis.call('HSET', run, 'result', ARGV[6]) end
 if ARGV[7] ~= '' then redis.call('HSET', run, 'error', ARGV[7]) end
 if ARGV[8] == '1' then redis.call('HSET', run, 'finished_ms', ARGV[3]) end
+if ARGV[7] ~= '' then redis.call('HINCRBY', run, 'failures', 1) end
 redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[5], '*', unpack(ARGV, 9))
 for i = 1, 3 do redis.call('PEXPIRE', KEYS[i], ARGV[4]) end
 return cur[2]

@@ -1,0 +1,52 @@
+"""Durable sleeps: the worker is free while a run sleeps; nothing is slept twice."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from celery_durable import RunStatus
+from tests.workers import celery_worker
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
+
+
+def test_sleep_frees_the_worker_and_resumes(redis_base_url, tasks, client, token) -> None:
+    queue = "sleep"
+    with celery_worker(redis_base_url, pool="solo", queue=queue, concurrency=1, name="s1"):
+        started = time.time()
+        sleeping = tasks.sleeper.apply_async((token, 3.0), queue=queue)
+        time.sleep(0.5)
+        # The only worker (solo pool) runs another task while the first run sleeps.
+        assert tasks.quick.apply_async((token,), queue=queue).get(timeout=10) == "quick"
+        assert time.time() - started < 2.5
+        assert client.get_run(sleeping.id).status is RunStatus.SUSPENDED
+        before, after = sleeping.get(timeout=30)
+    assert after - before >= 3.0
+    assert time.time() - started < 8
+    run = client.get_run(sleeping.id)
+    assert run.status is RunStatus.COMPLETED and run.attempt == 2
+    assert [s.name for s in run.steps] == ["before", "nap", "after"]
+    assert tasks.count(token, "body") == 2  # the body re-ran; the steps did not
+    assert any(e.type == "run_suspended" and e.fields["reason"] == "sleep" for e in run.events)
+
+
+def test_hour_long_sleep_is_a_timer_not_an_eta(redis_base_url, tasks, client, token) -> None:
+    # A 10 s visibility timeout would redeliver an ETA message of an hour again and again.
+    queue = "sleep-long"
+    env = {"DURABLE_TEST_VT": "10"}
+    with celery_worker(redis_base_url, pool="prefork", queue=queue, concurrency=1, name="s2",
+                       extra_env=env):
+        result = tasks.sleeper.apply_async((token, 3600.0), queue=queue)
+        deadline = time.time() + 20
+        while client.get_run(result.id).status is not RunStatus.SUSPENDED:
+            assert time.time() < deadline
+            time.sleep(0.1)
+        time.sleep(13)  # longer than the visibility timeout
+        run = client.get_run(result.id)
+        assert run.status is RunStatus.SUSPENDED and run.attempt == 1
+        assert tasks.count(token, "body") == 1
+        due = client.store.client.zscore(client.store.keys.timers, result.id)
+        assert due is not None and due > (time.time() + 3500) * 1000
+    client.cancel(result.id)
