@@ -22,9 +22,11 @@ from .errors import (
     NonRetryableError,
     NotInRunError,
     PayloadValidationError,
+    RunCancelled,
     RunCrashedError,
     RunNotFoundError,
     StoreError,
+    WaitTimeout,
 )
 from .models import ErrorInfo, LimitInfo, RunInfo, RunStatus, RunSummary, StepInfo, TraceEvent
 from .retry import RetryPolicy
@@ -49,6 +51,7 @@ __all__ = [
     "NotInRunError",
     "PayloadValidationError",
     "RetryPolicy",
+    "RunCancelled",
     "RunContext",
     "RunCrashedError",
     "RunInfo",
@@ -58,6 +61,7 @@ __all__ = [
     "StepInfo",
     "StoreError",
     "TraceEvent",
+    "WaitTimeout",
     "__version__",
     "current_run",
     "durable_task",

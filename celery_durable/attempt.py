@@ -22,7 +22,7 @@ from celery.exceptions import Ignore, Reject, Retry
 from .codec import JsonCodec, Unencodable, describe_unencodable
 from .concurrency import SlotRef, acquire, publish_woken, release, slots_for
 from .context import RunContext, SuspendRun, bind_context, describe_error, unbind_context
-from .errors import LeaseLostError, RunCrashedError, StoreError
+from .errors import LeaseLostError, RunCancelled, RunCrashedError, StoreError
 from .identity import current_worker_id
 from .models import RunStatus
 from .payloads import coerce_call
@@ -193,6 +193,11 @@ def _run_body(
         logger.warning("%s", exc)
         _note_fenced(store, ctx)
         raise Ignore() from exc
+    except RunCancelled as exc:
+        # cancel() already ended the run; this attempt only gives its slots back.
+        logger.info("run %s was cancelled; attempt %s stops", ctx.id, ctx.attempt)
+        _give_back_slots(task, store, ctx.id, ctx.slots)
+        raise Ignore() from exc
     except SuspendRun as suspend:
         _park(task, store, ctx, suspend.due_ms, RunStatus.SUSPENDED,
               {"type": "run_suspended", "reason": suspend.reason,
@@ -281,11 +286,9 @@ def _park(
     could leave a suspended run that nothing wakes.
     """
     req = task.request
-    if due_ms is not None:
-        info = resume_info(task.name, req.args, req.kwargs,
-                           queue_of(task, {"delivery_info": req.delivery_info or {}}),
-                           req.headers)
-        store.schedule(ctx.id, due_ms, info)
+    info = resume_info(task.name, req.args, req.kwargs,
+                       queue_of(task, {"delivery_info": req.delivery_info or {}}), req.headers)
+    store.schedule(ctx.id, due_ms, info)
     if _end(store, ctx, task, status, event, error_json=error_json) is None:
         _note_fenced(store, ctx)
     raise Ignore()

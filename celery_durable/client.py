@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from celery import Celery
@@ -12,6 +12,7 @@ from .codec import JsonCodec
 from .concurrency import NO_KEY, SlotRef, limit_base, publish_woken
 from .errors import CheckpointDecodeError, ConfigurationError, RunNotFoundError
 from .models import (
+    TERMINAL_STATUSES,
     ErrorInfo,
     LimitInfo,
     RunInfo,
@@ -22,6 +23,7 @@ from .models import (
     ms_to_datetime,
 )
 from .store import RunStore, store_for
+from .waits import fork_run, publish_run, send_event
 
 _codec = JsonCodec()
 #: The largest page list_runs returns.
@@ -125,6 +127,60 @@ class DurableClient:
             lease_owner=raw.get("lease_owner") or None,
             events=events,
         )
+
+    def cancel(self, run_id: str, reason: str = "cancelled by an operator") -> RunStatus:
+        """Cancel a run: a suspended or waiting run at once, a running attempt at its next
+        step boundary (it raises RunCancelled, which user code cannot catch with ``except
+        Exception``). The Celery result becomes REVOKED. Returns the status the run had;
+        a run that already ended is left alone.
+
+        Raises:
+            RunNotFoundError: no such run.
+        """
+        prev = self.store.cancel_run(run_id, reason)
+        if not prev:
+            raise RunNotFoundError(f"no durable run {run_id!r} to cancel", run_id=run_id)
+        if RunStatus(prev) not in TERMINAL_STATUSES:
+            self.app.backend.mark_as_revoked(run_id, reason)
+        return RunStatus(prev)
+
+    def replay(
+        self,
+        run_id: str,
+        from_step: str | None = None,
+        args: Sequence[Any] | None = None,
+        kwargs: dict[str, Any] | None = None,
+    ) -> str:
+        """Run a failed or cancelled run again from its last checkpoint (its attempt budget
+        reset), or, with ``from_step``, fork a **new** run that reuses the checkpoints
+        before that step and executes from it (with new ``args``/``kwargs`` if given).
+        Returns the id of the run that was published.
+
+        Raises:
+            RunNotFoundError: no such run, or no step ``from_step`` in it.
+            ConfigurationError: replaying (not forking) a run that has not ended in
+                failure or cancellation.
+        """
+        if from_step is not None:
+            return fork_run(self.app, self.store, run_id, from_step, args, kwargs)
+        if args is not None or kwargs is not None:
+            raise ConfigurationError("new arguments need from_step=...: they start a fork")
+        prev = self.store.reopen_run(run_id)
+        if not prev:
+            raise RunNotFoundError(f"no durable run {run_id!r} to replay", run_id=run_id)
+        if prev not in (RunStatus.FAILED.value, RunStatus.CANCELLED.value):
+            raise ConfigurationError(
+                f"run {run_id} is {prev}: only failed or cancelled runs can be replayed "
+                "(use from_step=... to fork a new run from any run)")
+        self.app.backend.forget(run_id)
+        publish_run(self.app, self.store, run_id)
+        return run_id
+
+    def send_event(self, key: str, payload: Any = None) -> list[str]:
+        """Deliver ``payload`` (JSON types, models, ... as for step results) to the runs
+        waiting on ``key``, or keep it for the next one to wait (FIFO, for
+        ``durable_event_ttl_s``). Returns the ids of the runs that were waiting."""
+        return send_event(self.app, self.store, key, payload)
 
     def set_concurrency_limit(self, name: str, limit: int) -> None:
         """Change a concurrency limit at runtime (no worker restart): ``name`` is a task

@@ -15,6 +15,8 @@ from contextvars import ContextVar
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
+from pydantic import BaseModel
+
 from .codec import Unencodable, describe_unencodable, from_jsonable, to_jsonable
 from .config import DurableSettings
 from .errors import (
@@ -23,7 +25,9 @@ from .errors import (
     LeaseLostError,
     NondeterminismError,
     NotInRunError,
+    RunCancelled,
     StoreError,
+    WaitTimeout,
 )
 from .retry import RetryPolicy, to_seconds
 from .store import RunStore
@@ -33,6 +37,7 @@ if TYPE_CHECKING:
 
 P = ParamSpec("P")
 R = TypeVar("R")
+M = TypeVar("M", bound=BaseModel)
 
 #: One reusable encoder: json.dumps() with options builds a new encoder on every call.
 _encoder = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
@@ -143,6 +148,47 @@ class RunContext:
             time.sleep(remaining_ms / 1000)
             return
         raise SuspendRun(int(record["until"]), "sleep", step=self._last_step_id)
+
+    def wait_for_event(
+        self,
+        name: str,
+        key: str | None = None,
+        timeout: float | timedelta | None = None,
+        model: type[M] | None = None,
+    ) -> Any:
+        """Suspend the run until an event is sent to ``key``; return its payload.
+
+        ``DurableClient(app).send_event(key, payload)`` (or the CLI, or Flower) delivers it;
+        the worker is free meanwhile. An event sent before the run waits is kept (FIFO, per
+        key, for ``durable_event_ttl_s``); each payload is taken by one wait. The payload is
+        the committed result of the step ``name``, so a resumed run gets the same one.
+        ``key`` defaults to ``"<run id>:<name>"``; ``model`` validates the payload into a
+        pydantic model.
+
+        Raises:
+            WaitTimeout: ``timeout`` seconds passed without an event (catch it to go on).
+        """
+        timeout_s = None if timeout is None else to_seconds(timeout, "wait_for_event timeout")
+        record = self.run_step(name, self._take_event, (key or f"{self.id}:{name}", timeout_s),
+                               {}, None)
+        if "timeout" in record:
+            raise WaitTimeout(
+                f"run {self.id}: no event for step {self._last_step_id!r} (key "
+                f"{record['key']!r}) within {record['timeout']} s", key=record["key"])
+        payload = record["payload"]
+        return model.model_validate(payload) if model is not None else payload
+
+    def _take_event(self, key: str, timeout_s: float | None) -> dict[str, Any]:
+        """The body of a wait step: the event, the timeout, or suspend until one comes."""
+        deadline = None if timeout_s is None else time.time_ns() // 1_000_000 + int(
+            timeout_s * 1000)
+        code, value = self._store.wait_event(key, self.id, self._position - 1, deadline)
+        if code == 1:
+            return {"key": key, "payload": from_jsonable(json.loads(value))}
+        if code == 2:
+            return {"key": key, "timeout": timeout_s}
+        due = None if value == "inf" else int(float(value))
+        raise SuspendRun(due, "wait_for_event", key=key, step=self._current_step or "")
 
     @property
     def step_key(self) -> str:
@@ -266,7 +312,9 @@ class RunContext:
     def _check_code(self, code: int, what: str) -> None:
         if code >= 0:
             return
-        if code in (-1, -2):
+        if code == -2:
+            raise RunCancelled(f"run {self.id} was cancelled")
+        if code == -1:
             raise LeaseLostError(
                 f"run {self.id}: attempt {self.attempt} could not {what}: another attempt "
                 "took over the run (or it was cancelled); this attempt stops here",

@@ -16,7 +16,10 @@ The tree::
      ├─ IdempotencyConflictError      a key reused with different arguments
      ├─ PayloadValidationError        an argument does not match its pydantic model
      ├─ RunCrashedError               the run's worker died too many times
+     ├─ WaitTimeout                   wait_for_event reached its timeout
      └─ RunNotFoundError              an unknown run id
+    RunCancelled(BaseException)       control flow: the run was cancelled (not catchable
+                                      with ``except Exception``)
 
 Each class says when it is raised; each message names the run, the step and the fix.
 Errors that may cross processes (result backends, Flower) pickle through ``__reduce__``.
@@ -122,10 +125,24 @@ class PayloadValidationError(DurableError):
     retryable = False
 
 
+class WaitTimeout(DurableError):
+    """``wait_for_event`` reached its timeout without an event (catchable in the task)."""
+
+    retryable = False
+
+
 class RunNotFoundError(DurableError):
     """No run with this id exists (never created, or expired after its retention)."""
 
     retryable = False
+
+
+class RunCancelled(BaseException):
+    """The run was cancelled: raised at the next step boundary of a running attempt.
+
+    A BaseException, like KeyboardInterrupt, so that ``except Exception`` in user code
+    cannot swallow a cancellation; it is not a DurableError for the same reason.
+    """
 
 
 __all__ = [
@@ -141,7 +158,9 @@ __all__ = [
     "NondeterminismError",
     "NotInRunError",
     "PayloadValidationError",
+    "RunCancelled",
     "RunCrashedError",
     "RunNotFoundError",
     "StoreError",
+    "WaitTimeout",
 ]

@@ -37,6 +37,10 @@ Durable waits::
 
     Ptimers                  zset  run id -> when to publish it again (ms): sleeps, wait
                                    timeouts, long retry backoffs; dispatched exactly once
+    Pevent:{<key>}:mailbox   list  event payloads sent to <key> and not yet taken (FIFO)
+    Pevent:{<key>}:waiters   zset  run id -> wait deadline (ms, +inf for none)
+    Pevent:{<key>}:taken     hash  "<run id>:<step position>" -> the payload that wait took
+    (the event keys share the event key's slot; TTL durable_event_ttl_s, refreshed on use)
 
 Worker coordination (heartbeat and reaper)::
 
@@ -111,6 +115,12 @@ class KeySpace:
 
     def idempotency(self, task_name: str, key: str) -> str:
         return f"{self.prefix}idem:{task_name}:{key}"
+
+    def event(self, key: str) -> list[str]:
+        """Mailbox, waiters and taken keys of event key ``key`` (the order the event
+        scripts take them)."""
+        tag = f"{self.prefix}event:{{{key}}}"
+        return [f"{tag}:mailbox", f"{tag}:waiters", f"{tag}:taken"]
 
     @property
     def timers(self) -> str:

@@ -87,8 +87,11 @@ class Reaper:
         ``take_timer`` lets exactly one worker dispatch each."""
         dispatched = 0
         for run_id in self.store.due_timers():
-            info = self.store.take_timer(run_id)
-            if info is None:
+            taken, info = self.store.take_timer(run_id)
+            if not taken:
+                continue
+            if info is None:  # woken before it suspended: try again shortly
+                self.store.wake([run_id], now_ms() + 1000)
                 continue
             try:
                 publish_resume(self.app, run_id, info)

@@ -18,7 +18,7 @@ from redis.commands.core import Script
 SCRIPT_NAMES = (
     "create_run", "claim_attempt", "commit_step", "append_event", "end_attempt",
     "renew_lease", "reap_run", "claim_idempotency", "release_idempotency",
-    "slots",
+    "slots", "cancel_run", "reopen_run", "wait_event", "send_event",
 )
 
 
@@ -42,6 +42,10 @@ class Scripts:
     claim_idempotency: Script
     release_idempotency: Script
     slots: Script
+    cancel_run: Script
+    reopen_run: Script
+    wait_event: Script
+    send_event: Script
 
     @classmethod
     def register(cls, client: redis.Redis) -> Scripts:

@@ -385,26 +385,120 @@ class RunStore:
 
     # -- timers (sleeps, wait timeouts, parked backoffs) -----------------------------------
 
-    def schedule(self, run_id: str, due_ms: int, resume_json: str) -> None:
-        """Publish the run again at ``due_ms`` (from the Redis timer, never an ETA)."""
+    def schedule(self, run_id: str, due_ms: int | None, resume_json: str) -> None:
+        """Keep what is needed to publish the run again, and publish it at ``due_ms``
+        (from the Redis timer, never an ETA); None: only an event will wake it."""
         with _redis_errors(f"schedule run {run_id}"), self.client.pipeline(False) as pipe:
             pipe.hset(self.keys.run(run_id).run, "resume", resume_json)
-            pipe.zadd(self.keys.timers, {run_id: due_ms})
-            pipe.pexpire(self.keys.timers, self.settings.active_ttl_ms)
+            if due_ms is not None:
+                pipe.zadd(self.keys.timers, {run_id: due_ms})
+                pipe.pexpire(self.keys.timers, self.settings.active_ttl_ms)
             pipe.execute()
+
+    def wake(self, run_ids: Sequence[str], due_ms: int) -> None:
+        """Bring the timers of ``run_ids`` forward to ``due_ms`` (never later)."""
+        if not run_ids:
+            return
+        with _redis_errors("wake runs"):
+            # LT: add missing timers, and only ever move existing ones earlier.
+            self.client.zadd(self.keys.timers, dict.fromkeys(run_ids, due_ms), lt=True)
+
+    def create_fork(
+        self,
+        run_id: str,
+        task: str,
+        args_json: str,
+        kwargs_json: str,
+        queue: str,
+        checkpoints: dict[str, str],
+        *,
+        origin: str,
+        from_step: str,
+    ) -> None:
+        """Record a new pending run that starts with ``checkpoints`` (positions 0..n-1)."""
+        s, k, ts = self.settings, self.keys.run(run_id), now_ms()
+
+        def build(pipe: Any) -> None:
+            queue_call(pipe, self.scripts.create_run, k.as_list(),
+                       [ts, task, args_json, kwargs_json, queue, s.active_ttl_ms,
+                        s.trace_maxlen])
+            if checkpoints:
+                pipe.hset(k.steps, mapping=checkpoints)
+                pipe.pexpire(k.steps, s.active_ttl_ms)
+            pipe.hset(k.run, mapping={"step_count": len(checkpoints), "forked_from": origin,
+                                      "forked_at_step": from_step})
+            pipe.xadd(k.trace, {"type": "run_forked_from", "origin": origin,
+                                "from_step": from_step, "reused": len(checkpoints)},
+                      maxlen=s.trace_maxlen, approximate=True)
+            self._index_new(pipe, run_id, task, ts)
+
+        with _redis_errors(f"record fork {run_id}"):
+            self._pipelined(build)
+
+    # -- events -------------------------------------------------------------------------
+
+    def wait_event(self, key: str, run_id: str, position: int, deadline_ms: int | None
+                   ) -> tuple[int, str]:
+        """Run wait_event.lua: ``(1, payload)``, ``(0, deadline)`` or ``(2, deadline)``."""
+        argv: list[Any] = [run_id, position, now_ms(),
+                           "inf" if deadline_ms is None else deadline_ms,
+                           int(self.settings.event_ttl_s * 1000)]
+        with _redis_errors(f"wait for event {key!r}"):
+            code, value = self.scripts.wait_event(self.keys.event(key), argv)
+        return int(code), str(value)
+
+    def send_event(self, key: str, payload_json: str) -> list[str]:
+        """Run send_event.lua; returns the runs waiting on ``key``."""
+        with _redis_errors(f"send event {key!r}"):
+            waiters = self.scripts.send_event(
+                self.keys.event(key), [payload_json, int(self.settings.event_ttl_s * 1000)])
+        return [str(w) for w in waiters]
+
+    def event_waiters(self, key: str) -> list[str]:
+        with _redis_errors(f"read the waiters of event {key!r}"):
+            return [str(w) for w in self.client.zrange(self.keys.event(key)[1], 0, -1)]
+
+    # -- admin transitions ----------------------------------------------------------------
+
+    def cancel_run(self, run_id: str, reason: str) -> str:
+        """Run cancel_run.lua and update the indexes; returns the previous status."""
+        s, k, ts = self.settings, self.keys.run(run_id), now_ms()
+        with _redis_errors(f"cancel run {run_id}"):
+            prev = str(self.scripts.cancel_run(
+                k.as_list(), [ts, s.retention_ms, s.trace_maxlen, reason]))
+            if prev and prev not in {t.value for t in TERMINAL_STATUSES}:
+                self.client.zrem(self.keys.timers, run_id)
+                raw = self.client.hget(k.run, "task") or ""
+                self._index_transition(run_id, prev, RunStatus.CANCELLED, ts, task=str(raw),
+                                       owner=None)
+        return prev
+
+    def reopen_run(self, run_id: str) -> str:
+        """Run reopen_run.lua and update the indexes; returns the previous status."""
+        s, k, ts = self.settings, self.keys.run(run_id), now_ms()
+        with _redis_errors(f"replay run {run_id}"):
+            prev = str(self.scripts.reopen_run(k.as_list(), [ts, s.active_ttl_ms,
+                                                             s.trace_maxlen]))
+            if prev in (RunStatus.FAILED.value, RunStatus.CANCELLED.value):
+                raw = self.client.hget(k.run, "task") or ""
+                self._index_transition(run_id, prev, RunStatus.PENDING, ts, task=str(raw),
+                                       owner=None)
+        return prev
 
     def due_timers(self, limit: int = 100) -> list[str]:
         with _redis_errors("read the timers"):
             return [str(r) for r in self.client.zrangebyscore(
                 self.keys.timers, "-inf", now_ms(), start=0, num=limit)]
 
-    def take_timer(self, run_id: str) -> str | None:
-        """Claim a due timer (one dispatcher wins); returns the run's resume data."""
+    def take_timer(self, run_id: str) -> tuple[bool, str | None]:
+        """Claim a due timer: ``(True, resume data)`` for the one dispatcher that wins
+        (the data is None if the run has not been suspended yet), ``(False, None)`` for
+        the others."""
         with _redis_errors("take a timer"):
             if not self.client.zrem(self.keys.timers, run_id):
-                return None
+                return False, None
             value = self.client.hget(self.keys.run(run_id).run, "resume")
-        return str(value) if value else None
+        return True, (str(value) if value else None)
 
     def cancel_timer(self, run_id: str) -> None:
         with _redis_errors("cancel a timer"):

@@ -330,3 +330,47 @@ def sleeper(token: str, seconds: float) -> list[float]:
 def quick(token: str) -> str:
     bump(token, "quick")
     return "quick"
+
+
+class Approval(BaseModel):
+    approved: bool
+    by: str
+
+
+@durable_task(retry=FAST)
+def approval_flow(token: str, timeout: float | None = None) -> dict[str, Any]:
+    from celery_durable import WaitTimeout
+
+    load(token)
+    try:
+        decision = current_run().wait_for_event(
+            "approval", key=f"approve:{token}", timeout=timeout, model=Approval)
+    except WaitTimeout:
+        return {"approved": False, "by": "timeout"}
+    bump(token, "after_wait")
+    return decision.model_dump()
+
+
+@durable_task(retry=RetryPolicy(max_attempts=1))
+def three_steps(token: str, fail_at: int = -1, label: str = "a") -> list[str]:
+    out = []
+    for i in range(3):
+        out.append(current_run().step(f"s{i}", _labelled_step, token, i, fail_at, label))
+    return out
+
+
+def _labelled_step(token: str, i: int, fail_at: int, label: str) -> str:
+    bump(token, f"s{i}")
+    if i == fail_at and bump(token, f"fail{i}") == 1:
+        raise RuntimeError(f"step s{i} fails the first time")
+    return f"{label}{i}"
+
+
+@durable_task(retry=FAST)
+def slow_steps(token: str, steps: int, seconds: float) -> int:
+    import time
+
+    for i in range(steps):
+        current_run().step(f"slow{i}", time.sleep, seconds)
+        bump(token, f"slow{i}")
+    return steps

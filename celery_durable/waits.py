@@ -1,0 +1,95 @@
+"""Admin-side operations on suspended and ended runs: send events, publish, fork."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Sequence
+from typing import Any
+
+from celery import Celery
+
+from .attempt import encode_arguments
+from .codec import JsonCodec, Unencodable, describe_unencodable
+from .errors import RunNotFoundError
+from .requeue import publish_resume
+from .store import RunStore, now_ms
+
+_codec = JsonCodec()
+#: If a sender dies after delivering an event, its waiters are still woken this much later.
+WAKE_SAFETY_MS = 2000
+
+
+def _decode(text: str | None, fallback: Any) -> Any:
+    return _codec.loads(text) if text else fallback
+
+
+def dispatch(app: Celery, store: RunStore, run_ids: Sequence[str]) -> None:
+    """Publish ``run_ids`` now through their timers (exactly once across dispatchers)."""
+    store.wake(run_ids, now_ms())
+    for run_id in run_ids:
+        taken, info = store.take_timer(run_id)
+        if not taken:
+            continue  # another dispatcher has it
+        if info is None or not publish_resume(app, run_id, info):
+            # Not suspended yet (it is about to be): let the dispatcher try again shortly.
+            store.wake([run_id], now_ms() + 1000)
+
+
+def send_event(app: Celery, store: RunStore, key: str, payload: Any) -> list[str]:
+    """Deliver ``payload`` on ``key`` and wake the runs waiting for it."""
+    try:
+        payload_json = _codec.dumps(payload)
+    except Unencodable as err:
+        raise describe_unencodable(err, f"the payload of event {key!r}") from None
+    # Timers first: if this process dies after delivering, the waiters still wake up.
+    store.wake(store.event_waiters(key), now_ms() + WAKE_SAFETY_MS)
+    waiters = store.send_event(key, payload_json)
+    dispatch(app, store, waiters)
+    return waiters
+
+
+def publish_run(app: Celery, store: RunStore, run_id: str) -> None:
+    """Publish a recorded run again (same id) from its stored task and arguments."""
+    raw, _, _ = store.read_run(run_id)
+    if not raw:
+        raise RunNotFoundError(f"no durable run {run_id!r}", run_id=run_id)
+    info = raw.get("resume") or json.dumps({
+        "task": raw.get("task"), "args": _decode(raw.get("args"), []),
+        "kwargs": _decode(raw.get("kwargs"), {}), "queue": raw.get("queue") or None,
+        "headers": {}}, default=str)
+    publish_resume(app, run_id, info)
+
+
+def fork_run(
+    app: Celery,
+    store: RunStore,
+    run_id: str,
+    from_step: str,
+    args: Sequence[Any] | None,
+    kwargs: dict[str, Any] | None,
+) -> str:
+    """Start a new run that reuses the checkpoints of ``run_id`` before step ``from_step``
+    and executes from it; returns the new run's id."""
+    raw, steps, _ = store.read_run(run_id)
+    if not raw:
+        raise RunNotFoundError(f"no durable run {run_id!r} to fork", run_id=run_id)
+    ordered = sorted(((int(pos), payload) for pos, payload in steps.items()))
+    names = [json.loads(payload)["id"] for _, payload in ordered]
+    if from_step not in names:
+        raise RunNotFoundError(
+            f"run {run_id} has no committed step {from_step!r} to fork from; its steps are "
+            f"{names}", run_id=run_id, step=from_step)
+    cut = names.index(from_step)
+    new_id = str(uuid.uuid4())
+    args_json = encode_arguments(list(args)) if args is not None else raw.get("args", "[]")
+    kwargs_json = encode_arguments(kwargs) if kwargs is not None else raw.get("kwargs", "{}")
+    store.create_fork(new_id, raw.get("task", ""), args_json, kwargs_json,
+                      raw.get("queue", ""), dict((str(p), v) for p, v in ordered[:cut]),
+                      origin=run_id, from_step=from_step)
+    store.append_event(run_id, "run_forked", {"fork": new_id, "from_step": from_step})
+    publish_resume(app, new_id, json.dumps({
+        "task": raw.get("task"), "args": _decode(args_json, []),
+        "kwargs": _decode(kwargs_json, {}), "queue": raw.get("queue") or None,
+        "headers": {}}, default=str))
+    return new_id
