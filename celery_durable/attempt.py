@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 from celery.exceptions import Ignore, Reject, Retry
 
+from .children import notify_parent
 from .codec import JsonCodec, Unencodable, describe_unencodable
 from .concurrency import SlotRef, acquire, publish_woken, release, slots_for
 from .context import RunContext, SuspendRun, bind_context, describe_error, unbind_context
@@ -97,6 +98,7 @@ def run_attempt(task: DurableTask, args: tuple[Any, ...], kwargs: dict[str, Any]
         checkpoints=dict(claim.checkpoints or {}),
         slots=slots,
         failures=claim.failures,
+        app=task.app,
     )
     bound = bind_context(ctx)
     try:
@@ -237,7 +239,17 @@ def _complete(task: DurableTask, store: RunStore, ctx: RunContext, value: Any) -
     if _end(store, ctx, task, RunStatus.COMPLETED, event, result_json=result_json) is None:
         _note_fenced(store, ctx)
         raise Ignore()
+    _notify_parent(task, store, ctx.id, {"ok": True, "result": value})
     return value
+
+
+def _notify_parent(task: DurableTask, store: RunStore, run_id: str,
+                   outcome: dict[str, Any]) -> None:
+    try:
+        notify_parent(task.app, store, run_id, task.request.headers, outcome)
+    except Exception:
+        # The parent re-reads this run's record on its safety timer.
+        logger.exception("run %s: could not notify its parent run", run_id)
 
 
 def _handle_failure(
@@ -318,6 +330,7 @@ def _fail(store: RunStore, ctx: RunContext, task: DurableTask, exc: BaseExceptio
     if _end(store, ctx, task, RunStatus.FAILED, event, error_json=json.dumps(error),
             strict=False) is not None:
         _release_idempotency_key(task, store, ctx.id)
+        _notify_parent(task, store, ctx.id, {"ok": False, "status": "failed", **error})
 
 
 def _release_idempotency_key(task: DurableTask, store: RunStore, run_id: str) -> None:

@@ -23,6 +23,7 @@ from .models import (
     ms_to_datetime,
 )
 from .store import RunStore, store_for
+from .children import child_event_key
 from .waits import fork_run, publish_run, send_event
 
 _codec = JsonCodec()
@@ -125,6 +126,9 @@ class DurableClient:
             attempt_errors=[_error_of(e.fields) for e in events
                             if e.type in ("attempt_failed", "run_failed")],
             lease_owner=raw.get("lease_owner") or None,
+            parent_id=raw.get("parent") or None,
+            children=self.store.children_of(run_id),
+            forked_from=raw.get("forked_from") or None,
             events=events,
         )
 
@@ -140,8 +144,17 @@ class DurableClient:
         prev = self.store.cancel_run(run_id, reason)
         if not prev:
             raise RunNotFoundError(f"no durable run {run_id!r} to cancel", run_id=run_id)
-        if RunStatus(prev) not in TERMINAL_STATUSES:
-            self.app.backend.mark_as_revoked(run_id, reason)
+        if RunStatus(prev) in TERMINAL_STATUSES:
+            return RunStatus(prev)
+        self.app.backend.mark_as_revoked(run_id, reason)
+        for child in self.store.children_of(run_id):
+            self.cancel(child, f"parent run {run_id} was cancelled")
+        parent = self.store.client.hget(self.store.keys.run(run_id).run, "parent")
+        if parent:
+            send_event(self.app, self.store, child_event_key(run_id), {
+                "ok": False, "status": "cancelled",
+                "error_type": "celery_durable.errors.RunCancelled", "error_message": reason,
+                "traceback": ""})
         return RunStatus(prev)
 
     def replay(

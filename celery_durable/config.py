@@ -63,6 +63,7 @@ class DurableSettings(BaseModel):
     queue_limits: dict[str, int] = Field(default_factory=dict)
     inline_sleep_s: float = Field(default=1.0, ge=0)
     event_ttl_s: float = Field(default=7 * 24 * 3600, gt=0)
+    child_recheck_s: float = Field(default=60.0, gt=0)
     max_countdown_s: float = Field(default=10.0, ge=0)
     slot_handoff_s: float = Field(default=60.0, gt=0)
     trace_maxlen: int = Field(default=DEFAULT_TRACE_MAXLEN, ge=100)

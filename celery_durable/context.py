@@ -17,11 +17,13 @@ from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 from pydantic import BaseModel
 
-from .codec import Unencodable, describe_unencodable, from_jsonable, to_jsonable
+from .children import outcome_of
+from .codec import JsonCodec, Unencodable, describe_unencodable, from_jsonable, to_jsonable
 from .config import DurableSettings
 from .errors import (
     CheckpointDecodeError,
     CheckpointTooLargeError,
+    ChildRunFailed,
     LeaseLostError,
     NondeterminismError,
     NotInRunError,
@@ -39,6 +41,7 @@ P = ParamSpec("P")
 R = TypeVar("R")
 M = TypeVar("M", bound=BaseModel)
 
+_codec = JsonCodec()
 #: One reusable encoder: json.dumps() with options builds a new encoder on every call.
 _encoder = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
 
@@ -83,7 +86,7 @@ class RunContext:
     __slots__ = (
         "id", "attempt", "task_name", "owner", "failures", "_token", "_store", "_settings",
         "_committed", "_position", "_occurrences", "_current_step", "replayed", "_keys", "slots",
-        "_last_step_id",
+        "_last_step_id", "_app",
     )
 
     def __init__(
@@ -98,6 +101,7 @@ class RunContext:
         checkpoints: dict[str, str],
         slots: Sequence[SlotRef] = (),
         failures: int = 0,
+        app: Any = None,
     ) -> None:
         self.id = run_id
         self.attempt = attempt
@@ -118,6 +122,7 @@ class RunContext:
         self._occurrences: dict[str, int] = {}
         self._current_step: str | None = None
         self._last_step_id = ""
+        self._app = app
         #: Number of steps this attempt answered from checkpoints instead of executing.
         self.replayed = 0
 
@@ -178,17 +183,92 @@ class RunContext:
         payload = record["payload"]
         return model.model_validate(payload) if model is not None else payload
 
-    def _take_event(self, key: str, timeout_s: float | None) -> dict[str, Any]:
-        """The body of a wait step: the event, the timeout, or suspend until one comes."""
+    def _take_event(self, key: str, timeout_s: float | None,
+                    child_id: str | None = None) -> dict[str, Any]:
+        """The body of a wait step: the event, the timeout, or suspend until one comes.
+
+        A wait for a child also reads the child's record, and re-checks it on a slow safety
+        timer, so a child whose outcome event was lost (its worker died right after it
+        ended) still wakes its parent."""
+        if child_id is not None:
+            timeout_s = self._settings.child_recheck_s
         deadline = None if timeout_s is None else time.time_ns() // 1_000_000 + int(
             timeout_s * 1000)
         code, value = self._store.wait_event(key, self.id, self._position - 1, deadline)
         if code == 1:
             return {"key": key, "payload": from_jsonable(json.loads(value))}
-        if code == 2:
+        if child_id is not None:
+            raw, _, _ = self._store.read_run(child_id)
+            outcome = outcome_of(raw, _codec.loads)
+            if outcome is not None:
+                return {"key": key, "payload": outcome}
+            if code == 2:  # the safety timer fired: wait again
+                code, value = self._store.wait_event(key, self.id, self._position - 1,
+                                                     deadline)
+                if code == 1:
+                    return {"key": key, "payload": from_jsonable(json.loads(value))}
+        elif code == 2:
             return {"key": key, "timeout": timeout_s}
         due = None if value == "inf" else int(float(value))
-        raise SuspendRun(due, "wait_for_event", key=key, step=self._current_step or "")
+        raise SuspendRun(due, "wait_for_child" if child_id else "wait_for_event", key=key,
+                         step=self._current_step or "")
+
+    def call(self, task: Any, *args: Any, **kwargs: Any) -> Any:
+        """Start a child durable run and suspend until it ends; return its result.
+
+        ``task`` is a durable task (called with ``args``/``kwargs``) or a signature. The
+        child is started once per parent step, even if the parent is retried or resumed.
+
+        Raises:
+            ChildRunFailed: the child failed (its error type, message and traceback are
+                carried) or was cancelled.
+        """
+        from .children import as_signature
+
+        sig = as_signature(self._store_app(), task, args, kwargs)
+        name = f"call:{sig.task}"
+        (child_id,) = self.run_step(name, self._start, ([sig],), {}, None)
+        return self._await_child(f"{name}:result", child_id)
+
+    def gather(self, signatures: Sequence[Any]) -> list[Any]:
+        """Start children (durable task signatures) and suspend until all have ended;
+        return their results in order.
+
+        Every child is started at once. Results are awaited in order; if a child failed,
+        ChildRunFailed is raised for the first failed one (in order), and the children
+        after it keep running but are not awaited.
+        """
+        from .children import as_signature
+
+        sigs = [as_signature(self._store_app(), s, (), {}) for s in signatures]
+        ids = self.run_step("gather", self._start, (sigs,), {}, None)
+        return [self._await_child("gather:result", child_id) for child_id in ids]
+
+    def _start(self, signatures: list[Any]) -> list[str]:
+        from .children import start_children
+
+        return start_children(self._store_app(), self._store, self.id,
+                              self._current_step or "", signatures)
+
+    def _await_child(self, name: str, child_id: str) -> Any:
+        from .children import child_event_key
+
+        record = self.run_step(name, self._take_event, (child_event_key(child_id), None,
+                                                        child_id), {}, None)
+        outcome = record["payload"]
+        if outcome.get("ok"):
+            return outcome.get("result")
+        raise ChildRunFailed(
+            f"run {self.id}: child run {child_id} {outcome.get('status', 'failed')}: "
+            f"{outcome.get('error_type', '')}: {outcome.get('error_message', '')}",
+            child_id=child_id, error_type=outcome.get("error_type", ""),
+            error_message=outcome.get("error_message", ""),
+            child_traceback=outcome.get("traceback", ""))
+
+    def _store_app(self) -> Any:
+        from celery import current_app
+
+        return current_app if self._app is None else self._app
 
     @property
     def step_key(self) -> str:

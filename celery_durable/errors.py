@@ -16,6 +16,7 @@ The tree::
      ├─ IdempotencyConflictError      a key reused with different arguments
      ├─ PayloadValidationError        an argument does not match its pydantic model
      ├─ RunCrashedError               the run's worker died too many times
+     ├─ ChildRunFailed                a child run failed or was cancelled
      ├─ WaitTimeout                   wait_for_event reached its timeout
      └─ RunNotFoundError              an unknown run id
     RunCancelled(BaseException)       control flow: the run was cancelled (not catchable
@@ -125,6 +126,23 @@ class PayloadValidationError(DurableError):
     retryable = False
 
 
+class ChildRunFailed(DurableError):
+    """A child run started with ``call()`` or ``gather()`` failed or was cancelled.
+
+    ``child_id``, ``error_type``, ``error_message`` and ``child_traceback`` describe it.
+    """
+
+    retryable = False
+
+    @property
+    def child_id(self) -> str:
+        return str(self.details.get("child_id", ""))
+
+    @property
+    def error_type(self) -> str:
+        return str(self.details.get("error_type", ""))
+
+
 class WaitTimeout(DurableError):
     """``wait_for_event`` reached its timeout without an event (catchable in the task)."""
 
@@ -150,6 +168,7 @@ __all__ = [
     "CheckpointEncodeError",
     "CheckpointError",
     "CheckpointTooLargeError",
+    "ChildRunFailed",
     "ConfigurationError",
     "DurableError",
     "IdempotencyConflictError",

@@ -8,6 +8,7 @@ slot and one script can update them atomically (``P`` is ``durable_key_prefix``)
     P{<run_id>}:steps    hash    checkpoints: field = step position ("0", "1", ...),
                                  value = JSON {"id", "v", "t0", "t1", "a"}; same TTL
     P{<run_id>}:trace    stream  trace events, capped with MAXLEN ~; same TTL
+    P{<run_id>}:children set     ids of the child runs it started; active TTL
 
 Global indexes (other slots; updated in the same round trip as the per-run script that
 changed the run, but not atomically with it: readers re-check the run hash)::
@@ -92,6 +93,9 @@ class KeySpace:
     def run(self, run_id: str) -> RunKeys:
         base = f"{self.prefix}{{{run_id}}}"
         return RunKeys(run=f"{base}:run", steps=f"{base}:steps", trace=f"{base}:trace")
+
+    def children(self, run_id: str) -> str:
+        return f"{self.prefix}{{{run_id}}}:children"
 
     @property
     def all_runs(self) -> str:

@@ -104,4 +104,7 @@ class RunInfo(RunSummary):
     steps: list[StepInfo] = []
     attempt_errors: list[ErrorInfo] = []
     lease_owner: str | None = None
+    parent_id: str | None = None
+    children: list[str] = []
+    forked_from: str | None = None
     events: list[TraceEvent] = []

@@ -435,6 +435,19 @@ class RunStore:
         with _redis_errors(f"record fork {run_id}"):
             self._pipelined(build)
 
+    def link_child(self, parent_id: str, child_id: str) -> None:
+        """Record the parent/child link on both runs (for traces and cascading cancels)."""
+        s = self.settings
+        with _redis_errors("link a child run"), self.client.pipeline(False) as pipe:
+            pipe.sadd(self.keys.children(parent_id), child_id)
+            pipe.pexpire(self.keys.children(parent_id), s.active_ttl_ms)
+            pipe.hset(self.keys.run(child_id).run, "parent", parent_id)
+            pipe.execute()
+
+    def children_of(self, run_id: str) -> list[str]:
+        with _redis_errors(f"read the children of run {run_id}"):
+            return sorted(str(c) for c in self.client.smembers(self.keys.children(run_id)))
+
     # -- events -------------------------------------------------------------------------
 
     def wait_event(self, key: str, run_id: str, position: int, deadline_ms: int | None

@@ -9,7 +9,6 @@ from typing import Any
 
 from celery import Celery
 
-from .attempt import encode_arguments
 from .codec import JsonCodec, Unencodable, describe_unencodable
 from .errors import RunNotFoundError
 from .requeue import publish_resume
@@ -71,6 +70,8 @@ def fork_run(
 ) -> str:
     """Start a new run that reuses the checkpoints of ``run_id`` before step ``from_step``
     and executes from it; returns the new run's id."""
+    from .attempt import encode_arguments
+
     raw, steps, _ = store.read_run(run_id)
     if not raw:
         raise RunNotFoundError(f"no durable run {run_id!r} to fork", run_id=run_id)

@@ -374,3 +374,62 @@ def slow_steps(token: str, steps: int, seconds: float) -> int:
         current_run().step(f"slow{i}", time.sleep, seconds)
         bump(token, f"slow{i}")
     return steps
+
+
+@durable_task(retry=FAST)
+def child_double(token: str, x: int, fail_first: bool = False) -> int:
+    n = bump(token, f"child:{x}")
+    if fail_first and n == 1:
+        raise ConnectionError("child fails once")
+    return x * 2
+
+
+@durable_task(retry=RetryPolicy(max_attempts=1))
+def child_broken(token: str) -> int:
+    raise ValueError("the child is broken")
+
+
+@durable_task(retry=FAST)
+def parent_calls(token: str, x: int, fail_first: bool = False) -> int:
+    load(token)
+    value = current_run().call(child_double, token, x, fail_first=fail_first)
+    bump(token, "parent_after")
+    return int(value) + 1
+
+
+@durable_task(retry=FAST)
+def parent_gathers(token: str, n: int) -> list[int]:
+    return [int(v) for v in current_run().gather(
+        [child_double.s(token, i) for i in range(n)])]
+
+
+@durable_task(retry=FAST)
+def parent_of_broken(token: str) -> str:
+    from celery_durable import ChildRunFailed
+
+    try:
+        current_run().call(child_broken, token)
+    except ChildRunFailed as exc:
+        return f"{exc.error_type}: {exc.details['error_message']}"
+    return "unreachable"
+
+
+@durable_task(retry=FAST)
+def parent_of_held_child(token: str) -> int:
+    # The child goes to a queue no test worker consumes: it stays pending.
+    return int(current_run().call(child_double.s(token, 1).set(queue="held-children")))
+
+
+@durable_task(retry=FAST)
+def slow_double(token: str, x: int) -> int:
+    import time
+
+    bump(token, f"slow_child:{x}")
+    current_run().step("think", time.sleep, 2.0)
+    return x * 2
+
+
+@durable_task(retry=FAST)
+def parent_calls_slow(token: str, x: int) -> int:
+    load(token)
+    return int(current_run().call(slow_double, token, x)) + 1
