@@ -126,8 +126,9 @@ class DurableSettings(BaseModel):
 
     @property
     def lease_renew_every_s(self) -> float:
-        """How often the heartbeat renews leases: a fifth of the lease, at least one beat."""
-        return max(self.heartbeat_interval_s, self.lease_ttl_s / 5)
+        """How often the heartbeat renews leases: a third of the lease (two renewals can be
+        missed before it expires), at least one beat."""
+        return max(self.heartbeat_interval_s, self.lease_ttl_s / 3)
 
 
 _cache: weakref.WeakKeyDictionary[Celery, DurableSettings] = weakref.WeakKeyDictionary()

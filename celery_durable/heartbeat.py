@@ -99,9 +99,10 @@ class UnackedBumper:
     def bump(self, tags: list[str]) -> None:
         if self.client is None or not tags:
             return
-        now = time.time()
+        now = f"{time.time():.3f}"  # formatted once, not once per tag
         # XX: only refresh entries kombu still has (never resurrect an acked message).
-        self.client.zadd(self.key, dict.fromkeys(tags, now), xx=True)
+        self.client.execute_command(  # type: ignore[no-untyped-call]
+            "ZADD", self.key, "XX", *(item for tag in tags for item in (now, tag)))
 
     def close(self) -> None:
         if self.client is not None:
@@ -117,6 +118,7 @@ class Heartbeat:
         self.unacked = UnackedBumper(app)
         self._held: set[str] = set()
         self._last_renew = 0.0
+        self._last_bump = 0.0
 
     def beat(self) -> None:
         now = time.monotonic()
@@ -133,7 +135,10 @@ class Heartbeat:
         if gone:
             self.store.release_leases(self.worker_id, sorted(gone))
         self._held = active
-        self.unacked.bump(live_delivery_tags())
+        # Half the staleness threshold of the reaper's orphan restore is fresh enough.
+        if now - self._last_bump >= self.store.settings.worker_ttl_s / 2:
+            self._last_bump = now
+            self.unacked.bump(live_delivery_tags())
 
     def stop(self) -> None:
         """Free the leases still held and leave the registry (a clean shutdown)."""

@@ -30,6 +30,10 @@ from .models import TERMINAL_STATUSES, RunStatus
 from .scripts import Scripts, queue_call
 
 
+#: Leases renewed per script call by the heartbeat.
+LEASE_BATCH = 500
+
+
 def now_ms() -> int:
     """Current wall-clock time in epoch milliseconds (the unit of every stored timestamp)."""
     return time.time_ns() // 1_000_000
@@ -293,11 +297,9 @@ class RunStore:
         def build(pipe: Any) -> None:
             pipe.zadd(keys.workers, {worker_id: ts})
             pipe.pexpire(keys.workers, max(s.active_ttl_ms, s.worker_ttl_ms * 10))
-            if renew:
-                for run_id in run_ids:
-                    queue_call(pipe, self.scripts.renew_lease, [keys.run(run_id).run],
-                               [worker_id, expires])
-                    pipe.zadd(keys.leases, {run_id: expires}, xx=True)
+            if renew and run_ids:
+                self._queue_lease_changes(pipe, worker_id, run_ids, expires)
+                pipe.zadd(keys.leases, dict.fromkeys(run_ids, expires), xx=True)
 
         with _redis_errors("send the worker heartbeat"):
             self._pipelined(build)
@@ -309,12 +311,20 @@ class RunStore:
             return
 
         def build(pipe: Any) -> None:
-            for run_id in run_ids:
-                queue_call(pipe, self.scripts.renew_lease, [self.keys.run(run_id).run],
-                           [worker_id, 0])
+            self._queue_lease_changes(pipe, worker_id, run_ids, 0)
 
         with _redis_errors("release leases"):
             self._pipelined(build)
+
+    def _queue_lease_changes(
+        self, pipe: Any, worker_id: str, run_ids: Sequence[str], expires: int
+    ) -> None:
+        """Queue renew_lease.lua for ``run_ids``: one call for all of them (the keys of many
+        runs in one script), in batches to bound the script's run time."""
+        keys = [self.keys.run(run_id).run for run_id in run_ids]
+        for start in range(0, len(keys), LEASE_BATCH):
+            queue_call(pipe, self.scripts.renew_lease, keys[start:start + LEASE_BATCH],
+                       [worker_id, expires])
 
     def forget_worker(self, worker_id: str) -> None:
         """Remove a worker that stopped cleanly (its runs were released or ended)."""

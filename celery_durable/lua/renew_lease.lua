@@ -1,10 +1,17 @@
--- renew_lease.lua: extend (or release) the lease of a run this worker is executing.
--- Only the worker that holds the lease can change it, and only while the run is running.
--- KEYS[1] run hash  P{<run_id>}:run
+-- renew_lease.lua: extend (or release) the leases of runs this worker is executing.
+-- Only the worker that holds a run's lease can change it, and only while the run is
+-- running. Takes any number of run hashes at once: one call per heartbeat on a single
+-- Redis; one call per run (one key each) where keys must share a slot (Redis Cluster).
+-- KEYS[1..n] run hashes  P{<run_id>}:run
 -- ARGV[1] owner (worker id)  ARGV[2] new lease expiry (epoch ms; 0 releases the lease so
 -- that a redelivered message can start the next attempt at once)
--- Returns 1 if changed, 0 if the lease is not this worker's (ended, taken over).
-local cur = redis.call('HMGET', KEYS[1], 'lease_owner', 'status')
-if cur[1] ~= ARGV[1] or cur[2] ~= 'running' then return 0 end
-redis.call('HSET', KEYS[1], 'lease_expires_ms', ARGV[2])
-return 1
+-- Returns how many leases were changed (others ended or were taken over).
+local changed = 0
+for i = 1, #KEYS do
+  local cur = redis.call('HMGET', KEYS[i], 'lease_owner', 'status')
+  if cur[1] == ARGV[1] and cur[2] == 'running' then
+    redis.call('HSET', KEYS[i], 'lease_expires_ms', ARGV[2])
+    changed = changed + 1
+  end
+end
+return changed
