@@ -8,6 +8,7 @@ from typing import Any
 
 from celery import Celery
 
+from .children import child_event_key
 from .codec import JsonCodec
 from .concurrency import NO_KEY, SlotRef, limit_base, publish_woken
 from .errors import CheckpointDecodeError, ConfigurationError, RunNotFoundError
@@ -23,7 +24,6 @@ from .models import (
     ms_to_datetime,
 )
 from .store import RunStore, store_for
-from .children import child_event_key
 from .waits import fork_run, publish_run, send_event
 
 _codec = JsonCodec()

@@ -29,7 +29,6 @@ from .keys import KeySpace, LimitKeys, RunKeys
 from .models import TERMINAL_STATUSES, RunStatus
 from .scripts import Scripts, queue_call
 
-
 #: Leases renewed per script call by the heartbeat.
 LEASE_BATCH = 500
 
