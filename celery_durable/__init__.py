@@ -26,6 +26,7 @@ from .errors import (
     RunCancelled,
     RunCrashedError,
     RunNotFoundError,
+    RunTimeoutError,
     StoreError,
     WaitTimeout,
 )
@@ -60,6 +61,7 @@ __all__ = [
     "RunNotFoundError",
     "RunStatus",
     "RunSummary",
+    "RunTimeoutError",
     "StepInfo",
     "StoreError",
     "TraceEvent",

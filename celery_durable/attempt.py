@@ -99,6 +99,8 @@ def run_attempt(task: DurableTask, args: tuple[Any, ...], kwargs: dict[str, Any]
         slots=slots,
         failures=claim.failures,
         app=task.app,
+        deadline_ms=(claim.created_ms + int(task.durable_run_timeout * 1000)
+                     if task.durable_run_timeout is not None else None),
     )
     bound = bind_context(ctx)
     try:
@@ -189,6 +191,7 @@ def _run_body(
     kwargs: dict[str, Any],
 ) -> Any:
     try:
+        ctx.check_deadline("when the attempt started")
         args, kwargs = coerce_call(task.run, args, kwargs)
         value = task.run(*args, **kwargs)
     except LeaseLostError as exc:
@@ -297,6 +300,9 @@ def _park(
     still fires and the next attempt takes over the run; the other way round, a crash
     could leave a suspended run that nothing wakes.
     """
+    if ctx.deadline_ms is not None:
+        # A suspended run is woken at its deadline at the latest, to be failed then.
+        due_ms = ctx.deadline_ms if due_ms is None else min(due_ms, ctx.deadline_ms)
     req = task.request
     info = resume_info(task.name, req.args, req.kwargs,
                        queue_of(task, {"delivery_info": req.delivery_info or {}}), req.headers)

@@ -28,6 +28,7 @@ from .errors import (
     NondeterminismError,
     NotInRunError,
     RunCancelled,
+    RunTimeoutError,
     StoreError,
     WaitTimeout,
 )
@@ -86,7 +87,7 @@ class RunContext:
     __slots__ = (
         "id", "attempt", "task_name", "owner", "failures", "_token", "_store", "_settings",
         "_committed", "_position", "_occurrences", "_current_step", "replayed", "_keys", "slots",
-        "_last_step_id", "_app",
+        "_last_step_id", "_app", "deadline_ms",
     )
 
     def __init__(
@@ -102,6 +103,7 @@ class RunContext:
         slots: Sequence[SlotRef] = (),
         failures: int = 0,
         app: Any = None,
+        deadline_ms: int | None = None,
     ) -> None:
         self.id = run_id
         self.attempt = attempt
@@ -123,6 +125,8 @@ class RunContext:
         self._current_step: str | None = None
         self._last_step_id = ""
         self._app = app
+        #: When the run's ``run_timeout`` expires (epoch ms), or None.
+        self.deadline_ms = deadline_ms
         #: Number of steps this attempt answered from checkpoints instead of executing.
         self.replayed = 0
 
@@ -309,7 +313,15 @@ class RunContext:
         stored = self._committed.get(str(position))
         if stored is not None:
             return self._replay(position, step_id, stored)  # type: ignore[no-any-return]
+        self.check_deadline(f"before step {step_id!r}")
         return self._execute(position, step_id, fn, args, kwargs, policy)
+
+    def check_deadline(self, where: str) -> None:
+        """Raise RunTimeoutError if the run's ``run_timeout`` has passed."""
+        if self.deadline_ms is not None and time.time_ns() // 1_000_000 >= self.deadline_ms:
+            raise RunTimeoutError(
+                f"run {self.id} exceeded its run_timeout ({where}); it is failed",
+                run_id=self.id)
 
     def _replay(self, position: int, step_id: str, stored: str) -> Any:
         try:

@@ -17,6 +17,7 @@ The tree::
      ├─ PayloadValidationError        an argument does not match its pydantic model
      ├─ RunCrashedError               the run's worker died too many times
      ├─ ChildRunFailed                a child run failed or was cancelled
+     ├─ RunTimeoutError               the run exceeded its run_timeout
      ├─ WaitTimeout                   wait_for_event reached its timeout
      └─ RunNotFoundError              an unknown run id
     RunCancelled(BaseException)       control flow: the run was cancelled (not catchable
@@ -143,6 +144,12 @@ class ChildRunFailed(DurableError):
         return str(self.details.get("error_type", ""))
 
 
+class RunTimeoutError(DurableError):
+    """The run exceeded its task's ``run_timeout`` (counted across all its attempts)."""
+
+    retryable = False
+
+
 class WaitTimeout(DurableError):
     """``wait_for_event`` reached its timeout without an event (catchable in the task)."""
 
@@ -180,6 +187,7 @@ __all__ = [
     "RunCancelled",
     "RunCrashedError",
     "RunNotFoundError",
+    "RunTimeoutError",
     "StoreError",
     "WaitTimeout",
 ]

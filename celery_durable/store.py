@@ -61,6 +61,7 @@ class Claim:
     status: str = ""
     crashes: int = 0
     failures: int = 0
+    created_ms: int = 0
     checkpoints: Mapping[str, str] | None = None
     result: str = ""
     owner: str = ""
@@ -160,7 +161,7 @@ class RunStore:
                                    task=task, owner=None)
             return Claim("crashed", status=RunStatus.FAILED.value, crashes=int(reply[1]))
         prev = reply[3]
-        flat = reply[6:]
+        flat = reply[7:]
         claim = Claim(
             "claimed",
             token=str(reply[1]),
@@ -168,6 +169,7 @@ class RunStore:
             status=prev,
             crashes=int(reply[4]),
             failures=int(reply[5]),
+            created_ms=int(reply[6]),
             checkpoints=dict(zip(flat[::2], flat[1::2], strict=True)),
         )
         self._index_transition(run_id, prev, RunStatus.RUNNING, ts, task=task, owner=owner,

@@ -31,10 +31,6 @@ CELERY_DECORATOR_OPTIONS = frozenset({
     "retry_kwargs", "retry_backoff", "retry_backoff_max", "retry_jitter",
 })
 
-#: Options that belong to celery-durable (the rest pass through to Celery).
-DURABLE_OPTIONS = frozenset({
-    "retry", "idempotency_key", "idempotency_ttl", "concurrency_limit", "concurrency_key",
-})
 
 
 #: Celery autoretry options replaced by ``retry=RetryPolicy(...)``.
@@ -51,9 +47,62 @@ def _celery_task_attributes() -> frozenset[str]:
     )
 
 
+def _policy(value: Any, where: str) -> RetryPolicy:
+    if not isinstance(value, RetryPolicy):
+        raise ConfigurationError(f"{where} must be a RetryPolicy, got {type(value).__name__}")
+    return value
+
+
+def _function(purpose: str) -> Callable[[Any, str], Any]:
+    def convert(value: Any, where: str) -> Any:
+        if not callable(value):
+            raise ConfigurationError(f"{where} must be a function of the task's arguments "
+                                     f"returning {purpose}")
+        return staticmethod(value)
+
+    return convert
+
+
+def _limit(value: Any, where: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ConfigurationError(f"{where} must be an int >= 0, got {value!r}")
+    return value
+
+
+#: celery-durable's decorator options: the class attribute each one sets, and its check.
+DURABLE_OPTIONS: dict[str, tuple[str, Callable[[Any, str], Any]]] = {
+    "retry": ("durable_retry", _policy),
+    "idempotency_key": ("durable_idempotency_key",
+                        _function("the call's idempotency key (or pass idempotency_key= "
+                                  "to apply_async)")),
+    "idempotency_ttl": ("durable_idempotency_ttl", to_seconds),
+    "run_timeout": ("durable_run_timeout", to_seconds),
+    "concurrency_limit": ("durable_concurrency_limit", _limit),
+    "concurrency_key": ("durable_concurrency_key",
+                        _function("the key (a tenant, a user) the limit applies to")),
+}
+
+
+def durable_attributes(options: dict[str, Any], where: str) -> dict[str, Any]:
+    """Check celery-durable's options in ``options``; return the class attributes they set.
+
+    Raises:
+        ConfigurationError: naming the option and what it must be.
+    """
+    attrs = {}
+    for name, (attr, convert) in DURABLE_OPTIONS.items():
+        if name in options:
+            attrs[attr] = convert(options[name], f"{where}({name}=...)")
+    if "concurrency_key" in options and options.get("concurrency_limit") is None:
+        raise ConfigurationError(
+            f"{where}(concurrency_key=...) needs concurrency_limit=N: the number of runs "
+            "allowed at once per key")
+    return attrs
+
+
 def validate_options(options: dict[str, Any], base: type[Task[Any, Any]]) -> None:
     """Raise ConfigurationError for an unknown or invalid decorator option."""
-    known = CELERY_DECORATOR_OPTIONS | DURABLE_OPTIONS | _celery_task_attributes()
+    known = CELERY_DECORATOR_OPTIONS | set(DURABLE_OPTIONS) | _celery_task_attributes()
     for name, value in options.items():
         if name in _AUTORETRY_OPTIONS:
             raise ConfigurationError(
@@ -65,37 +114,11 @@ def validate_options(options: dict[str, Any], base: type[Task[Any, Any]]) -> Non
             close = difflib.get_close_matches(name, sorted(known), n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
             raise ConfigurationError(f"@durable_task got an unknown option {name!r}{hint}")
-        if name == "retry" and not isinstance(value, RetryPolicy):
-            raise ConfigurationError(
-                f"@durable_task(retry=...) must be a RetryPolicy, got {type(value).__name__}"
-            )
         if name == "bind" and not isinstance(value, bool):
             raise ConfigurationError("@durable_task(bind=...) must be True or False")
         if name in ("name", "queue") and value is not None and not isinstance(value, str):
             raise ConfigurationError(f"@durable_task({name}=...) must be a str")
-        if name == "idempotency_key" and not callable(value):
-            raise ConfigurationError(
-                "@durable_task(idempotency_key=...) must be a function of the task's "
-                "arguments returning the key (pass a fixed key to apply_async instead)"
-            )
-        if name == "idempotency_ttl":
-            to_seconds(value, "@durable_task(idempotency_ttl=...)")
-        if name == "concurrency_limit" and (
-            isinstance(value, bool) or not isinstance(value, int) or value < 0
-        ):
-            raise ConfigurationError(
-                f"@durable_task(concurrency_limit=...) must be an int >= 0, got {value!r}"
-            )
-        if name == "concurrency_key" and not callable(value):
-            raise ConfigurationError(
-                "@durable_task(concurrency_key=...) must be a function of the task's "
-                "arguments returning the key (a tenant, a user) the limit applies to"
-            )
-    if "concurrency_key" in options and options.get("concurrency_limit") is None:
-        raise ConfigurationError(
-            "@durable_task(concurrency_key=...) needs concurrency_limit=N: the number of "
-            "runs allowed at once per key"
-        )
+    durable_attributes(options, "@durable_task")
 
 
 class DurableTask(Task[Any, Any]):
@@ -116,6 +139,8 @@ class DurableTask(Task[Any, Any]):
     durable_idempotency_key: ClassVar[Callable[..., str] | None] = None
     #: Seconds an idempotency key names its run; None means ``durable_idempotency_ttl_s``.
     durable_idempotency_ttl: ClassVar[float | None] = None
+    #: Seconds a run may take from its creation, across attempts, sleeps and waits.
+    durable_run_timeout: ClassVar[float | None] = None
     #: Runs of this task allowed at once across the cluster (per key); None = no limit.
     durable_concurrency_limit: ClassVar[int | None] = None
     #: Function of the task's arguments giving the key the limit applies to (a tenant).
@@ -123,30 +148,16 @@ class DurableTask(Task[Any, Any]):
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        # @app.task(base=DurableTask, retry=RetryPolicy(...)) puts the policy in the class
-        # dict under "retry", which would shadow Task.retry(): move it where it belongs.
-        policy = cls.__dict__.get("retry")
-        if isinstance(policy, RetryPolicy):
-            cls.durable_retry = policy
-            delattr(cls, "retry")
-        elif policy is not None and not callable(policy):
-            raise ConfigurationError(
-                f"task {cls.__name__}: retry= must be a RetryPolicy, got {type(policy).__name__}"
-            )
-        if "idempotency_key" in cls.__dict__:
-            key_fn = cls.__dict__["idempotency_key"]
-            delattr(cls, "idempotency_key")
-            cls.durable_idempotency_key = staticmethod(key_fn)
-        for option in ("concurrency_limit", "concurrency_key"):
-            if option in cls.__dict__:
-                value = cls.__dict__[option]
-                delattr(cls, option)
-                setattr(cls, f"durable_{option}",
-                        staticmethod(value) if option == "concurrency_key" else value)
-        if "idempotency_ttl" in cls.__dict__:
-            ttl = cls.__dict__["idempotency_ttl"]
-            delattr(cls, "idempotency_ttl")
-            cls.durable_idempotency_ttl = to_seconds(ttl, f"task {cls.__name__}: idempotency_ttl")
+        # @app.task(base=DurableTask, retry=RetryPolicy(...), ...) puts our options in the
+        # class dict ("retry" would even shadow Task.retry()): move them where they belong.
+        options = {
+            name: cls.__dict__[name] for name in DURABLE_OPTIONS
+            if name in cls.__dict__ and not (name == "retry" and callable(cls.__dict__[name]))
+        }
+        for name in options:
+            delattr(cls, name)
+        for attr, value in durable_attributes(options, f"task {cls.__name__}").items():
+            setattr(cls, attr, value)
 
     @classmethod
     def on_bound(cls, app: Any) -> None:
@@ -265,20 +276,9 @@ def durable_task(fn: Callable[..., Any] | None = None, /, **options: Any) -> Any
     def create(fun: Callable[..., Any]) -> Any:
         if not callable(fun):
             raise ConfigurationError(f"@durable_task must decorate a function, got {fun!r}")
-        opts = dict(options)
+        opts = {k: v for k, v in options.items() if k not in DURABLE_OPTIONS}
         opts["base"] = base
-        policy = opts.pop("retry", None)
-        if policy is not None:
-            opts["durable_retry"] = policy
-        if "idempotency_key" in opts:
-            opts["durable_idempotency_key"] = staticmethod(opts.pop("idempotency_key"))
-        if "concurrency_limit" in opts:
-            opts["durable_concurrency_limit"] = opts.pop("concurrency_limit")
-        if "concurrency_key" in opts:
-            opts["durable_concurrency_key"] = staticmethod(opts.pop("concurrency_key"))
-        if "idempotency_ttl" in opts:
-            opts["durable_idempotency_ttl"] = to_seconds(opts.pop("idempotency_ttl"),
-                                                         "idempotency_ttl")
+        opts.update(durable_attributes(options, "@durable_task"))
         return shared_task(**opts)(fun)
 
     if fn is not None:

@@ -433,3 +433,11 @@ def slow_double(token: str, x: int) -> int:
 def parent_calls_slow(token: str, x: int) -> int:
     load(token)
     return int(current_run().call(slow_double, token, x)) + 1
+
+
+@durable_task(retry=FAST, run_timeout=2)
+def bounded(token: str) -> str:
+    load(token)
+    current_run().sleep("long-nap", 30)
+    bump(token, "after_nap")
+    return "never"

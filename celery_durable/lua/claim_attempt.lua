@@ -17,7 +17,8 @@
 --   {'done', status, result}                  the run is completed/failed/cancelled
 --   {'busy', owner, lease_expires_ms, pid}    another attempt holds a live lease
 --   {'crashed', crashes}                      too many crashes: the run is now failed
---   {'claimed', token, attempt, prev_status, crashes, failures, pos1, payload1, ...}
+--   {'claimed', token, attempt, prev_status, crashes, failures, created_ms, pos1, payload1,
+--    ...}
 --   (failures: attempts that ended in an error, which the retry policy counts)
 local run = KEYS[1]
 local now = tonumber(ARGV[1])
@@ -75,8 +76,9 @@ else
              'attempt', attempt, 'worker', ARGV[2], 'pid', ARGV[11])
   for i = 1, 3 do redis.call('PEXPIRE', KEYS[i], ARGV[6]) end
 end
-local reply = {'claimed', token, attempt, status, crashes,
-               tonumber(redis.call('HGET', run, 'failures') or '0')}
+local extra = redis.call('HMGET', run, 'failures', 'created_ms')
+local reply = {'claimed', token, attempt, status, crashes, tonumber(extra[1] or '0'),
+               tonumber(extra[2] or ARGV[1])}
 local steps = redis.call('HGETALL', KEYS[2])
 for i = 1, #steps do reply[#reply + 1] = steps[i] end
 return reply

@@ -50,3 +50,43 @@ def test_hour_long_sleep_is_a_timer_not_an_eta(redis_base_url, tasks, client, to
         due = client.store.client.zscore(client.store.keys.timers, result.id)
         assert due is not None and due > (time.time() + 3500) * 1000
     client.cancel(result.id)
+
+
+def test_run_timeout_fails_a_sleeping_run_at_its_deadline(worker, tasks, client,
+                                                         token) -> None:
+    from celery_durable import RunTimeoutError
+
+    started = time.time()
+    result = tasks.bounded.delay(token)
+    with pytest.raises(RunTimeoutError, match="exceeded its run_timeout"):
+        result.get(timeout=20)
+    assert time.time() - started < 8  # woken at the 2 s deadline, not after the 30 s nap
+    run = client.get_run(result.id)
+    assert run.status is RunStatus.FAILED and tasks.count(token, "after_nap") == 0
+
+
+def test_a_worker_crash_during_a_sleep_does_not_repeat_it(redis_base_url, tasks, client,
+                                                          token) -> None:
+    import os
+    import signal
+
+    queue = "sleep-crash"
+    with celery_worker(redis_base_url, pool="prefork", queue=queue, concurrency=1,
+                       name="c1") as first, \
+            celery_worker(redis_base_url, pool="prefork", queue=queue, concurrency=1,
+                          name="c2") as second:
+        started = time.time()
+        result = tasks.sleeper.apply_async((token, 3.0), queue=queue)
+        deadline = time.time() + 20
+        while client.get_run(result.id).status is not RunStatus.SUSPENDED:
+            assert time.time() < deadline
+            time.sleep(0.05)
+        run = client.get_run(result.id)
+        holder = int(next(e for e in run.events if e.type == "attempt_started")
+                     .fields["worker"].split("|")[1])
+        os.kill(holder, signal.SIGKILL)
+        assert holder in (first.pid, second.pid)
+        before, after = result.get(timeout=30)
+    assert 3.0 <= after - before and time.time() - started < 10
+    run = client.get_run(result.id)
+    assert [s.attempt for s in run.steps] == [1, 1, 2]  # the nap was recorded once
