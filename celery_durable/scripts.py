@@ -18,7 +18,7 @@ from redis.commands.core import Script
 SCRIPT_NAMES = (
     "create_run", "claim_attempt", "commit_step", "append_event", "end_attempt",
     "renew_lease", "reap_run", "claim_idempotency", "release_idempotency",
-    "slots", "cancel_run", "reopen_run", "wait_event", "send_event",
+    "slots", "cancel_run", "reopen_run", "wait_event", "send_event", "fail_run",
 )
 
 
@@ -46,6 +46,7 @@ class Scripts:
     reopen_run: Script
     wait_event: Script
     send_event: Script
+    fail_run: Script
 
     @classmethod
     def register(cls, client: redis.Redis) -> Scripts:

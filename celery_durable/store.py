@@ -8,6 +8,7 @@ allowed to lag (readers check the run hash).
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 import time
@@ -496,6 +497,19 @@ class RunStore:
                 self._index_transition(run_id, prev, RunStatus.CANCELLED, ts, task=str(raw),
                                        owner=None)
         return prev
+
+    def fail_held_run(self, run_id: str, owner: str, error: dict[str, str]) -> bool:
+        """Fail a run whose attempt was killed (hard time limit), if ``owner`` holds it."""
+        s, k, ts = self.settings, self.keys.run(run_id), now_ms()
+        with _redis_errors(f"fail run {run_id}"):
+            failed = bool(self.scripts.fail_run(k.as_list(), [
+                owner, ts, s.retention_ms, s.trace_maxlen, json.dumps(error),
+                error["error_type"], error["error_message"]]))
+            if failed:
+                raw = self.client.hget(k.run, "task") or ""
+                self._index_transition(run_id, RunStatus.RUNNING.value, RunStatus.FAILED, ts,
+                                       task=str(raw), owner=owner)
+        return failed
 
     def reopen_run(self, run_id: str) -> str:
         """Run reopen_run.lua and update the indexes; returns the previous status."""

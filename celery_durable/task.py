@@ -8,13 +8,16 @@ from collections.abc import Callable
 from typing import Any, ClassVar, TypeVar
 
 from celery import Task, shared_task
+from celery.exceptions import TimeLimitExceeded
 from celery.result import AsyncResult
 from celery.utils import uuid
 
 from .attempt import IDEMPOTENCY_HEADER, encode_arguments, queue_of, run_attempt
 from .bootsteps import install
+from .context import describe_error
 from .errors import ConfigurationError, StoreError
 from .idempotency import check_conflict, check_key, claim_key, fingerprint
+from .identity import current_worker_id
 from .payloads import dump_models, validate_call
 from .retry import RetryPolicy, to_seconds
 from .store import store_for
@@ -163,6 +166,23 @@ class DurableTask(Task[Any, Any]):
     def on_bound(cls, app: Any) -> None:
         # Every worker of an app with durable tasks runs the heartbeat/reaper bootstep.
         install(app)
+
+    def on_failure(self, exc: Exception, task_id: str, args: Any, kwargs: Any,
+                   einfo: Any) -> None:
+        """Fail the run when Celery's hard time limit killed its attempt.
+
+        This hook runs in the worker's main process then (the pool process is gone, so the
+        attempt could not end itself); every other failure was already recorded by the
+        attempt."""
+        if isinstance(exc, TimeLimitExceeded):
+            error = describe_error(exc)
+            error["error_message"] = (f"the attempt exceeded the task's hard time limit "
+                                      f"({exc}); raise time_limit or split the work in steps")
+            try:
+                store_for(self.app).fail_held_run(task_id, current_worker_id(None), error)
+            except StoreError:
+                logger.exception("run %s: could not record its time limit", task_id)
+        super().on_failure(exc, task_id, args, kwargs, einfo)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         if self.request.called_directly:

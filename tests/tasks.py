@@ -441,3 +441,13 @@ def bounded(token: str) -> str:
     current_run().sleep("long-nap", 30)
     bump(token, "after_nap")
     return "never"
+
+
+@durable_task(retry=FAST, time_limit=2)
+def too_slow(token: str) -> str:
+    import time
+
+    load(token)
+    bump(token, "too_slow_body")
+    current_run().step("crawl", time.sleep, 10)
+    return "never"

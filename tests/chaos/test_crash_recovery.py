@@ -89,3 +89,19 @@ def test_a_run_that_keeps_killing_its_worker_gives_up(
     run = client.get_run(result.id)
     assert run.status is RunStatus.FAILED
     assert run.error is not None and run.error.type.endswith("RunCrashedError")
+
+
+def test_hard_time_limit_fails_the_run_with_the_reason(redis_base_url, tasks, client,
+                                                       token) -> None:
+    from celery.exceptions import TimeLimitExceeded
+
+    queue = "chaos-time-limit"
+    with celery_worker(redis_base_url, pool="prefork", queue=queue, concurrency=1, name="t"):
+        result = tasks.too_slow.apply_async((token,), queue=queue)
+        with pytest.raises(TimeLimitExceeded):
+            result.get(timeout=30)
+        time.sleep(3)  # nothing retries or resumes it afterwards
+    run = client.get_run(result.id)
+    assert run.status is RunStatus.FAILED and run.attempt == 1
+    assert run.error is not None and "hard time limit" in run.error.message
+    assert tasks.count(token, "too_slow_body") == 1

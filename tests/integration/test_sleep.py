@@ -49,7 +49,10 @@ def test_hour_long_sleep_is_a_timer_not_an_eta(redis_base_url, tasks, client, to
         assert tasks.count(token, "body") == 1
         due = client.store.client.zscore(client.store.keys.timers, result.id)
         assert due is not None and due > (time.time() + 3500) * 1000
-    client.cancel(result.id)
+    # Cancelling a sleeping run ends it at once and removes its timer.
+    assert client.cancel(result.id) is RunStatus.SUSPENDED
+    assert client.get_run(result.id).status is RunStatus.CANCELLED
+    assert client.store.client.zscore(client.store.keys.timers, result.id) is None
 
 
 def test_run_timeout_fails_a_sleeping_run_at_its_deadline(worker, tasks, client,
