@@ -30,6 +30,8 @@ from .keys import KeySpace, LimitKeys, RunKeys
 from .models import TERMINAL_STATUSES, RunStatus
 from .scripts import Scripts, queue_call
 
+#: Seconds between two TTL refreshes of the same index key by one process.
+INDEX_TTL_REFRESH_S = 60.0
 #: Leases renewed per script call by the heartbeat.
 LEASE_BATCH = 500
 
@@ -96,6 +98,7 @@ class RunStore:
         self.client = client if client is not None else make_client(settings)
         self.scripts = Scripts.register(self.client)
         self._commit_script = self.scripts.commit_step
+        self._ttl_refreshed: dict[str, float] = {}
 
     # -- attempt lifecycle (workers) -------------------------------------------------------
 
@@ -236,11 +239,18 @@ class RunStore:
     # -- indexes ---------------------------------------------------------------------------
 
     def _index_new(self, pipe: Any, run_id: str, task: str, ts: int) -> None:
-        ttl = max(self.settings.retention_ms, self.settings.active_ttl_ms)
         for key in (self.keys.all_runs, self.keys.task_index(task),
                     self.keys.status_index(RunStatus.PENDING)):
             pipe.zadd(key, {run_id: ts}, nx=True)
-            pipe.pexpire(key, ttl)
+            self._keep_alive(pipe, key)
+
+    def _keep_alive(self, pipe: Any, key: str) -> None:
+        """Refresh an index key's TTL, at most once a minute per key and process: the TTL
+        (the longer of retention and active TTL) only has to outlive the newest entry."""
+        now = time.monotonic()
+        if now - self._ttl_refreshed.get(key, -INDEX_TTL_REFRESH_S) >= INDEX_TTL_REFRESH_S:
+            self._ttl_refreshed[key] = now
+            pipe.pexpire(key, max(self.settings.retention_ms, self.settings.active_ttl_ms))
 
     def _index_transition(
         self,
@@ -257,18 +267,17 @@ class RunStore:
         lease: a held lease is in ``leases`` and in its worker's run set, a freed one is not.
         """
         s, keys = self.settings, self.keys
-        ttl = max(s.retention_ms, s.active_ttl_ms)
         new_key = keys.status_index(status)
         with _redis_errors(f"index run {run_id}"), self.client.pipeline(False) as pipe:
             if lease_expires_ms:
                 pipe.zadd(keys.leases, {run_id: lease_expires_ms})
-                pipe.pexpire(keys.leases, ttl)
+                self._keep_alive(pipe, keys.leases)
             else:
                 pipe.zrem(keys.leases, run_id)
             if owner is not None:
                 if lease_expires_ms:
                     pipe.sadd(keys.worker_runs(owner), run_id)
-                    pipe.pexpire(keys.worker_runs(owner), s.active_ttl_ms)
+                    self._keep_alive(pipe, keys.worker_runs(owner))
                 else:
                     pipe.srem(keys.worker_runs(owner), run_id)
             if prev == status.value:
@@ -281,7 +290,7 @@ class RunStore:
                 self._index_new(pipe, run_id, task, ts)
                 pipe.zrem(keys.status_index(RunStatus.PENDING), run_id)
             pipe.zadd(new_key, {run_id: ts})
-            pipe.pexpire(new_key, ttl)
+            self._keep_alive(pipe, new_key)
             if status in TERMINAL_STATUSES:
                 horizon = ts - s.retention_ms
                 for key in (new_key, self.keys.all_runs, self.keys.task_index(task)):
