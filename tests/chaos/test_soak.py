@@ -1,8 +1,8 @@
 """Many runs across three workers while one of them is SIGKILLed and restarted every few
 seconds: no run is lost, and no committed step runs again.
 
-The CI version runs 60 runs for ~20 s of chaos; ``DURABLE_SOAK=1`` runs the long one
-(250 runs, 60 s).
+The CI version runs 60 runs for ~20 s of chaos; the long one (250 runs, 60 s of chaos) is
+marked ``soak`` and runs with ``DURABLE_SOAK=1 pytest -m soak tests/chaos``.
 """
 
 from __future__ import annotations
@@ -19,15 +19,22 @@ from tests.workers import spawn_worker, stop_worker
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
-LONG = os.environ.get("DURABLE_SOAK") == "1"
-RUNS = 250 if LONG else 60
-CHAOS_S = 60.0 if LONG else 20.0
 STEPS = 10
 
 
 def test_soak_with_a_worker_killed_every_few_seconds(
     redis_base_url, tasks, client, token
 ) -> None:
+    soak(redis_base_url, tasks, client, token, runs=60, chaos_s=20.0)
+
+
+@pytest.mark.soak
+@pytest.mark.skipif(os.environ.get("DURABLE_SOAK") != "1", reason="set DURABLE_SOAK=1")
+def test_long_soak(redis_base_url, tasks, client, token) -> None:
+    soak(redis_base_url, tasks, client, token, runs=250, chaos_s=60.0)
+
+
+def soak(redis_base_url, tasks, client, token, *, runs: int, chaos_s: float) -> None:  # type: ignore[no-untyped-def]
     queue = "chaos-soak"
     rng = random.Random(7)
     names = ["s1", "s2", "s3"]
@@ -37,9 +44,9 @@ def test_soak_with_a_worker_killed_every_few_seconds(
     try:
         results = [
             tasks.chaos_pipeline.apply_async((f"{token}:{i}", STEPS, 0.05), queue=queue)
-            for i in range(RUNS)
+            for i in range(runs)
         ]
-        deadline = time.monotonic() + CHAOS_S
+        deadline = time.monotonic() + chaos_s
         while time.monotonic() < deadline:
             time.sleep(rng.uniform(2.0, 4.0))
             victim = rng.choice(names)
@@ -62,7 +69,7 @@ def test_soak_with_a_worker_killed_every_few_seconds(
         for proc in workers.values():
             stop_worker(proc)
     assert kills >= 4
-    assert outcomes == [list(range(STEPS))] * RUNS
+    assert outcomes == [list(range(STEPS))] * runs
     crashed_runs = 0
     for i, r in enumerate(results):
         run = client.get_run(r.id)
