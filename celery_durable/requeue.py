@@ -103,6 +103,10 @@ def requeue_run(app: Celery, run_id: str, reaped: list[str]) -> str:
     tag, task, args, kwargs, queue = reaped[:5]
     if tag and broker_is_redis(app) and restore_message(app, tag):
         return "restored"
-    app.send_task(task, args=_decode(args, []), kwargs=_decode(kwargs, {}), task_id=run_id,
-                  queue=queue or None)
+    publish_resume(app, run_id, stored_resume_info(task, args, kwargs, queue))
     return "republished"
+
+
+def stored_resume_info(task: str, args_json: str, kwargs_json: str, queue: str) -> str:
+    """:func:`resume_info` from the arguments as the run record stores them."""
+    return resume_info(task, _decode(args_json, []), _decode(kwargs_json, {}), queue, None)

@@ -11,16 +11,12 @@ from celery import Celery
 
 from .codec import JsonCodec, Unencodable, describe_unencodable
 from .errors import RunNotFoundError
-from .requeue import publish_resume
+from .requeue import publish_resume, stored_resume_info
 from .store import RunStore, now_ms
 
 _codec = JsonCodec()
 #: If a sender dies after delivering an event, its waiters are still woken this much later.
 WAKE_SAFETY_MS = 2000
-
-
-def _decode(text: str | None, fallback: Any) -> Any:
-    return _codec.loads(text) if text else fallback
 
 
 def dispatch(app: Celery, store: RunStore, run_ids: Sequence[str]) -> None:
@@ -53,10 +49,8 @@ def publish_run(app: Celery, store: RunStore, run_id: str) -> None:
     raw, _, _ = store.read_run(run_id)
     if not raw:
         raise RunNotFoundError(f"no durable run {run_id!r}", run_id=run_id)
-    info = raw.get("resume") or json.dumps({
-        "task": raw.get("task"), "args": _decode(raw.get("args"), []),
-        "kwargs": _decode(raw.get("kwargs"), {}), "queue": raw.get("queue") or None,
-        "headers": {}}, default=str)
+    info = raw.get("resume") or stored_resume_info(
+        raw.get("task", ""), raw.get("args", ""), raw.get("kwargs", ""), raw.get("queue", ""))
     publish_resume(app, run_id, info)
 
 
@@ -89,8 +83,6 @@ def fork_run(
                       raw.get("queue", ""), dict((str(p), v) for p, v in ordered[:cut]),
                       origin=run_id, from_step=from_step)
     store.append_event(run_id, "run_forked", {"fork": new_id, "from_step": from_step})
-    publish_resume(app, new_id, json.dumps({
-        "task": raw.get("task"), "args": _decode(args_json, []),
-        "kwargs": _decode(kwargs_json, {}), "queue": raw.get("queue") or None,
-        "headers": {}}, default=str))
+    publish_resume(app, new_id, stored_resume_info(raw.get("task", ""), args_json, kwargs_json,
+                                                   raw.get("queue", "")))
     return new_id
