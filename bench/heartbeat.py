@@ -21,10 +21,8 @@ from __future__ import annotations
 import argparse
 import cProfile
 import json
-import logging
 import os
 import pstats
-import signal
 import statistics
 import sys
 import threading
@@ -34,7 +32,6 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 import redis
@@ -48,10 +45,8 @@ from celery_durable.identity import new_worker_id
 from celery_durable.reaper import Reaper
 from celery_durable.store import RunStore
 
-from .redis_server import server_version, throwaway_redis
-from .report import machine_info, write_atomic, write_json
+from . import common
 
-RESULTS_DIR = Path(__file__).resolve().parent / "results"
 #: Target: the heartbeat thread uses less than this share of one core at 1,000 runs.
 TARGET_CPU_SHARE = 0.01
 TASK_NAME = "bench.heartbeat.durable"
@@ -81,8 +76,7 @@ COMPONENTS = (
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m bench.heartbeat", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = common.make_parser("bench.heartbeat", __doc__)
     parser.add_argument("--runs", type=int, default=1000,
                         help="active durable runs held by the worker (default 1000)")
     parser.add_argument("--duration", type=float, default=30.0,
@@ -92,14 +86,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              "durable_heartbeat_interval_s, 1 s)")
     parser.add_argument("--profile-duration", type=float, default=15.0,
                         help="seconds of the separate profiled loop (default 15; 0: none)")
-    parser.add_argument("--redis-server", default="redis-server", help="redis-server executable")
-    parser.add_argument("--out", type=Path, default=RESULTS_DIR,
-                        help="directory for heartbeat.json and heartbeat.md")
+    common.add_common_args(parser, "heartbeat.json and heartbeat.md")
     return parser.parse_args(argv)
-
-
-def _raise_on_sigterm(signum: int, frame: FrameType | None) -> None:
-    raise SystemExit(128 + signum)  # unwinds through the cleanup of redis-server
 
 
 def durable_body(i: int) -> int:
@@ -436,11 +424,8 @@ def render_markdown(result: Mapping[str, Any]) -> str:
         f"held, {f['resumed_by_sweeps']} run(s) resumed by the sweeps (expected: all, 0).",
     ]
     lines += _profile_lines(result.get("profile") or {})
-    m = result["machine"]
-    lines += ["", f"Machine: Python {m['python']}, redis-server {m['redis_server']}, redis-py "
-              f"{m['redis_py']}, hiredis {m['hiredis']}, Celery {m['celery']}, "
-              f"{m['cpu_count']} CPUs, load {m['loadavg_at_start']}, commit {m['git_commit']}"
-              f"{' (dirty)' if m['git_dirty'] else ''}, {m['date_utc']}.", ""]
+    lines += ["", common.machine_line(result["machine"], "python", "redis_server",
+                                      "redis_py", "hiredis", "celery"), ""]
     return "\n".join(lines)
 
 
@@ -448,9 +433,7 @@ def render_markdown(result: Mapping[str, Any]) -> str:
 
 
 def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
-    with throwaway_redis(args.redis_server) as server:
-        print(f"redis-server pid {server.pid} on {server.url}", file=sys.stderr)
-        info = machine_info(server_version(server.url))
+    with common.bench_redis(args.redis_server) as (server, info):
         app = make_app(server.url, args.interval)
         settings = settings_for(app)
         store = RunStore(settings)
@@ -461,8 +444,7 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
         try:
             started = time.monotonic()
             requests = populate(app, store, broker, worker_id, args.runs)
-            print(f"{args.runs} runs claimed in {time.monotonic() - started:.1f} s",
-                  file=sys.stderr)
+            common.progress(f"{args.runs} runs claimed in {time.monotonic() - started:.1f} s")
             renewals = record_renewals(store)
             interval = settings.heartbeat_interval_s
             with installed(requests):
@@ -484,29 +466,20 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
             store.client.close()
             broker.close()
             app.close()
-    config = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
-    config.update(interval_s=interval, lease_ttl_s=settings.lease_ttl_s,
-                  lease_renew_every_s=settings.lease_renew_every_s,
-                  worker_ttl_s=settings.worker_ttl_s)
+    config = common.config_of(args, interval_s=interval, lease_ttl_s=settings.lease_ttl_s,
+                              lease_renew_every_s=settings.lease_renew_every_s,
+                              worker_ttl_s=settings.worker_ttl_s)
     return {"config": config, "machine": info, "figures": figures(loop),
             "leases_held_after": held, "profile": prof, "raw": asdict(loop)}
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(level=logging.WARNING)
-    signal.signal(signal.SIGTERM, _raise_on_sigterm)
-    started = time.monotonic()
-    result = run_benchmark(args)
-    result["config"]["wall_time_s"] = round(time.monotonic() - started, 1)
+    result, elapsed = common.run_timed(run_benchmark, args)
+    result["config"]["wall_time_s"] = round(elapsed, 1)
     result["target_cpu_share"] = TARGET_CPU_SHARE
     result["target_met"] = result["figures"]["thread_cpu_share"] < TARGET_CPU_SHARE
-    markdown = render_markdown(result)
-    write_json(args.out / "heartbeat.json", result)
-    write_atomic(args.out / "heartbeat.md", markdown)
-    print(markdown)
-    print(f"wrote {args.out / 'heartbeat.json'} and {args.out / 'heartbeat.md'}",
-          file=sys.stderr)
+    common.publish(args.out, "heartbeat", result, render_markdown(result))
     return 0
 
 

@@ -21,24 +21,19 @@ from __future__ import annotations
 
 import argparse
 import gc
-import logging
 import os
-import signal
 import sys
-import time
 from collections.abc import Callable
-from pathlib import Path
-from types import FrameType
 from typing import Any
 
-from .limits_app import LIMIT, REF_QUEUE, WORK_QUEUE, app, configure
+from . import common
+from .limits_app import ENV_URL, LIMIT, REF_QUEUE, WORK_QUEUE, app, configure
 from .limits_measure import measure_enqueue, measure_polling, measure_slots
 from .limits_report import render_markdown
-from .limits_workers import Workers, cpu_seconds, local_ports
-from .redis_server import server_version, throwaway_redis
-from .report import machine_info, write_atomic, write_json
+from .worker_procs import WorkerSet, cpu_seconds, local_ports
 
-RESULTS_DIR = Path(__file__).resolve().parent / "results"
+#: ``celery -A`` of the worker subprocesses.
+APP_REF = "bench.limits_app:app"
 PARTS = ("enqueue", "slots", "polling")
 
 
@@ -58,8 +53,7 @@ def _parts(text: str) -> list[str]:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m bench.limits", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = common.make_parser("bench.limits", __doc__)
     p.add_argument("--parts", type=_parts, default=list(PARTS),
                    help="comma-separated subset of enqueue,slots,polling (default: all)")
     p.add_argument("--repeats", type=int, default=5,
@@ -92,22 +86,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "level above which the report says busy polling (default 1)")
     p.add_argument("--timeout", type=float, default=180.0,
                    help="seconds to wait for runs to finish or park (default 180)")
-    p.add_argument("--redis-server", default="redis-server", help="redis-server executable")
-    p.add_argument("--out", type=Path, default=RESULTS_DIR,
-                   help="directory for limits.json and limits.md")
-    p.add_argument("--keep-logs", action="store_true", help="keep the worker logs")
+    common.add_common_args(p, "limits.json and limits.md", keep_logs=True)
     return p.parse_args(argv)
 
 
-def _raise_on_sigterm(signum: int, frame: FrameType | None) -> None:
-    raise SystemExit(128 + signum)  # unwinds through the cleanup of workers and redis-server
-
-
-def _progress(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
-
-
-def port_labels(*sets: Workers) -> Callable[[], dict[str, str]]:
+def port_labels(*sets: WorkerSet) -> Callable[[], dict[str, str]]:
     """Client port -> process label (``bench`` or a worker's name), read when called."""
 
     def labels() -> dict[str, str]:
@@ -120,7 +103,7 @@ def port_labels(*sets: Workers) -> Callable[[], dict[str, str]]:
     return labels
 
 
-def cpu_probe(*sets: Workers, redis_pid: int) -> Callable[[], dict[str, float]]:
+def cpu_probe(*sets: WorkerSet, redis_pid: int) -> Callable[[], dict[str, float]]:
     """CPU seconds used so far by each worker, redis-server and this process."""
 
     def cpu() -> dict[str, float]:
@@ -132,7 +115,7 @@ def cpu_probe(*sets: Workers, redis_pid: int) -> Callable[[], dict[str, float]]:
     return cpu
 
 
-def measure_all(args: argparse.Namespace, url: str, workers: Workers, references: Workers,
+def measure_all(args: argparse.Namespace, url: str, workers: WorkerSet, references: WorkerSet,
                 redis_pid: int) -> dict[str, Any]:
     errors: list[str] = []
     result: dict[str, Any] = {"worker_errors": errors}
@@ -140,11 +123,11 @@ def measure_all(args: argparse.Namespace, url: str, workers: Workers, references
     cpu = cpu_probe(workers, references, redis_pid=redis_pid)
     if "enqueue" in args.parts:
         result["enqueue"] = measure_enqueue(url, args.repeats, args.rounds, args.batch_size,
-                                            labels, _progress)
+                                            labels, common.progress)
     if "slots" not in args.parts and "polling" not in args.parts:
         return result
     workers.start(args.workers)
-    _progress(f"workers: {', '.join(f'{w.name} pid {w.pid}' for w in workers.workers)}")
+    common.progress(f"workers: {', '.join(f'{w.name} pid {w.pid}' for w in workers.workers)}")
     if "slots" in args.parts:
         refs = bool(args.references)
         if refs:
@@ -159,7 +142,7 @@ def measure_all(args: argparse.Namespace, url: str, workers: Workers, references
 
         try:
             result["slots"] = measure_slots(url, args.repeats, args.runs, args.sleep,
-                                            args.timeout, check, cpu, _progress,
+                                            args.timeout, check, cpu, common.progress,
                                             args.workers * args.concurrency, refs)
         finally:
             errors += references.errors_logged()
@@ -167,19 +150,19 @@ def measure_all(args: argparse.Namespace, url: str, workers: Workers, references
     if "polling" in args.parts:
         result["polling"] = measure_polling(
             url, args.parked, args.windows, args.window_s, args.settle_s, args.sleep,
-            args.timeout, labels, workers.check_alive, cpu, _progress, args.threshold)
+            args.timeout, labels, workers.check_alive, cpu, common.progress, args.threshold)
     return result
 
 
 def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
     """Start Redis (and workers when needed), measure, stop everything."""
-    with throwaway_redis(args.redis_server) as server:
-        _progress(f"redis-server pid {server.pid} on {server.url}")
+    with common.bench_redis(args.redis_server) as (server, info):
         configure(server.url)
-        info = machine_info(server_version(server.url))
-        workers = Workers(server.url, WORK_QUEUE, args.pool, args.concurrency, "limits",
-                          args.keep_logs)
-        references = Workers(server.url, REF_QUEUE, args.pool, 1, "ref", args.keep_logs)
+        env = {ENV_URL: server.url}
+        workers = WorkerSet(APP_REF, WORK_QUEUE, env, "limits", pool=args.pool,
+                            concurrency=args.concurrency, keep_logs=args.keep_logs)
+        references = WorkerSet(APP_REF, REF_QUEUE, env, "ref", pool=args.pool, concurrency=1,
+                               keep_logs=args.keep_logs)
         try:
             result = measure_all(args, server.url, workers, references, server.pid)
             result["worker_errors"] += workers.errors_logged()
@@ -191,25 +174,12 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
     return {"machine": info, **result}
 
 
-def write_results(args: argparse.Namespace, result: dict[str, Any], elapsed_s: float) -> str:
-    config = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
-    config.update(limit=LIMIT, sleep_s=args.sleep, wall_time_s=round(elapsed_s, 1))
-    full = {"config": config, **result}
-    markdown = render_markdown(full)
-    write_json(args.out / "limits.json", full)
-    write_atomic(args.out / "limits.md", markdown)
-    return markdown
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(level=logging.WARNING)
-    signal.signal(signal.SIGTERM, _raise_on_sigterm)
-    started = time.monotonic()
-    result = run_benchmark(args)
-    elapsed = time.monotonic() - started
-    print(write_results(args, result, elapsed))
-    _progress(f"wrote {args.out / 'limits.json'} and {args.out / 'limits.md'} in {elapsed:.1f} s")
+    result, elapsed = common.run_timed(run_benchmark, args)
+    config = common.config_of(args, limit=LIMIT, sleep_s=args.sleep, wall_time_s=round(elapsed, 1))
+    full = {"config": config, **result}
+    common.publish(args.out, "limits", full, render_markdown(full), elapsed)
     return 0
 
 

@@ -122,34 +122,32 @@ def nap(seconds: float) -> None:
     time.sleep(seconds)
 
 
+def _spanned(task: Any, token: str, i: int, body: Callable[[float], None],
+             seconds: float) -> int:
+    """Run ``body(seconds)`` and note its span for the task's ``task_postrun``; returns ``i``."""
+    start = time.time()
+    body(seconds)
+    end = time.time()
+    _pending[str(task.request.id)] = (token, [start, end, i, os.getpid()])
+    return i
+
+
 @durable(name=LIMITED, concurrency_limit=LIMIT, bind=True)
 def limited(self: Any, token: str, i: int, seconds: float) -> int:
     """At most LIMIT at once across all workers; the body is one step of ``seconds``."""
-    start = time.time()
-    nap(seconds)
-    end = time.time()
-    _pending[str(self.request.id)] = (token, [start, end, i, os.getpid()])
-    return i
+    return _spanned(self, token, i, nap, seconds)
 
 
 @durable(name=REF_DURABLE, bind=True)
 def reference_durable(self: Any, token: str, i: int, seconds: float) -> int:
     """``limited`` without a concurrency limit."""
-    start = time.time()
-    nap(seconds)
-    end = time.time()
-    _pending[str(self.request.id)] = (token, [start, end, i, os.getpid()])
-    return i
+    return _spanned(self, token, i, nap, seconds)
 
 
 @app.task(name=REF_PLAIN, bind=True)
 def reference_plain(self: Any, token: str, i: int, seconds: float) -> int:
     """A plain Celery task with the same body (no step)."""
-    start = time.time()
-    time.sleep(seconds)
-    end = time.time()
-    _pending[str(self.request.id)] = (token, [start, end, i, os.getpid()])
-    return i
+    return _spanned(self, token, i, time.sleep, seconds)
 
 
 @app.task(name=BLOCKER, acks_late=True)

@@ -6,7 +6,7 @@ server time spent in each. ``MONITOR`` tells the two apart: a script's commands 
 right after its ``EVALSHA`` with the client ``lua``, so the log gives the commands clients
 send (each one a request on a connection; a pipeline sends several in one round trip) and
 which script each nested command belongs to. The log also gives each command's client
-port, which :func:`bench.limits_workers.local_ports` maps to the process that sent it.
+port, which :func:`bench.worker_procs.local_ports` maps to the process that sent it.
 
 Window boundaries are the benchmark's own ``INFO commandstats`` calls, each followed by an
 ``ECHO`` marker that the MONITOR reader uses to split its log the same way. The

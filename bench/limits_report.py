@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from .common import commit, versions
 from .limits_measure import KIND_LABELS, KINDS
 
 #: Targets: keyed enqueue rate / plain rate, and slot throughput / ideal.
@@ -299,11 +300,9 @@ def render_markdown(result: Mapping[str, Any]) -> str:
     lines = [
         f"## celery-durable limits benchmark ({machine['date_utc']})",
         "",
-        f"Python {machine['python']}, redis-server {machine['redis_server']}, redis-py "
-        f"{machine['redis_py']}, Celery {machine['celery']}, kombu {machine['kombu']}; "
+        f"{versions(machine, 'python', 'redis_server', 'redis_py', 'celery', 'kombu')}; "
         f"{machine['cpu_count']} CPUs, load {machine['loadavg_at_start']} at start; commit "
-        f"{machine['git_commit']}{' (dirty)' if machine['git_dirty'] else ''}; "
-        f"{config['wall_time_s']:.0f} s.",
+        f"{commit(machine)}; {config['wall_time_s']:.0f} s.",
         "",
     ]
     if "enqueue" in result:

@@ -20,15 +20,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import signal
 import statistics
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
-from pathlib import Path
-from types import FrameType
 from typing import Any, TypeVar
 
 import redis
@@ -38,12 +35,10 @@ from celery_durable import DurableClient, RunInfo
 from celery_durable.config import DEFAULT_KEY_PREFIX, settings_for
 from celery_durable.store import RunStore
 
+from . import common
 from . import recovery_app as ra
-from .redis_server import server_version, throwaway_redis
-from .report import machine_info, write_atomic, write_json
 from .worker_procs import Worker, WorkerSet
 
-RESULTS_DIR = Path(__file__).resolve().parent / "results"
 #: Target of the project: a crashed run's next step starts within this many seconds.
 TARGET_S = 10.0
 #: kombu's default visibility timeout (seconds) and its periodic restore sweep
@@ -57,8 +52,7 @@ T = TypeVar("T")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m bench.recovery", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = common.make_parser("bench.recovery", __doc__)
     parser.add_argument("--repeats", type=int, default=5,
                         help="celery-durable crash/recover repeats (default 5)")
     parser.add_argument("--stock-repeats", type=int, default=1,
@@ -72,18 +66,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--stock-timeout", type=float, default=400.0,
                         help="give up waiting for the stock task to restart after this many "
                              "seconds (default 400)")
-    parser.add_argument("--keep-logs", action="store_true", help="keep the worker logs")
-    parser.add_argument("--redis-server", default="redis-server", help="redis-server executable")
-    parser.add_argument("--out", type=Path, default=RESULTS_DIR,
-                        help="directory for recovery.json and recovery.md")
+    common.add_common_args(parser, "recovery.json and recovery.md", keep_logs=True)
     args = parser.parse_args(argv)
     if not 0 < args.kill_after < args.steps:
         parser.error("--kill-after must be between 1 and --steps - 1")
     return args
-
-
-def _raise_on_sigterm(signum: int, frame: FrameType | None) -> None:
-    raise SystemExit(128 + signum)  # unwinds through the cleanup of workers and redis-server
 
 
 def wait_for(predicate: Callable[[], T | None], timeout_s: float, what: str) -> T:
@@ -245,15 +232,15 @@ def measure_durable(base_url: str, records: redis.Redis, args: argparse.Namespac
                 repeats.append(durable_repeat(app, client, records, workers, args))
             except RepeatFailed as exc:
                 # Keep the evidence, start over with two fresh workers, go on.
-                print(f"durable {i + 1}/{args.repeats}: FAILED: {exc}", file=sys.stderr)
+                common.progress(f"durable {i + 1}/{args.repeats}: FAILED: {exc}")
                 repeats.append({"failed": str(exc), **exc.details})
                 workers.stop_all()
                 workers.start(2)
                 continue
             r = repeats[-1]
-            print(f"durable {i + 1}/{args.repeats}: kill -> next step "
-                  f"{r['kill_to_next_step_s']:.2f} s (reaped after "
-                  f"{r['kill_to_reaped_s'] or float('nan'):.2f} s)", file=sys.stderr)
+            common.progress(f"durable {i + 1}/{args.repeats}: kill -> next step "
+                            f"{r['kill_to_next_step_s']:.2f} s (reaped after "
+                            f"{r['kill_to_reaped_s'] or float('nan'):.2f} s)")
     finally:
         workers.stop_all()
         client.store.client.close()
@@ -331,8 +318,8 @@ def measure_stock(base_url: str, records: redis.Redis, args: argparse.Namespace,
         for i in range(args.stock_repeats):
             repeats.append(stock_repeat(app, records, broker, workers, args,
                                         replace=i + 1 < args.stock_repeats))
-            print(f"stock {i + 1}/{args.stock_repeats}: kill -> restart "
-                  f"{repeats[-1]['kill_to_next_step_s']:.1f} s", file=sys.stderr)
+            common.progress(f"stock {i + 1}/{args.stock_repeats}: kill -> restart "
+                            f"{repeats[-1]['kill_to_next_step_s']:.1f} s")
     finally:
         workers.stop_all()
         broker.close()
@@ -433,12 +420,8 @@ def render_markdown(result: Mapping[str, Any]) -> str:
                   "before kill) and that + ~100 s after the kill (the window above), "
                   "depending on the phase of the survivor's sweeps, which come at its start "
                   "+ k x ~100 s. The restored task starts again from its first step."]
-    m = result["machine"]
-    lines += ["", f"Machine: Python {m['python']}, redis-server {m['redis_server']}, Celery "
-              f"{m['celery']}, kombu {m['kombu']}, {m['cpu_count']} CPUs, load "
-              f"{m['loadavg_at_start']}, commit {m['git_commit']}"
-              f"{' (dirty)' if m['git_dirty'] else ''}, {m['date_utc']}. Wall time "
-              f"{cfg['wall_time_s']:.0f} s.", ""]
+    machine = common.machine_line(result["machine"], "python", "redis_server", "celery", "kombu")
+    lines += ["", f"{machine} Wall time {cfg['wall_time_s']:.0f} s.", ""]
     return "\n".join(lines)
 
 
@@ -446,9 +429,7 @@ def render_markdown(result: Mapping[str, Any]) -> str:
 
 
 def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
-    with throwaway_redis(args.redis_server) as server:
-        print(f"redis-server pid {server.pid} on {server.url}", file=sys.stderr)
-        info = machine_info(server_version(server.url))
+    with common.bench_redis(args.redis_server) as (server, info):
         settings = settings_for(ra.make_durable_app(server.url))
         records = ra.records_client(server.url)
         try:
@@ -457,21 +438,17 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
                      else measure_stock(server.url, records, args))
         finally:
             records.close()
-    config = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
-    config.update(worker_ttl_s=settings.worker_ttl_s,
-                  heartbeat_interval_s=settings.heartbeat_interval_s,
-                  lease_ttl_s=settings.lease_ttl_s,
-                  stock_visibility_timeout_s=ra.STOCK_VISIBILITY_TIMEOUT_S)
+    config = common.config_of(args, worker_ttl_s=settings.worker_ttl_s,
+                              heartbeat_interval_s=settings.heartbeat_interval_s,
+                              lease_ttl_s=settings.lease_ttl_s,
+                              stock_visibility_timeout_s=ra.STOCK_VISIBILITY_TIMEOUT_S)
     return {"config": config, "machine": info, "durable": durable, "stock": stock}
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(level=logging.WARNING)
-    signal.signal(signal.SIGTERM, _raise_on_sigterm)
-    started = time.monotonic()
-    result = run_benchmark(args)
-    result["config"]["wall_time_s"] = round(time.monotonic() - started, 1)
+    result, elapsed = common.run_timed(run_benchmark, args)
+    result["config"]["wall_time_s"] = round(elapsed, 1)
     d = _values(result["durable"], "kill_to_next_step_s")
     s = _values(result["stock"], "kill_to_next_step_s")
     result["summary"] = {"durable_kill_to_next_step_s": summary(d),
@@ -481,11 +458,7 @@ def main(argv: list[str] | None = None) -> int:
                          "target_s": TARGET_S,
                          "target_met": bool(d) and max(d) <= TARGET_S
                          and not any("failed" in r for r in result["durable"])}
-    markdown = render_markdown(result)
-    write_json(args.out / "recovery.json", result)
-    write_atomic(args.out / "recovery.md", markdown)
-    print(markdown)
-    print(f"wrote {args.out / 'recovery.json'} and {args.out / 'recovery.md'}", file=sys.stderr)
+    common.publish(args.out, "recovery", result, render_markdown(result))
     return 0
 
 

@@ -1,80 +1,15 @@
-"""Machine information and the Markdown/JSON outputs of a benchmark run."""
+"""The Markdown report of ``bench.run`` (the per-step overhead)."""
 
 from __future__ import annotations
 
-import datetime as dt
-import importlib.metadata
-import json
-import os
-import platform
-import subprocess
-import sys
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
+from .common import commit
 from .measure import Summary
 
 #: Target of the project: one Redis round trip per step, overhead at most this × PING.
 TARGET_PING_RATIO = 2.0
-
-
-def _version(dist: str) -> str | None:
-    try:
-        return importlib.metadata.version(dist)
-    except importlib.metadata.PackageNotFoundError:
-        return None
-
-
-def _git(*args: str) -> str | None:
-    try:
-        out = subprocess.run(["git", *args], capture_output=True, text=True, timeout=5,
-                             check=True, cwd=Path(__file__).resolve().parent.parent)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip()
-
-
-def _loadavg() -> list[float] | None:
-    try:
-        return [round(x, 2) for x in os.getloadavg()]
-    except OSError:
-        return None
-
-
-def machine_info(redis_version: str) -> dict[str, Any]:
-    """Versions, CPU count, load and commit of this run (JSON-ready)."""
-    status = _git("status", "--porcelain", "--untracked-files=no")
-    return {
-        "date_utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "python": platform.python_version(),
-        "python_implementation": platform.python_implementation(),
-        "platform": platform.platform(),
-        "cpu_count": os.cpu_count(),
-        "cpu_affinity": sorted(os.sched_getaffinity(0)),
-        "loadavg_at_start": _loadavg(),
-        "redis_server": redis_version,
-        "redis_py": _version("redis"),
-        "hiredis": _version("hiredis"),
-        "celery": _version("celery"),
-        "kombu": _version("kombu"),
-        "celery_durable": _version("celery-durable"),
-        "git_commit": _git("rev-parse", "--short", "HEAD"),
-        "git_dirty": bool(status) if status is not None else None,
-        "argv": sys.argv,
-    }
-
-
-def write_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through ``path.tmp`` (ignored by git) and a rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
-def write_json(path: Path, data: Mapping[str, Any]) -> None:
-    write_atomic(path, json.dumps(data, indent=1, sort_keys=False) + "\n")
 
 
 #: Rows of the Markdown tables: (summary key, label, unit, decimals).
@@ -197,7 +132,7 @@ def render_markdown(
         f"Celery {info['celery']}, solo pool in-process worker; "
         f"CPUs used {_cpus(info['cpu_affinity'], info['cpu_count'])}; "
         f"load average at start {info['loadavg_at_start']}; "
-        f"commit {info['git_commit']}{' (dirty)' if info['git_dirty'] else ''}.",
+        f"commit {commit(info)}.",
         "",
     ]
     return "\n".join(lines)

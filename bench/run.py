@@ -13,17 +13,12 @@ from __future__ import annotations
 
 import argparse
 import gc
-import logging
 import math
 import os
-import signal
 import sys
-import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import asdict
-from pathlib import Path
-from types import FrameType
 from typing import Any
 
 import redis
@@ -33,13 +28,12 @@ from celery.contrib.testing.worker import start_worker
 from celery_durable.config import settings_for
 from celery_durable.store import RunStore, make_client
 
+from . import common
 from . import measure as m
 from .derive import LARGE, SMALL, derive, summarize
-from .redis_server import server_version, throwaway_redis
-from .report import machine_info, render_markdown, write_atomic, write_json
+from .report import render_markdown
 from .workload import make_app
 
-RESULTS_DIR = Path(__file__).resolve().parent / "results"
 #: Lease (seconds) of the runs measurement d claims directly (longer than any benchmark run).
 DIRECT_LEASE_TTL_S = 3600.0
 #: Tasks of each kind and size run before measuring (warm-up).
@@ -47,8 +41,7 @@ WARM_UP_ROUNDS = 5
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = common.make_parser("bench.run", __doc__)
     parser.add_argument("--repeats", type=int, default=5, help="independent repeats (default 5)")
     parser.add_argument("--rounds", type=int, default=30,
                         help="tasks of each kind and size per repeat (default 30)")
@@ -60,14 +53,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--pin-cpu", type=int, default=None, metavar="CPU",
                         help="run everything (this process, its threads and redis-server) on "
                              "this one CPU: steadier figures on small, noisy VMs")
-    parser.add_argument("--redis-server", default="redis-server", help="redis-server executable")
-    parser.add_argument("--out", type=Path, default=RESULTS_DIR,
-                        help="directory for latest.json and latest.md")
+    common.add_common_args(parser, "latest.json and latest.md")
     return parser.parse_args(argv)
-
-
-def _raise_on_sigterm(signum: int, frame: FrameType | None) -> None:
-    raise SystemExit(128 + signum)  # unwinds through the cleanup of worker and redis-server
 
 
 # -- setup --------------------------------------------------------------------------------
@@ -160,21 +147,19 @@ def one_repeat(app: Celery, ops: Mapping[str, m.Batch], args: argparse.Namespace
 
 
 def _progress(i: int, args: argparse.Namespace, d: Mapping[str, float]) -> None:
-    print(f"repeat {i + 1}/{args.repeats}: overhead {d['overhead_us']:.1f} µs/step = "
-          f"{d['overhead_per_ping']:.2f}× PING ({d['ping_us']:.1f} µs)", file=sys.stderr)
+    common.progress(f"repeat {i + 1}/{args.repeats}: overhead {d['overhead_us']:.1f} µs/step "
+                    f"= {d['overhead_per_ping']:.2f}× PING ({d['ping_us']:.1f} µs)")
 
 
 def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
     """Start Redis and a worker, measure ``args.repeats`` repeats, stop everything."""
-    with throwaway_redis(args.redis_server) as server:
-        print(f"redis-server pid {server.pid} on {server.url}", file=sys.stderr)
+    with common.bench_redis(args.redis_server) as (server, info):
         app = make_app(server.url)
         client = make_client(settings_for(app))
         try:
             makers = redis_op_makers(app, client, args.batch_size)
             ops = primitive_ops(app, makers)
             m.register_primitives_task(app, ops)
-            info = machine_info(server_version(server.url))
             m.measure_primitives(ops, 3, args.batch_size)  # load the scripts
             one_off = one_off_figures(app, client, makers, args.batch_size)
             with running_worker(app):
@@ -192,36 +177,27 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
 # -- entry point --------------------------------------------------------------------------
 
 
-def write_results(args: argparse.Namespace, result: Mapping[str, Any], elapsed_s: float) -> str:
-    """Write latest.json and latest.md under ``args.out``; returns the Markdown."""
+def write_results(args: argparse.Namespace, result: Mapping[str, Any], elapsed_s: float) -> None:
+    """Write latest.json and latest.md under ``args.out`` and print the Markdown."""
     summary = summarize(result["repeats"])
-    config = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
-    config.update(small_steps=SMALL, large_steps=LARGE, payload_bytes=m.RAW_PAYLOAD_BYTES,
-                  wall_time_s=round(elapsed_s, 1))
+    config = common.config_of(args, small_steps=SMALL, large_steps=LARGE,
+                              payload_bytes=m.RAW_PAYLOAD_BYTES, wall_time_s=round(elapsed_s, 1))
     markdown = render_markdown(summary, result, result["machine"], config)
-    write_json(args.out / "latest.json", {
+    common.publish(args.out, "latest", {
         "config": config, "machine": result["machine"],
         "summary": {k: s.as_dict() for k, s in summary.items()},
         "calls_per_op": result["calls_per_op"],
         "server_us_per_call": result["server_us_per_call"], "repeats": result["repeats"],
-    })
-    write_atomic(args.out / "latest.md", markdown)
-    return markdown
+    }, markdown, elapsed_s)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(level=logging.WARNING)
-    signal.signal(signal.SIGTERM, _raise_on_sigterm)
     if args.pin_cpu is not None:
         # Before any thread or child starts: they inherit the affinity.
         os.sched_setaffinity(0, {args.pin_cpu})
-    started = time.monotonic()
-    result = run_benchmark(args)
-    elapsed = time.monotonic() - started
-    print(write_results(args, result, elapsed))
-    print(f"wrote {args.out / 'latest.json'} and {args.out / 'latest.md'} in {elapsed:.1f} s",
-          file=sys.stderr)
+    result, elapsed = common.run_timed(run_benchmark, args)
+    write_results(args, result, elapsed)
     return 0
 
 
