@@ -599,6 +599,32 @@ class RunStore:
         with _redis_errors("read the run index"):
             return [str(i) for i in self.client.zrevrange(index_key, start, start + count - 1)]
 
+    def prune_indexes(self, batch: int = 500) -> int:
+        """Remove index entries of runs that expired, and status-index entries that no
+        longer match their run's status (indexes may lag; see keys.py). Returns the count."""
+        removed = 0
+        status_prefix = self.keys.status_index(RunStatus.PENDING).rsplit(":", 1)[0] + ":"
+        with _redis_errors("prune the run indexes"):
+            for key in self.client.scan_iter(match=self.keys.index_pattern(), count=200):
+                key = str(key)
+                status = key.removeprefix(status_prefix) if key.startswith(status_prefix) \
+                    else None
+                start = 0
+                while True:
+                    ids = [str(i) for i in self.client.zrange(key, start, start + batch - 1)]
+                    if not ids:
+                        break
+                    with self.client.pipeline(False) as pipe:
+                        for run_id in ids:
+                            pipe.hget(self.keys.run(run_id).run, "status")
+                        actual = pipe.execute()
+                    stale = [r for r, s in zip(ids, actual, strict=True)
+                             if s is None or (status is not None and s != status)]
+                    if stale:
+                        removed += int(self.client.zrem(key, *stale))
+                    start += batch - len(stale)
+        return removed
+
     def ping(self) -> bool:
         with _redis_errors("reach Redis"):
             return bool(self.client.ping())

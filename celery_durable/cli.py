@@ -1,0 +1,239 @@
+"""``celery -A proj durable ...``: inspect and operate durable runs from the terminal.
+
+Registered as a Celery subcommand (entry point ``celery.commands``), so ``-A`` loads the app
+as for ``celery inspect``. Every command exits non-zero with a one-line reason when a run is
+unknown, an argument is invalid or Redis cannot be reached; ``--json`` prints machine output.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+from celery.bin.base import CeleryCommand
+
+from .checks import server_problems, settings_problems
+from .client import DurableClient
+from .concurrency import limit_base
+from .errors import ConfigurationError, DurableError, RunNotFoundError, StoreError
+from .models import RunInfo, RunStatus
+from .task import DurableTask
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _client(ctx: click.Context) -> DurableClient:
+    app = ctx.obj.app
+    # Import the app's task modules (imports/include), so task names and limits resolve.
+    app.loader.import_default_modules()
+    try:
+        return DurableClient(app)
+    except DurableError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+def _fail_clearly(fn: F) -> F:
+    """Turn celery-durable errors into a one-line message and exit status 1."""
+
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except RunNotFoundError as exc:
+            raise click.ClickException(str(exc)) from None
+        except StoreError as exc:
+            raise click.ClickException(f"{exc} (is Redis running? check durable_redis_url)") \
+                from None
+        except DurableError as exc:
+            raise click.ClickException(str(exc)) from None
+
+    wrapper.__name__ = fn.__name__
+    wrapper.__doc__ = fn.__doc__
+    return wrapper  # type: ignore[return-value]
+
+
+def _table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    widths = [max([len(h), *(len(r[i]) for r in rows)]) for i, h in enumerate(headers)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip()]
+    lines.append("  ".join("-" * w for w in widths))
+    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
+              for r in rows]
+    return "\n".join(lines)
+
+
+def _when(value: Any) -> str:
+    return value.strftime("%Y-%m-%d %H:%M:%S") if value is not None else "-"
+
+
+@click.group(name="durable")
+def durable() -> None:
+    """Inspect and operate celery-durable runs."""
+
+
+@durable.command(cls=CeleryCommand)
+@click.option("--status", type=click.Choice([s.value for s in RunStatus]), default=None)
+@click.option("--task", default=None, help="only runs of this task")
+@click.option("--limit", type=click.IntRange(1, 1000), default=50, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="print JSON lines")
+@click.pass_context
+@_fail_clearly
+def runs(ctx: click.Context, status: str | None, task: str | None, limit: int,
+         as_json: bool) -> None:
+    """List runs, newest first."""
+    found = _client(ctx).list_runs(status=status, task=task, limit=limit)
+    if as_json:
+        for run in found:
+            click.echo(run.model_dump_json())
+        return
+    rows = [[r.id, r.task, r.status.value, str(r.attempt), str(r.step_count),
+             _when(r.created_at), (r.error.type.rsplit(".", 1)[-1] if r.error else "")]
+            for r in found]
+    click.echo(_table(["run", "task", "status", "attempt", "steps", "created (UTC)", "error"],
+                      rows))
+
+
+def _describe(run: RunInfo) -> str:
+    lines = [f"run      {run.id}", f"task     {run.task}", f"status   {run.status.value}",
+             f"attempt  {run.attempt}", f"created  {_when(run.created_at)}",
+             f"finished {_when(run.finished_at)}", f"args     {run.args} {run.kwargs}"]
+    if run.parent_id:
+        lines.append(f"parent   {run.parent_id}")
+    if run.children:
+        lines.append(f"children {', '.join(run.children)}")
+    if run.result is not None:
+        lines.append(f"result   {json.dumps(run.result, default=str)[:200]}")
+    lines += ["", _table(
+        ["#", "step", "attempt", "ms", "failures"],
+        [[str(s.position), s.name, str(s.attempt),
+          f"{s.duration_ms:.0f}" if s.duration_ms is not None else "-", str(len(s.failures))]
+         for s in run.steps])]
+    for i, error in enumerate(run.attempt_errors, 1):
+        lines += ["", f"error {i}: {error.type}: {error.message}"]
+    return "\n".join(lines)
+
+
+@durable.command(cls=CeleryCommand)
+@click.argument("run_id")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+@_fail_clearly
+def show(ctx: click.Context, run_id: str, as_json: bool) -> None:
+    """Show a run's trace: steps, timings, attempts and errors."""
+    run = _client(ctx).get_run(run_id)
+    click.echo(run.model_dump_json(indent=2) if as_json else _describe(run))
+
+
+@durable.command(cls=CeleryCommand)
+@click.argument("run_id")
+@click.option("--from-step", default=None, help="fork a new run from this step")
+@click.pass_context
+@_fail_clearly
+def replay(ctx: click.Context, run_id: str, from_step: str | None) -> None:
+    """Run a failed or cancelled run again, or fork a new one from a step."""
+    new_id = _client(ctx).replay(run_id, from_step=from_step)
+    click.echo(f"published run {new_id}")
+
+
+@durable.command(cls=CeleryCommand)
+@click.argument("run_id")
+@click.pass_context
+@_fail_clearly
+def cancel(ctx: click.Context, run_id: str) -> None:
+    """Cancel a run (and its children)."""
+    prev = _client(ctx).cancel(run_id, "cancelled from the command line")
+    if prev.is_terminal:
+        click.echo(f"run {run_id} had already ended ({prev.value}); nothing to do")
+    else:
+        click.echo(f"run {run_id} cancelled (was {prev.value})")
+
+
+@durable.command("send-event", cls=CeleryCommand)
+@click.argument("key")
+@click.option("--data", default=None, help="the payload, as JSON")
+@click.option("--data-file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              default=None, help="a file holding the JSON payload")
+@click.pass_context
+@_fail_clearly
+def send_event(ctx: click.Context, key: str, data: str | None, data_file: Path | None) -> None:
+    """Deliver an event payload to the runs waiting on KEY (or keep it for the next one)."""
+    if data is not None and data_file is not None:
+        raise click.UsageError("give --data or --data-file, not both")
+    text = data_file.read_text() if data_file is not None else data
+    try:
+        payload = json.loads(text) if text is not None else None
+    except ValueError as exc:
+        raise click.BadParameter(f"not valid JSON: {exc}", param_hint="--data") from None
+    woken = _client(ctx).send_event(key, payload)
+    click.echo(f"event sent to {key!r}; woke {len(woken)} run(s)"
+               + (f": {', '.join(woken)}" if woken else " (kept for the next one to wait)"))
+
+
+@durable.command(cls=CeleryCommand)
+@click.argument("name", required=False)
+@click.argument("limit", required=False, type=click.IntRange(min=0))
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+@_fail_clearly
+def limits(ctx: click.Context, name: str | None, limit: int | None, as_json: bool) -> None:
+    """Show concurrency limits; with NAME LIMIT, change one at runtime (0 pauses it)."""
+    client = _client(ctx)
+    app = ctx.obj.app
+    if name is not None and limit is not None:
+        client.set_concurrency_limit(name, limit)
+        click.echo(f"{limit_base(name, app)}: limit set to {limit}")
+        return
+    coded: dict[str, int] = {}
+    for task in app.tasks.values():
+        if isinstance(task, DurableTask) and task.durable_concurrency_limit is not None:
+            coded[f"task:{task.name}"] = task.durable_concurrency_limit
+    coded.update({f"queue:{q}": n for q, n in client.store.settings.queue_limits.items()})
+    names = [limit_base(name, app)] if name is not None else sorted(coded)
+    infos = [client.concurrency_limit(n) for n in names]
+    if as_json:
+        for info in infos:
+            click.echo(json.dumps({**info.model_dump(), "coded": coded.get(info.name)}))
+        return
+    click.echo(_table(["limit", "in code", "runtime", "in use", "waiting"], [
+        [i.name, str(coded.get(i.name, "-")), str(i.limit if i.limit is not None else "-"),
+         str(len(i.holders)), str(len(i.parked))] for i in infos]))
+
+
+@durable.command(cls=CeleryCommand)
+@click.pass_context
+@_fail_clearly
+def gc(ctx: click.Context) -> None:
+    """Remove index entries whose run has expired."""
+    removed = _client(ctx).store.prune_indexes()
+    click.echo(f"removed {removed} stale index entr{'y' if removed == 1 else 'ies'}")
+
+
+@durable.command(cls=CeleryCommand)
+@click.pass_context
+def doctor(ctx: click.Context) -> None:
+    """Check Redis and the worker settings; print what to fix."""
+    app = ctx.obj.app
+    try:
+        client = DurableClient(app)
+        client.store.ping()
+    except (DurableError, ConfigurationError) as exc:
+        raise click.ClickException(f"cannot use the checkpoint store: {exc}") from None
+    redis = client.store.client
+    problems = server_problems(redis) + settings_problems(app, client.store.settings)
+    advice = []
+    if not int(redis.info("persistence").get("aof_enabled", 0)):
+        advice.append("Redis runs without AOF: a Redis crash loses the checkpoints written "
+                      "since its last snapshot (set appendonly yes, appendfsync everysec)")
+    if (app.conf.worker_prefetch_multiplier or 4) > 1:
+        advice.append("worker_prefetch_multiplier > 1: workers reserve messages they cannot "
+                      "run yet (set it to 1 for concurrency limits and fair recovery)")
+    for problem in problems:
+        click.echo(f"FAIL  {problem}")
+    for item in advice:
+        click.echo(f"WARN  {item}")
+    if not problems and not advice:
+        click.echo(f"OK    Redis at {client.store.settings.redis_url} and the settings look "
+                   "right for durable runs")
+    if problems:
+        ctx.exit(1)
