@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 from celery.exceptions import Ignore, Reject, Retry
 
+from . import signals
 from .children import notify_parent
 from .codec import JsonCodec, Unencodable, describe_unencodable
 from .concurrency import SlotRef, acquire, publish_woken, release, slots_for
@@ -103,6 +104,8 @@ def run_attempt(task: DurableTask, args: tuple[Any, ...], kwargs: dict[str, Any]
                      if task.durable_run_timeout is not None else None),
     )
     bound = bind_context(ctx)
+    signals.run_started.send(sender=task.name, run_id=run_id, attempt=ctx.attempt,
+                             resumed=claim.status == RunStatus.SUSPENDED.value)
     try:
         return _run_body(task, store, ctx, args, kwargs)
     finally:
@@ -128,6 +131,8 @@ def _take_slots(
         return slots
     denied = admission.denied
     assert denied is not None
+    signals.slot_denied.send(sender=task.name, run_id=run_id, limit=denied.name,
+                             position=admission.position)
     store.append_event(run_id, "slot_denied", {
         "limit": denied.name, "position": admission.position, "held": admission.held,
         "max": admission.limit})
@@ -243,6 +248,8 @@ def _complete(task: DurableTask, store: RunStore, ctx: RunContext, value: Any) -
         _note_fenced(store, ctx)
         raise Ignore()
     _notify_parent(task, store, ctx.id, {"ok": True, "result": value})
+    signals.run_completed.send(sender=task.name, run_id=ctx.id, attempt=ctx.attempt,
+                               result=value)
     return value
 
 
@@ -282,6 +289,8 @@ def _handle_failure(
     if ended is None:
         _note_fenced(store, ctx)
         raise Ignore() from exc
+    signals.run_retrying.send(sender=task.name, run_id=ctx.id, attempt=ctx.attempt,
+                              exception=exc, delay_s=delay)
     _retry(task, exc, delay)
 
 
@@ -309,6 +318,13 @@ def _park(
     store.schedule(ctx.id, due_ms, info)
     if _end(store, ctx, task, status, event, error_json=error_json) is None:
         _note_fenced(store, ctx)
+    elif status is RunStatus.SUSPENDED:
+        signals.run_suspended.send(sender=task.name, run_id=ctx.id, attempt=ctx.attempt,
+                                   reason=event.get("reason", ""), until_ms=due_ms)
+    else:
+        signals.run_retrying.send(sender=task.name, run_id=ctx.id, attempt=ctx.attempt,
+                                  exception=None, delay_s=(due_ms or now_ms()) / 1000
+                                  - now_ms() / 1000)
     raise Ignore()
 
 
@@ -337,6 +353,8 @@ def _fail(store: RunStore, ctx: RunContext, task: DurableTask, exc: BaseExceptio
             strict=False) is not None:
         _release_idempotency_key(task, store, ctx.id)
         _notify_parent(task, store, ctx.id, {"ok": False, "status": "failed", **error})
+        signals.run_failed.send(sender=task.name, run_id=ctx.id, attempt=ctx.attempt,
+                                exception=exc)
 
 
 def _release_idempotency_key(task: DurableTask, store: RunStore, run_id: str) -> None:

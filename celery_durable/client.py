@@ -8,6 +8,7 @@ from typing import Any
 
 from celery import Celery
 
+from . import signals
 from .children import child_event_key
 from .codec import JsonCodec
 from .concurrency import NO_KEY, SlotRef, limit_base, publish_woken
@@ -147,6 +148,7 @@ class DurableClient:
         if RunStatus(prev) in TERMINAL_STATUSES:
             return RunStatus(prev)
         self.app.backend.mark_as_revoked(run_id, reason)
+        signals.run_cancelled.send(sender=None, run_id=run_id, reason=reason)
         for child in self.store.children_of(run_id):
             self.cancel(child, f"parent run {run_id} was cancelled")
         parent = self.store.client.hget(self.store.keys.run(run_id).run, "parent")

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 from pydantic import BaseModel
 
+from . import signals
 from .children import outcome_of
 from .codec import JsonCodec, Unencodable, describe_unencodable, from_jsonable, to_jsonable
 from .config import DurableSettings
@@ -341,7 +342,10 @@ class RunContext:
                 run_id=self.id, position=position, recorded=recorded_id, called=step_id,
             )
         self.replayed += 1
-        return from_jsonable(record["v"])
+        value = from_jsonable(record["v"])
+        signals.step_replayed.send(sender=self.task_name, run_id=self.id, attempt=self.attempt,
+                                   step=step_id, position=position)
+        return value
 
     def _execute(
         self,
@@ -390,6 +394,10 @@ class RunContext:
             )
         code = self._store.commit_step(self._keys, self._token, position, step_id, payload)
         self._check_code(code, f"commit step {step_id!r}")
+        if code == 1:
+            signals.step_committed.send(
+                sender=self.task_name, run_id=self.id, attempt=self.attempt, step=step_id,
+                position=position, duration_ms=(finished - started) * 1000)
 
     def _record_step_failure(
         self, position: int, step_id: str, tries: int, exc: Exception
@@ -400,6 +408,9 @@ class RunContext:
             self._store.append_event(self.id, "step_failed", fields, token=self._token),
             f"record the failure of step {step_id!r}",
         )
+        signals.step_failed.send(sender=self.task_name, run_id=self.id, attempt=self.attempt,
+                                 step=step_id, position=position, exception=exc,
+                                 try_number=tries)
 
     def _check_code(self, code: int, what: str) -> None:
         if code >= 0:
