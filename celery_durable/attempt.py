@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 from celery.exceptions import Ignore, Reject, Retry
 
-from . import signals
+from . import otel, signals
 from .children import notify_parent
 from .codec import JsonCodec, Unencodable, describe_unencodable
 from .concurrency import SlotRef, acquire, publish_woken, release, slots_for
@@ -107,7 +107,21 @@ def run_attempt(task: DurableTask, args: tuple[Any, ...], kwargs: dict[str, Any]
     signals.run_started.send(sender=task.name, run_id=run_id, attempt=ctx.attempt,
                              resumed=claim.status == RunStatus.SUSPENDED.value)
     try:
-        return _run_body(task, store, ctx, args, kwargs)
+        with otel.attempt_span(task.name, run_id, ctx.attempt, req.headers) as span:
+            ctx.traced = span is not None and span.is_recording()
+            try:
+                value = _run_body(task, store, ctx, args, kwargs)
+            except Retry:
+                otel.set_outcome(span, "retrying")
+                raise
+            except Ignore:
+                otel.set_outcome(span, "ended")  # suspended, fenced, parked or cancelled
+                raise
+            except BaseException as exc:
+                otel.set_outcome(span, "failed", exc)
+                raise
+            otel.set_outcome(span, "completed")
+            return value
     finally:
         unbind_context(bound)
 
@@ -314,7 +328,8 @@ def _park(
         due_ms = ctx.deadline_ms if due_ms is None else min(due_ms, ctx.deadline_ms)
     req = task.request
     info = resume_info(task.name, req.args, req.kwargs,
-                       queue_of(task, {"delivery_info": req.delivery_info or {}}), req.headers)
+                       queue_of(task, {"delivery_info": req.delivery_info or {}}),
+                       _next_headers(task))
     store.schedule(ctx.id, due_ms, info)
     if _end(store, ctx, task, status, event, error_json=error_json) is None:
         _note_fenced(store, ctx)
@@ -328,11 +343,20 @@ def _park(
     raise Ignore()
 
 
+def _next_headers(task: DurableTask) -> dict[str, Any]:
+    """Headers of the message of the run's next attempt: this one's, with the current trace
+    context, so that every attempt of a run lands in one trace."""
+    headers = dict(task.request.headers or {})
+    otel.inject(headers)
+    return headers
+
+
 def _retry(task: DurableTask, exc: Exception, delay: float) -> NoReturn:
     """Publish the next attempt (same task id) in ``delay`` seconds; if even that fails,
     requeue this message rather than lose the run."""
     try:
-        raise task.retry(exc=exc, countdown=delay, max_retries=None)
+        raise task.retry(exc=exc, countdown=delay, max_retries=None,
+                         headers=_next_headers(task))
     except Reject as rej:
         raise Reject(getattr(rej, "reason", None), requeue=True) from exc
 

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 from pydantic import BaseModel
 
-from . import signals
+from . import otel, signals
 from .children import outcome_of
 from .codec import JsonCodec, Unencodable, describe_unencodable, from_jsonable, to_jsonable
 from .config import DurableSettings
@@ -88,7 +88,7 @@ class RunContext:
     __slots__ = (
         "id", "attempt", "task_name", "owner", "failures", "_token", "_store", "_settings",
         "_committed", "_position", "_occurrences", "_current_step", "replayed", "_keys", "slots",
-        "_last_step_id", "_app", "deadline_ms",
+        "_last_step_id", "_app", "deadline_ms", "traced",
     )
 
     def __init__(
@@ -128,6 +128,8 @@ class RunContext:
         self._app = app
         #: When the run's ``run_timeout`` expires (epoch ms), or None.
         self.deadline_ms = deadline_ms
+        #: Whether the attempt's OpenTelemetry span records (then each step gets a span).
+        self.traced = False
         #: Number of steps this attempt answered from checkpoints instead of executing.
         self.replayed = 0
 
@@ -312,10 +314,27 @@ class RunContext:
         position = self._position
         self._position += 1
         stored = self._committed.get(str(position))
-        if stored is not None:
-            return self._replay(position, step_id, stored)  # type: ignore[no-any-return]
-        self.check_deadline(f"before step {step_id!r}")
-        return self._execute(position, step_id, fn, args, kwargs, policy)
+        if not self.traced:
+            if stored is not None:
+                return self._replay(position, step_id, stored)  # type: ignore[no-any-return]
+            self.check_deadline(f"before step {step_id!r}")
+            return self._execute(position, step_id, fn, args, kwargs, policy)
+        with otel.step_span(self.id, step_id, position, self.attempt,
+                            stored is not None) as span:
+            try:
+                if stored is not None:
+                    value = self._replay(position, step_id, stored)
+                else:
+                    self.check_deadline(f"before step {step_id!r}")
+                    value = self._execute(position, step_id, fn, args, kwargs, policy)
+            except SuspendRun:
+                otel.set_outcome(span, "suspended")
+                raise
+            except BaseException as exc:
+                otel.set_outcome(span, "failed", exc)
+                raise
+            otel.set_outcome(span, "replayed" if stored is not None else "committed")
+            return value  # type: ignore[no-any-return]
 
     def check_deadline(self, where: str) -> None:
         """Raise RunTimeoutError if the run's ``run_timeout`` has passed."""

@@ -12,6 +12,7 @@ from celery.exceptions import TimeLimitExceeded
 from celery.result import AsyncResult
 from celery.utils import uuid
 
+from . import otel
 from .attempt import IDEMPOTENCY_HEADER, encode_arguments, queue_of, run_attempt
 from .bootsteps import install
 from .context import describe_error
@@ -218,6 +219,10 @@ class DurableTask(Task[Any, Any]):
         on_conflict = options.pop("idempotency_conflict", "error")
         if "retries" in options or self.app.conf.task_always_eager:
             return super().apply_async(args, kwargs, task_id=task_id, **options)
+        if otel.ENABLED:
+            # The run's attempts continue the caller's trace (Celery keeps the headers).
+            options["headers"] = dict(options.get("headers") or {})
+            otel.inject(options["headers"])
         args, kwargs = validate_call(self.name, self.run, args, kwargs)
         if key is None and self.durable_idempotency_key is not None:
             key = self.durable_idempotency_key(*(args or ()), **(kwargs or {}))
