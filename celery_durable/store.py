@@ -370,10 +370,11 @@ class RunStore:
     def reap(self, run_id: str, dead_owner: str, reaper: str) -> list[str] | None:
         """Fence and free a stalled run (see reap_run.lua). Returns
         ``[delivery_tag, task, args, kwargs, queue, holder]``, or None if not stalled."""
-        k = self.keys.run(run_id)
+        k, ts = self.keys.run(run_id), now_ms()
+        grace = self.settings.lease_ttl_ms
         with _redis_errors(f"reap run {run_id}"):
             reply = self.scripts.reap_run(
-                [k.run, k.trace], [now_ms(), dead_owner, reaper, self.settings.trace_maxlen])
+                [k.run, k.trace], [ts, dead_owner, reaper, self.settings.trace_maxlen, grace])
             if not reply:
                 # Not stalled: drop it from the candidates unless its lease is still held.
                 expires = self.client.hget(k.run, "lease_expires_ms")
@@ -382,7 +383,9 @@ class RunStore:
                 else:
                     self.client.zrem(self.keys.leases, run_id)
                 return None
-            self.client.zrem(self.keys.leases, run_id)
+            # Still a candidate until a claim takes it: if this reaper dies before the run
+            # is back on its queue, the reaper's lease expires and another one resumes it.
+            self.client.zadd(self.keys.leases, {run_id: ts + grace})
         return [str(x) for x in reply]
 
     # -- idempotency keys -----------------------------------------------------------------

@@ -35,7 +35,9 @@ if fields[1] == ARGV[3] then
   token, attempt = tonumber(fields[4]), tonumber(fields[5])
 else
   local dead_holder = ARGV[15] ~= '' and fields[3] == ARGV[2] and fields[7] == ARGV[15]
-  if tonumber(fields[2] or '0') > now and not dead_holder then
+  -- A reaper holds a lease only while it puts the run back on its queue: take it.
+  local reaper_held = string.sub(fields[3] or '', 1, 7) == 'reaper:'
+  if tonumber(fields[2] or '0') > now and not dead_holder and not reaper_held then
     return {'busy', fields[3] or '', fields[2], fields[7] or ''}
   end
   if status == 'running' then

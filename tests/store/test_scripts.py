@@ -124,3 +124,21 @@ def test_scripts_are_reloaded_after_a_flush(store: RunStore) -> None:
     store.client.script_flush()
     store.beat("w1", ["r7"], renew=True)
     assert store.commit_step(store.keys.run("r7"), c.token, 0, "a", checkpoint("a", 1)) == 1
+
+
+def test_a_reaper_that_dies_before_requeueing_is_covered(store: RunStore) -> None:
+    c = claim(store, "r8", "n1", owner="dead-worker")
+    reaped = store.reap("r8", "dead-worker", "reaper-1")
+    assert reaped is not None and reaped[5] == "dead-worker"
+    # The zombie is fenced; the reaper holds the lease while it requeues...
+    assert store.commit_step(store.keys.run("r8"), c.token, 0, "a", checkpoint("a", 1)) == -1
+    assert store.client.hget("t:{r8}:run", "lease_owner") == "reaper:reaper-1"
+    # ...and if it dies there, the run stays a candidate: once the grace has passed another
+    # reaper takes it again (reaped runs are never left without an owner).
+    store.client.hset("t:{r8}:run", "lease_expires_ms", 1)
+    store.client.zadd(store.keys.leases, {"r8": 1})
+    assert "r8" in store.expired_leases()
+    assert store.reap("r8", "", "reaper-2") is not None
+    # A claim takes a reaper's lease at once (no waiting for the grace) and counts a crash.
+    nxt = claim(store, "r8", "n2", owner="w2")
+    assert nxt.outcome == "claimed" and nxt.crashes == 1
