@@ -14,6 +14,9 @@ from .codec import JsonCodec
 from .errors import CheckpointDecodeError
 
 logger = logging.getLogger("celery_durable.reaper")
+#: Stale unacked entries read per page, and skipped (not ours) at most, per sweep.
+STALE_PAGE = 100
+MAX_STALE_SCAN = 2000
 _codec = JsonCodec()
 
 
@@ -55,14 +58,22 @@ def restore_stale_messages(
     """
     client = channel.client
     horizon = time.time() - older_than_s
-    tags = client.zrangebyscore(channel.unacked_index_key, "-inf", horizon, start=0, num=100)
-    restored = 0
-    for raw_tag in tags:
-        tag = raw_tag.decode() if isinstance(raw_tag, bytes) else str(raw_tag)
-        name = _message_task(client.hget(channel.unacked_key, tag))
-        if name is not None and is_durable(name):
-            channel.qos.restore_by_tag(tag, leftmost=True)
-            restored += 1
+    restored = skipped = 0
+    # Other apps' messages are skipped, not touched: page past them (up to a bound per
+    # sweep) so that they can never hide a durable one.
+    while skipped < MAX_STALE_SCAN:
+        tags = client.zrangebyscore(channel.unacked_index_key, "-inf", horizon,
+                                    start=skipped, num=STALE_PAGE)
+        for raw_tag in tags:
+            tag = raw_tag.decode() if isinstance(raw_tag, bytes) else str(raw_tag)
+            name = _message_task(client.hget(channel.unacked_key, tag))
+            if name is not None and is_durable(name):
+                channel.qos.restore_by_tag(tag, leftmost=True)
+                restored += 1
+            else:
+                skipped += 1
+        if len(tags) < STALE_PAGE:
+            break
     return restored
 
 
