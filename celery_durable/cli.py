@@ -18,7 +18,7 @@ from celery.bin.base import CeleryCommand
 from .checks import server_problems, settings_problems
 from .client import DurableClient
 from .concurrency import limit_base
-from .errors import ConfigurationError, DurableError, RunNotFoundError, StoreError
+from .errors import ConfigurationError, DurableError, StoreError
 from .models import RunInfo, RunStatus
 from .task import DurableTask
 
@@ -41,8 +41,6 @@ def _fail_clearly(fn: F) -> F:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
-        except RunNotFoundError as exc:
-            raise click.ClickException(str(exc)) from None
         except StoreError as exc:
             raise click.ClickException(f"{exc} (is Redis running? check durable_redis_url)") \
                 from None

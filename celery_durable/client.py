@@ -11,7 +11,7 @@ from celery import Celery
 from . import signals
 from .children import child_event_key
 from .codec import JsonCodec
-from .concurrency import NO_KEY, SlotRef, limit_base, publish_woken
+from .concurrency import NO_KEY, limit_base, publish_woken, sweep
 from .errors import CheckpointDecodeError, ConfigurationError, RunNotFoundError
 from .models import (
     TERMINAL_STATUSES,
@@ -206,15 +206,7 @@ class DurableClient:
         base = limit_base(name, self.app)
         store = self.store
         store.client.hset(store.keys.limit(base, NO_KEY).config, "limit", limit)
-        woken = []
-        for member in store.client.smembers(store.keys.limits):
-            ref = SlotRef.from_member(str(member))
-            if ref.base == base:
-                reply = store.slot_op(store.keys.limit(ref.base, ref.sub), "sweep", "",
-                                      ref.default)
-                woken += [(str(r), str(i)) for r, i in zip(reply[4::2], reply[5::2],
-                                                           strict=True)]
-        publish_woken(self.app, woken)
+        publish_woken(self.app, sweep(store, base))
 
     def concurrency_limit(self, name: str, key: str | None = None) -> LimitInfo:
         """The state of a limit: its value, slots in use, runs waiting."""

@@ -128,12 +128,15 @@ def release(store: RunStore, run_id: str, refs: Iterable[SlotRef]) -> Woken:
     return woken
 
 
-def sweep(store: RunStore) -> Woken:
-    """The safety net for lost wake-ups: hand free slots of every limit with waiting runs
-    (expired holders, hand-overs never taken) and forget limits nobody waits for."""
+def sweep(store: RunStore, base: str | None = None) -> Woken:
+    """Hand free slots of every limit with waiting runs (of ``base`` only, if given) to
+    them: the safety net for lost wake-ups (expired holders, hand-overs never taken) and
+    the way a raised limit takes effect. Forgets limits nobody waits for."""
     woken: Woken = []
     for member in store.client.smembers(store.keys.limits):
         ref = SlotRef.from_member(str(member))
+        if base is not None and ref.base != base:
+            continue
         reply = store.slot_op(store.keys.limit(ref.base, ref.sub), "sweep", "", ref.default)
         woken += _woken(reply)
         if int(reply[3]) == 0:

@@ -16,8 +16,9 @@ from celery import Celery
 
 from .concurrency import publish_woken, sweep
 from .errors import DurableError
-from .requeue import broker_is_redis, publish_resume, requeue_run, restore_stale_messages
-from .store import RunStore, now_ms
+from .requeue import broker_is_redis, requeue_run, restore_stale_messages
+from .store import RunStore
+from .waits import dispatch_timer
 
 logger = logging.getLogger("celery_durable.reaper")
 #: Reaper sweeps (heartbeats) between two safety sweeps of the concurrency limits.
@@ -85,22 +86,8 @@ class Reaper:
     def dispatch_timers(self) -> int:
         """Publish the runs whose timer is due (sleeps, wait timeouts, long backoffs).
         ``take_timer`` lets exactly one worker dispatch each."""
-        dispatched = 0
-        for run_id in self.store.due_timers():
-            taken, info = self.store.take_timer(run_id)
-            if not taken:
-                continue
-            if info is None:  # woken before it suspended: try again shortly
-                self.store.wake([run_id], now_ms() + 1000)
-                continue
-            try:
-                publish_resume(self.app, run_id, info)
-            except Exception:
-                logger.exception("celery-durable: could not publish run %s; retrying", run_id)
-                self.store.schedule(run_id, now_ms() + 1000, info)
-                continue
-            dispatched += 1
-        return dispatched
+        return sum(dispatch_timer(self.app, self.store, run_id)
+                   for run_id in self.store.due_timers())
 
     def wake_parked(self) -> int:
         """The safety net of concurrency limits, every ``SLOT_SWEEP_EVERY`` sweeps: hand

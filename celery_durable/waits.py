@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import uuid
 from collections.abc import Sequence
 from typing import Any
@@ -15,20 +16,32 @@ from .requeue import publish_resume, stored_resume_info
 from .store import RunStore, now_ms
 
 _codec = JsonCodec()
+logger = logging.getLogger("celery_durable")
 #: If a sender dies after delivering an event, its waiters are still woken this much later.
 WAKE_SAFETY_MS = 2000
+
+
+def dispatch_timer(app: Celery, store: RunStore, run_id: str) -> bool:
+    """Take the run's due timer and publish the run (exactly one dispatcher wins). If the
+    run is not suspended yet, or publishing fails, its timer fires again a second later.
+    Returns whether the run was published."""
+    taken, info = store.take_timer(run_id)
+    if not taken:
+        return False  # another dispatcher has it
+    try:
+        if info is not None and publish_resume(app, run_id, info):
+            return True
+    except Exception:
+        logger.exception("celery-durable: could not publish run %s; retrying", run_id)
+    store.wake([run_id], now_ms() + 1000)
+    return False
 
 
 def dispatch(app: Celery, store: RunStore, run_ids: Sequence[str]) -> None:
     """Publish ``run_ids`` now through their timers (exactly once across dispatchers)."""
     store.wake(run_ids, now_ms())
     for run_id in run_ids:
-        taken, info = store.take_timer(run_id)
-        if not taken:
-            continue  # another dispatcher has it
-        if info is None or not publish_resume(app, run_id, info):
-            # Not suspended yet (it is about to be): let the dispatcher try again shortly.
-            store.wake([run_id], now_ms() + 1000)
+        dispatch_timer(app, store, run_id)
 
 
 def send_event(app: Celery, store: RunStore, key: str, payload: Any) -> list[str]:
