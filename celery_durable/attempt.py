@@ -100,7 +100,8 @@ def run_attempt(task: DurableTask, args: tuple[Any, ...], kwargs: dict[str, Any]
         slots=slots,
         failures=claim.failures,
         app=task.app,
-        deadline_ms=(claim.created_ms + int(task.durable_run_timeout * 1000)
+        deadline_ms=(max(claim.created_ms + int(task.durable_run_timeout * 1000),
+                         claim.deadline_ms)
                      if task.durable_run_timeout is not None else None),
     )
     bound = bind_context(ctx)

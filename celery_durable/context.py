@@ -7,6 +7,7 @@ when the attempt started, and commits each new step before returning its value.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import time
 import traceback
@@ -25,9 +26,11 @@ from .errors import (
     CheckpointDecodeError,
     CheckpointTooLargeError,
     ChildRunFailed,
+    ConfigurationError,
     LeaseLostError,
     NondeterminismError,
     NotInRunError,
+    ProgressTooLargeError,
     RunCancelled,
     RunTimeoutError,
     StoreError,
@@ -46,6 +49,9 @@ M = TypeVar("M", bound=BaseModel)
 _codec = JsonCodec()
 #: One reusable encoder: json.dumps() with options builds a new encoder on every call.
 _encoder = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
+
+#: last_progress() knows the step saved nothing (distinct from a saved None).
+_NO_PROGRESS = object()
 
 _current: ContextVar[RunContext | None] = ContextVar("celery_durable_run", default=None)
 
@@ -88,7 +94,7 @@ class RunContext:
     __slots__ = (
         "id", "attempt", "task_name", "owner", "failures", "_token", "_store", "_settings",
         "_committed", "_position", "_occurrences", "_current_step", "replayed", "_keys", "slots",
-        "_last_step_id", "_app", "deadline_ms", "traced",
+        "_last_step_id", "_app", "deadline_ms", "traced", "_progress",
     )
 
     def __init__(
@@ -132,6 +138,8 @@ class RunContext:
         self.traced = False
         #: Number of steps this attempt answered from checkpoints instead of executing.
         self.replayed = 0
+        #: Progress values of steps, by position, as saved or read in this attempt.
+        self._progress: dict[int, Any] = {}
 
     # -- public API ------------------------------------------------------------------------
 
@@ -287,6 +295,96 @@ class RunContext:
         if self._current_step is None:
             raise NotInRunError("current_run().step_key is only defined inside a step")
         return f"{self.id}:{self._current_step}"
+
+    @property
+    def step_id(self) -> str | None:
+        """The id of the step being executed (``fetch``, ``fetch#2``), or None between
+        steps."""
+        return self._current_step
+
+    def progress(self, value: Any) -> None:
+        """Save ``value`` as the progress of the step being executed (one round trip).
+
+        If the attempt dies before the step commits, the step runs again in a later attempt
+        and ``last_progress()`` returns this value there, so a long loop can go on where it
+        was instead of starting over. The value is encoded like a step result and must stay
+        below ``durable_max_progress_bytes`` (64 KiB): save a cursor (a row number, a page
+        token), not the data. Each call replaces the previous value of the step.
+
+        Raises:
+            NotInRunError: called outside a step.
+            ProgressTooLargeError: the encoded value is over the limit.
+            LeaseLostError: another attempt took over the run.
+        """
+        position = self._executing_position("progress()")
+        step_id = self._current_step
+        try:
+            record = _encoder.encode({"v": to_jsonable(value),
+                                      "ms": time.time_ns() // 1_000_000, "a": self.attempt})
+        except Unencodable as err:
+            raise describe_unencodable(
+                err, f"the progress of step {step_id!r} of run {self.id}") from None
+        size = len(record.encode())
+        limit = self._settings.max_progress_bytes
+        if size > limit:
+            raise ProgressTooLargeError(
+                f"the progress of step {step_id!r} of run {self.id} is {size} bytes, more "
+                f"than durable_max_progress_bytes={limit}: save a cursor (a row number, a "
+                "page token) rather than the data, or raise the limit",
+                step=step_id, size=size)
+        code = self._store.save_progress(self._keys, self._token, position, record)
+        self._check_code(code, f"save the progress of step {step_id!r}")
+        self._progress[position] = value
+
+    def last_progress(self, default: Any = None) -> Any:
+        """The value last saved with ``progress()`` by the step being executed, in this
+        attempt or an earlier one of the run; ``default`` if it never saved any.
+
+        Raises:
+            NotInRunError: called outside a step.
+        """
+        position = self._executing_position("last_progress()")
+        if position not in self._progress:
+            stored = self._store.load_progress(self._keys, position)
+            try:
+                self._progress[position] = (_NO_PROGRESS if stored is None
+                                            else from_jsonable(json.loads(stored)["v"]))
+            except (ValueError, KeyError, TypeError) as exc:
+                raise CheckpointDecodeError(
+                    f"run {self.id}: the progress saved for step position {position} is "
+                    "not a celery-durable progress record") from exc
+        value = self._progress[position]
+        return default if value is _NO_PROGRESS else value
+
+    def _executing_position(self, what: str) -> int:
+        if self._current_step is None:
+            raise NotInRunError(
+                f"current_run().{what} is only defined inside a step: call it from a "
+                "function decorated with @step")
+        return self._position - 1
+
+    def extend_timeout(self, seconds: float | timedelta) -> dt.datetime:
+        """Keep the run alive for at least ``seconds`` more: its ``run_timeout`` deadline
+        becomes now + ``seconds`` unless it is already later (it never moves earlier).
+
+        The new deadline is recorded in the run (and the trace, ``timeout_extended``), so
+        later attempts and the timer of a suspended run honour it. Returns the deadline in
+        force (UTC).
+
+        Raises:
+            ConfigurationError: the task has no ``run_timeout`` to extend.
+            LeaseLostError: another attempt took over the run.
+        """
+        seconds = to_seconds(seconds, "current_run().extend_timeout(seconds)")
+        if self.deadline_ms is None:
+            raise ConfigurationError(
+                f"run {self.id}: extend_timeout() needs a run_timeout: declare "
+                f"@durable_task(run_timeout=...) on {self.task_name}")
+        wanted = time.time_ns() // 1_000_000 + int(seconds * 1000)
+        code = self._store.extend_deadline(self._keys, self._token, wanted, self.deadline_ms)
+        self._check_code(code, "extend its run_timeout")
+        self.deadline_ms = code
+        return dt.datetime.fromtimestamp(code / 1000, tz=dt.UTC)
 
     @property
     def position(self) -> int:

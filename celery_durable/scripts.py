@@ -19,6 +19,7 @@ SCRIPT_NAMES = (
     "create_run", "claim_attempt", "commit_step", "append_event", "end_attempt",
     "renew_lease", "reap_run", "claim_idempotency", "release_idempotency",
     "slots", "cancel_run", "reopen_run", "wait_event", "send_event", "fail_run",
+    "save_progress", "extend_timeout",
 )
 
 
@@ -47,6 +48,8 @@ class Scripts:
     wait_event: Script
     send_event: Script
     fail_run: Script
+    save_progress: Script
+    extend_timeout: Script
 
     @classmethod
     def register(cls, client: redis.Redis) -> Scripts:

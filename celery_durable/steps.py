@@ -4,17 +4,20 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
+from datetime import timedelta
 from typing import Any, ParamSpec, TypeVar, overload
 
 from .context import get_run_context
 from .errors import ConfigurationError
-from .retry import RetryPolicy
+from .retry import RetryPolicy, to_seconds
+from .timeouts import with_timeout
 
 P = ParamSpec("P")
 R = TypeVar("R")
 
 
 def _validate(name: str | None, retry: RetryPolicy | None) -> None:
+    """Check the options of @step (raises ConfigurationError naming the option)."""
     if name is not None and (not isinstance(name, str) or not name or "#" in name):
         raise ConfigurationError(
             f"@step(name=...) must be a non-empty str without '#' (used for occurrence "
@@ -26,7 +29,17 @@ def _validate(name: str | None, retry: RetryPolicy | None) -> None:
         )
 
 
-def _wrap(fn: Callable[P, R], name: str | None, retry: RetryPolicy | None) -> Callable[P, R]:
+def _timeout(value: Any) -> float | None:
+    if value is None:
+        return None
+    seconds = to_seconds(value, "@step(timeout=...)")
+    if seconds <= 0:
+        raise ConfigurationError(f"@step(timeout=...) must be > 0 seconds, got {value!r}")
+    return seconds
+
+
+def _wrap(fn: Callable[P, R], name: str | None, retry: RetryPolicy | None,
+          timeout: float | None) -> Callable[P, R]:
     if not callable(fn):
         raise ConfigurationError(f"@step must decorate a function, got {fn!r}")
     step_name = name or getattr(fn, "__name__", None) or repr(fn)
@@ -36,7 +49,10 @@ def _wrap(fn: Callable[P, R], name: str | None, retry: RetryPolicy | None) -> Ca
         ctx = get_run_context()
         if ctx is None:
             return fn(*args, **kwargs)
-        return ctx.run_step(step_name, fn, args, kwargs, retry)
+        body = fn
+        if timeout is not None and ctx.step_id is None:
+            body = with_timeout(fn, timeout, lambda: f"step {ctx.step_id!r} of run {ctx.id}")
+        return ctx.run_step(step_name, body, args, kwargs, retry)
 
     wrapper.__durable_step__ = step_name  # type: ignore[attr-defined]
     return wrapper
@@ -48,7 +64,8 @@ def step(fn: Callable[P, R], /) -> Callable[P, R]: ...
 
 @overload
 def step(
-    *, name: str | None = None, retry: RetryPolicy | None = None
+    *, name: str | None = None, retry: RetryPolicy | None = None,
+    timeout: float | timedelta | None = None,
 ) -> Callable[[Callable[P, R]], Callable[P, R]]: ...
 
 
@@ -58,6 +75,7 @@ def step(
     *,
     name: str | None = None,
     retry: RetryPolicy | None = None,
+    timeout: float | timedelta | None = None,
 ) -> Callable[P, R] | Callable[[Callable[P, R]], Callable[P, R]]:
     """Checkpoint each call of the decorated function inside a durable run.
 
@@ -70,13 +88,17 @@ def step(
             ``fetch``, ``fetch#2``, ... so a step called in a loop is one step per call.
         retry: retry this step inside the attempt (sleeping between tries) before the
             error reaches the task's own retry policy.
+        timeout: seconds (or a timedelta) one execution of the step may take; an overrun
+            interrupts it with StepTimeoutError, which the retry policies then handle.
+            See ``celery_durable.timeouts`` for how (and its limits in C calls).
     """
     _validate(name, retry)
+    seconds = _timeout(timeout)
     if fn is not None:
-        return _wrap(fn, name, retry)
+        return _wrap(fn, name, retry, seconds)
 
     def decorate(func: Callable[P, R]) -> Callable[P, R]:
-        return _wrap(func, name, retry)
+        return _wrap(func, name, retry, seconds)
 
     return decorate
 

@@ -70,6 +70,10 @@ class Claim:
     owner: str = ""
     lease_expires_ms: int = 0
     holder_pid: int = 0
+    #: An extended run_timeout deadline (epoch ms; 0: none recorded).
+    deadline_ms: int = 0
+    #: The code version recorded for the run ('' if none).
+    version: str = ""
 
 
 def make_client(settings: DurableSettings) -> redis.Redis:
@@ -145,13 +149,14 @@ class RunStore:
         pid: int = 0,
         delivery_tag: str = "",
         dead_pid: int = 0,
+        version: str = "",
     ) -> Claim:
         """Start an attempt: take the fenced lease and load every checkpoint (one round trip,
         plus one for the indexes)."""
         s, k, ts = self.settings, self.keys.run(run_id), now_ms()
         argv: list[Any] = [ts, owner, nonce, s.lease_ttl_ms, task, s.active_ttl_ms,
                            s.trace_maxlen, args_json, kwargs_json, queue, pid, delivery_tag,
-                           s.max_crashes, s.retention_ms, dead_pid or ""]
+                           s.max_crashes, s.retention_ms, dead_pid or "", version]
         with _redis_errors(f"start an attempt of run {run_id}"):
             reply = self.scripts.claim_attempt(k.as_list(), argv)
         outcome = reply[0]
@@ -165,7 +170,7 @@ class RunStore:
                                    task=task, owner=None)
             return Claim("crashed", status=RunStatus.FAILED.value, crashes=int(reply[1]))
         prev = reply[3]
-        flat = reply[7:]
+        flat = reply[9:]
         claim = Claim(
             "claimed",
             token=str(reply[1]),
@@ -174,6 +179,8 @@ class RunStore:
             crashes=int(reply[4]),
             failures=int(reply[5]),
             created_ms=int(reply[6]),
+            deadline_ms=int(reply[7] or 0),
+            version=str(reply[8] or ""),
             checkpoints=dict(zip(flat[::2], flat[1::2], strict=True)),
         )
         self._index_transition(run_id, prev, RunStatus.RUNNING, ts, task=task, owner=owner,
@@ -205,6 +212,28 @@ class RunStore:
             argv += [name, value]
         with _redis_errors(f"record a {event_type} event of run {run_id}"):
             return int(self.scripts.append_event([k.run, k.trace], argv))
+
+    def save_progress(self, keys: RunKeys, token: str, position: int, record: str) -> int:
+        """Save the progress of the step at ``position`` (save_progress.lua; fenced).
+        Returns the script's code."""
+        with _redis_errors(f"save the progress of step {position} of {keys.run}"):
+            return int(self.scripts.save_progress([keys.run, keys.progress],
+                                                  [token, position, record]))
+
+    def load_progress(self, keys: RunKeys, position: int) -> str | None:
+        """The progress record last saved for the step at ``position``, or None."""
+        with _redis_errors(f"read the progress of step {position} of {keys.run}"):
+            value = self.client.hget(keys.progress, str(position))
+        return None if value is None else str(value)
+
+    def extend_deadline(self, keys: RunKeys, token: str, deadline_ms: int,
+                        known_ms: int) -> int:
+        """Move the run's run_timeout deadline to ``deadline_ms`` unless it is already later
+        (extend_timeout.lua; fenced). Returns the deadline in force or a negative code."""
+        with _redis_errors(f"extend the timeout of {keys.run}"):
+            return int(self.scripts.extend_timeout(
+                [keys.run, keys.trace],
+                [token, deadline_ms, known_ms, self.settings.trace_maxlen, now_ms()]))
 
     def end_attempt(
         self,

@@ -17,7 +17,7 @@ app = Celery(
     "durable_tests",
     broker=f"{BASE_URL}/0",
     backend=f"{BASE_URL}/1",
-    include=["tests.tasks"],
+    include=["tests.tasks", "tests.long_tasks"],
 )
 # Shared tasks resolve through the current app, which is per thread: make this app the
 # default so tests that call tasks from threads find it.
