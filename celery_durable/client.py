@@ -79,7 +79,8 @@ def _error_of(fields: Mapping[str, str]) -> ErrorInfo:
                      traceback=fields.get("traceback", ""))
 
 
-def _steps(raw_steps: Mapping[str, str], events: list[TraceEvent]) -> list[StepInfo]:
+def _steps(raw_steps: Mapping[str, str], events: list[TraceEvent],
+           blobs: Mapping[str, str]) -> list[StepInfo]:
     failures: dict[str, list[ErrorInfo]] = {}
     for ev in events:
         if ev.type == "step_failed":
@@ -92,7 +93,8 @@ def _steps(raw_steps: Mapping[str, str], events: list[TraceEvent]) -> list[StepI
             position=int(pos), name=rec["id"], attempt=int(rec.get("a", 0)),
             started_at=ms_to_datetime(t0), finished_at=ms_to_datetime(t1),
             duration_ms=(t1 - t0) if t0 is not None and t1 is not None else None,
-            value=_decode(json.dumps(rec.get("v"))), failures=failures.get(rec["id"], []),
+            value=_decode(blobs.get(pos) if "o" in rec else json.dumps(rec.get("v"))),
+            failures=failures.get(rec["id"], []), offloaded_bytes=rec.get("o"),
         ))
     return steps
 
@@ -118,12 +120,14 @@ class DurableClient:
                 run_id=run_id,
             )
         events = [_event(e) for e in trace]
+        offloaded = any('"o":' in record for record in raw_steps.values())
+        blobs = self.store.read_blobs(run_id) if offloaded else {}
         return RunInfo(
             **_summary_fields(run_id, raw),
             args=_decode(raw.get("args")),
             kwargs=_decode(raw.get("kwargs")),
             result=_decode(raw.get("result")),
-            steps=_steps(raw_steps, events),
+            steps=_steps(raw_steps, events, blobs),
             attempt_errors=[_error_of(e.fields) for e in events
                             if e.type in ("attempt_failed", "run_failed")],
             lease_owner=raw.get("lease_owner") or None,

@@ -459,10 +459,20 @@ class RunContext:
                 run_id=self.id, position=position, recorded=recorded_id, called=step_id,
             )
         self.replayed += 1
-        value = from_jsonable(record["v"])
+        value = from_jsonable(record["v"] if "o" not in record
+                              else self._offloaded(position, step_id))
         signals.step_replayed.send(sender=self.task_name, run_id=self.id, attempt=self.attempt,
                                    step=step_id, position=position)
         return value
+
+    def _offloaded(self, position: int, step_id: str) -> Any:
+        """The result of a step that was stored in the run's blobs hash (one round trip)."""
+        blob = self._store.load_blob(self._keys, position)
+        if blob is None:
+            raise CheckpointDecodeError(
+                f"run {self.id}: the result of step {step_id!r} (position {position}) was "
+                "offloaded, but its blob is missing (deleted or evicted from Redis)")
+        return json.loads(blob)
 
     def _execute(
         self,
@@ -509,7 +519,18 @@ class RunContext:
                 "(S3, a database) and return a reference, or raise the limit",
                 step=step_id, size=len(payload.encode()),
             )
-        code = self._store.commit_step(self._keys, self._token, position, step_id, payload)
+        blob = None
+        offload = self._settings.offload_bytes
+        if offload is not None and len(payload) > offload:
+            blob = _encoder.encode(record.pop("v"))
+            if len(blob.encode()) > offload:
+                # The checkpoint keeps the size only; the value goes to the blobs hash.
+                record["o"] = len(blob.encode())
+                payload = _encoder.encode(record)
+            else:
+                blob = None
+        code = self._store.commit_step(self._keys, self._token, position, step_id, payload,
+                                       blob)
         self._check_code(code, f"commit step {step_id!r}")
         if code == 1:
             signals.step_committed.send(

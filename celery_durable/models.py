@@ -58,6 +58,8 @@ class StepInfo(_Record):
     duration_ms: float | None
     value: Any = None
     failures: list[ErrorInfo] = []
+    #: Size of the encoded result if it was offloaded out of the checkpoint (bytes).
+    offloaded_bytes: int | None = None
 
 
 class TraceEvent(_Record):

@@ -188,12 +188,18 @@ class RunStore:
         return claim
 
     def commit_step(
-        self, keys: RunKeys, token: str, position: int, step_id: str, checkpoint: str
+        self, keys: RunKeys, token: str, position: int, step_id: str, checkpoint: str,
+        blob: str | None = None,
     ) -> int:
         """Commit a checkpoint: one EVALSHA, the whole per-step cost in Redis. Returns the
         script's code (see commit_step.lua). ``keys`` are the run's keys (built once per
-        attempt by the caller)."""
+        attempt by the caller); ``blob`` is a result offloaded to the run's blobs hash."""
         try:
+            if blob is not None:
+                return int(self._commit_script(
+                    keys=(keys.run, keys.steps, keys.trace, keys.blobs),
+                    args=(token, position, checkpoint, step_id, time.time_ns() // 1_000_000,
+                          blob)))
             return int(self._commit_script(
                 keys=(keys.run, keys.steps, keys.trace),
                 args=(token, position, checkpoint, step_id, time.time_ns() // 1_000_000)))
@@ -212,6 +218,18 @@ class RunStore:
             argv += [name, value]
         with _redis_errors(f"record a {event_type} event of run {run_id}"):
             return int(self.scripts.append_event([k.run, k.trace], argv))
+
+    def load_blob(self, keys: RunKeys, position: int) -> str | None:
+        """The offloaded result of the step at ``position``, or None if it is missing."""
+        with _redis_errors(f"read the result of step {position} of {keys.run}"):
+            value = self.client.hget(keys.blobs, str(position))
+        return None if value is None else str(value)
+
+    def read_blobs(self, run_id: str) -> dict[str, str]:
+        """Every offloaded step result of the run, by step position."""
+        with _redis_errors(f"read the offloaded results of run {run_id}"):
+            raw = self.client.hgetall(self.keys.run(run_id).blobs)
+        return {str(pos): str(blob) for pos, blob in raw.items()}
 
     def save_progress(self, keys: RunKeys, token: str, position: int, record: str) -> int:
         """Save the progress of the step at ``position`` (save_progress.lua; fenced).
@@ -467,8 +485,10 @@ class RunStore:
         *,
         origin: str,
         from_step: str,
+        blobs: dict[str, str] | None = None,
     ) -> None:
-        """Record a new pending run that starts with ``checkpoints`` (positions 0..n-1)."""
+        """Record a new pending run that starts with ``checkpoints`` (positions 0..n-1) and
+        the offloaded results (``blobs``) they refer to."""
         s, k, ts = self.settings, self.keys.run(run_id), now_ms()
 
         def build(pipe: Any) -> None:
@@ -478,6 +498,9 @@ class RunStore:
             if checkpoints:
                 pipe.hset(k.steps, mapping=checkpoints)
                 pipe.pexpire(k.steps, s.active_ttl_ms)
+            if blobs:
+                pipe.hset(k.blobs, mapping=blobs)
+                pipe.pexpire(k.blobs, s.active_ttl_ms)
             pipe.hset(k.run, mapping={"step_count": len(checkpoints), "forked_from": origin,
                                       "forked_at_step": from_step})
             pipe.xadd(k.trace, {"type": "run_forked_from", "origin": origin,

@@ -47,3 +47,5 @@ if os.environ.get("DURABLE_TEST_QUEUE_LIMITS"):
     app.conf.durable_queue_limits = json.loads(os.environ["DURABLE_TEST_QUEUE_LIMITS"])
 if os.environ.get("DURABLE_TEST_KEY_PREFIX"):
     app.conf.durable_key_prefix = os.environ["DURABLE_TEST_KEY_PREFIX"]
+if os.environ.get("DURABLE_TEST_OFFLOAD_BYTES"):
+    app.conf.durable_offload_bytes = int(os.environ["DURABLE_TEST_OFFLOAD_BYTES"])
