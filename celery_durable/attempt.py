@@ -28,8 +28,9 @@ from .errors import LeaseLostError, RunCancelled, RunCrashedError, StoreError
 from .identity import current_worker_id
 from .models import RunStatus
 from .payloads import coerce_call
-from .requeue import resume_info
+from .requeue import publish_resume, resume_info
 from .store import Claim, RunStore, now_ms, store_for
+from .versions import RouteRun, apply_policy, code_version
 
 if TYPE_CHECKING:
     from .task import DurableTask
@@ -103,6 +104,8 @@ def run_attempt(task: DurableTask, args: tuple[Any, ...], kwargs: dict[str, Any]
         deadline_ms=(max(claim.created_ms + int(task.durable_run_timeout * 1000),
                          claim.deadline_ms)
                      if task.durable_run_timeout is not None else None),
+        code_version=code_version(task),
+        recorded_version=claim.version,
     )
     bound = bind_context(ctx)
     signals.run_started.send(sender=task.name, run_id=run_id, attempt=ctx.attempt,
@@ -182,6 +185,7 @@ def _claim(
         queue=queue_of(task, {"delivery_info": task.request.delivery_info or {}}),
         pid=os.getpid(),
         delivery_tag=str(properties.get("delivery_tag") or ""),
+        version=code_version(task),
     )
     claim = claim_with(nonce=uuid.uuid4().hex)
     if claim.outcome == "busy" and claim.owner == owner and _is_dead(claim.holder_pid):
@@ -212,6 +216,9 @@ def _run_body(
 ) -> Any:
     try:
         ctx.check_deadline("when the attempt started")
+        if not task.request.is_eager:
+            apply_policy(task, store, ctx,
+                         queue_of(task, {"delivery_info": task.request.delivery_info or {}}))
         args, kwargs = coerce_call(task.run, args, kwargs)
         value = task.run(*args, **kwargs)
     except LeaseLostError as exc:
@@ -223,6 +230,8 @@ def _run_body(
         logger.info("run %s was cancelled; attempt %s stops", ctx.id, ctx.attempt)
         _give_back_slots(task, store, ctx.id, ctx.slots)
         raise Ignore() from exc
+    except RouteRun as route:
+        _route(task, store, ctx, route)
     except SuspendRun as suspend:
         _park(task, store, ctx, suspend.due_ms, RunStatus.SUSPENDED,
               {"type": "run_suspended", "reason": suspend.reason,
@@ -341,6 +350,24 @@ def _park(
         signals.run_retrying.send(sender=task.name, run_id=ctx.id, attempt=ctx.attempt,
                                   exception=None, delay_s=(due_ms or now_ms()) / 1000
                                   - now_ms() / 1000)
+    raise Ignore()
+
+
+def _route(task: DurableTask, store: RunStore, ctx: RunContext, route: RouteRun) -> NoReturn:
+    """Hand the run to workers of the version it recorded (``version_policy="route"``).
+
+    The run is published to the version-tagged queue before this attempt ends: a crash in
+    between leaves a second copy, which defers to (or finds done) the first; the other
+    order could leave a run with no message."""
+    req = task.request
+    publish_resume(task.app, ctx.id, resume_info(task.name, req.args, req.kwargs, route.queue,
+                                                 _next_headers(task)))
+    event = {"type": "run_routed", "queue": route.queue, "recorded_version": route.recorded,
+             "running_version": route.running}
+    if _end(store, ctx, task, RunStatus.RETRYING, event) is None:
+        _note_fenced(store, ctx)
+    logger.info("run %s: recorded code version %s, this worker runs %s; routed to %s",
+                ctx.id, route.recorded, route.running, route.queue)
     raise Ignore()
 
 

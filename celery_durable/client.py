@@ -65,6 +65,7 @@ def _summary_fields(run_id: str, raw: Mapping[str, str]) -> dict[str, Any]:
         "step_count": int(raw.get("step_count") or 0),
         "queue": raw.get("queue") or None,
         "error": _error(raw.get("error")),
+        "version": raw.get("version") or None,
     }
 
 
@@ -224,6 +225,31 @@ class DurableClient:
         return LimitInfo(name=base, key=key, limit=int(override) if override else None,
                          holders=[str(h) for h in holders], parked=[str(p) for p in parked])
 
+    def versions(self, task: str | None = None) -> dict[str, dict[str, int]]:
+        """In-flight runs (not ended) per task and code version: ``{task: {version: n}}``.
+        A version no longer listed has no run left that needs it. Runs that have not
+        started an attempt yet record no version (listed as ``""``)."""
+        counts: dict[str, dict[str, int]] = {}
+        keys = self.store.keys
+        for status in RunStatus:
+            if status.is_terminal:
+                continue
+            start = 0
+            while True:
+                ids = self.store.index_page(keys.status_index(status), start, 500)
+                if not ids:
+                    break
+                start += len(ids)
+                for raw in self.store.read_summaries(ids):
+                    if not raw or raw.get("status") != status.value:
+                        continue
+                    if task is not None and raw.get("task") != task:
+                        continue
+                    per_task = counts.setdefault(raw.get("task", ""), {})
+                    version = raw.get("version", "")
+                    per_task[version] = per_task.get(version, 0) + 1
+        return counts
+
     def reset_idempotency_key(self, task: str, key: str) -> bool:
         """Forget ``key`` of ``task``: the next call with it creates a new run. Returns
         whether the key existed."""
@@ -235,8 +261,11 @@ class DurableClient:
         task: str | None = None,
         limit: int = 100,
         offset: int = 0,
+        version: str | None = None,
+        in_flight: bool = False,
     ) -> list[RunSummary]:
-        """Runs, newest first, optionally only those with ``status`` and/or of ``task``.
+        """Runs, newest first, optionally only those with ``status``, of ``task``, recording
+        code ``version``, or (``in_flight``) not ended yet.
 
         Indexes may briefly lag the run records; every returned run is checked against its
         record, so a run is never listed under a status it does not have.
@@ -260,6 +289,10 @@ class DurableClient:
                 if not raw or (want is not None and raw.get("status") != want.value):
                     continue
                 if task is not None and raw.get("task") != task:
+                    continue
+                if version is not None and raw.get("version") != version:
+                    continue
+                if in_flight and RunStatus(raw.get("status", "pending")).is_terminal:
                     continue
                 if skipped < offset:
                     skipped += 1

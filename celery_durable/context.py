@@ -94,7 +94,8 @@ class RunContext:
     __slots__ = (
         "id", "attempt", "task_name", "owner", "failures", "_token", "_store", "_settings",
         "_committed", "_position", "_occurrences", "_current_step", "replayed", "_keys", "slots",
-        "_last_step_id", "_app", "deadline_ms", "traced", "_progress",
+        "_last_step_id", "_app", "deadline_ms", "traced", "_progress", "code_version",
+        "recorded_version", "_patches",
     )
 
     def __init__(
@@ -111,6 +112,8 @@ class RunContext:
         failures: int = 0,
         app: Any = None,
         deadline_ms: int | None = None,
+        code_version: str = "",
+        recorded_version: str = "",
     ) -> None:
         self.id = run_id
         self.attempt = attempt
@@ -140,6 +143,10 @@ class RunContext:
         self.replayed = 0
         #: Progress values of steps, by position, as saved or read in this attempt.
         self._progress: dict[int, Any] = {}
+        #: The version of the task's code in this worker, and the one the run records.
+        self.code_version = code_version
+        self.recorded_version = recorded_version
+        self._patches: dict[str, bool] = {}
 
     # -- public API ------------------------------------------------------------------------
 
@@ -295,6 +302,28 @@ class RunContext:
         if self._current_step is None:
             raise NotInRunError("current_run().step_key is only defined inside a step")
         return f"{self.id}:{self._current_step}"
+
+    def patched(self, change_id: str) -> bool:
+        """Whether this run takes the new code path of change ``change_id``.
+
+        Like Temporal's ``patched()``: True when the run reaches this point for the first
+        time (it is not replaying steps an earlier attempt committed after it), False when
+        an earlier attempt, on code without the change, already went past it. The first
+        answer is recorded in the run, so every later attempt gets the same one. Call it
+        outside steps, at the same place in every attempt::
+
+            if current_run().patched("charge-v2"):
+                charge_v2(order)
+            else:
+                charge(order)
+        """
+        if not isinstance(change_id, str) or not change_id:
+            raise ConfigurationError(
+                f"patched(change_id) needs a non-empty str, got {change_id!r}")
+        if change_id not in self._patches:
+            fresh = str(self._position) not in self._committed
+            self._patches[change_id] = self._store.decide_patch(self._keys, change_id, fresh)
+        return self._patches[change_id]
 
     @property
     def step_id(self) -> str | None:

@@ -95,6 +95,8 @@ class RunSummary(_Record):
     step_count: int
     queue: str | None = None
     error: ErrorInfo | None = None
+    #: The task code version the run records (see celery_durable.versions).
+    version: str | None = None
 
 
 class RunInfo(RunSummary):

@@ -253,6 +253,24 @@ class RunStore:
                 [keys.run, keys.trace],
                 [token, deadline_ms, known_ms, self.settings.trace_maxlen, now_ms()]))
 
+    def set_version(self, keys: RunKeys, token: str, version: str, found: str) -> int:
+        """Record that the run goes on with code ``version`` (set_version.lua; fenced)."""
+        with _redis_errors(f"record the code version of {keys.run}"):
+            return int(self.scripts.set_version(
+                [keys.run, keys.trace],
+                [token, version, found, self.settings.trace_maxlen, now_ms()]))
+
+    def decide_patch(self, keys: RunKeys, change_id: str, decision: bool) -> bool:
+        """Record ``decision`` for ``patched(change_id)`` unless the run already has one;
+        return the recorded decision (the first one wins, forever, for this run)."""
+        field = f"patch:{change_id}"
+        with _redis_errors(f"record patch {change_id!r} of {keys.run}"), \
+                self.client.pipeline(False) as pipe:
+            pipe.hsetnx(keys.run, field, "1" if decision else "0")
+            pipe.hget(keys.run, field)
+            _, stored = pipe.execute()
+        return bool(stored == "1")
+
     def end_attempt(
         self,
         run_id: str,

@@ -22,6 +22,7 @@ from .identity import current_worker_id
 from .payloads import dump_models, validate_call
 from .retry import RetryPolicy, to_seconds
 from .store import store_for
+from .versions import check_policy, check_version
 
 logger = logging.getLogger("celery_durable")
 
@@ -84,6 +85,8 @@ DURABLE_OPTIONS: dict[str, tuple[str, Callable[[Any, str], Any]]] = {
     "concurrency_limit": ("durable_concurrency_limit", _limit),
     "concurrency_key": ("durable_concurrency_key",
                         _function("the key (a tenant, a user) the limit applies to")),
+    "version": ("durable_version", check_version),
+    "version_policy": ("durable_version_policy", check_policy),
 }
 
 
@@ -149,6 +152,10 @@ class DurableTask(Task[Any, Any]):
     durable_concurrency_limit: ClassVar[int | None] = None
     #: Function of the task's arguments giving the key the limit applies to (a tenant).
     durable_concurrency_key: ClassVar[Callable[..., str] | None] = None
+    #: The task's code version (``version=``); None: a digest of its and its steps' source.
+    durable_version: ClassVar[str | None] = None
+    #: What a run does when it resumes on another code version: continue, fail or route.
+    durable_version_policy: ClassVar[str] = "continue"
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
