@@ -89,13 +89,22 @@ def _referenced(fn: Callable[..., Any]) -> list[Callable[..., Any]]:
     return found
 
 
+def _code_text(code: types.CodeType) -> str:
+    """Bytecode, names and constants (nested functions included): the code without its
+    source file."""
+    consts = [_code_text(c) if isinstance(c, types.CodeType) else repr(c)
+              for c in code.co_consts]
+    return f"{code.co_code.hex()}|{code.co_names}|{consts}"
+
+
 def _source(fn: Callable[..., Any]) -> str:
     target = inspect.unwrap(fn)
     try:
         return inspect.getsource(target)
     except (OSError, TypeError):
+        # No source file (compiled from a string, a zip without sources): use the code.
         code = getattr(target, "__code__", None)
-        return code.co_code.hex() if code is not None else repr(target)
+        return _code_text(code) if code is not None else repr(target)
 
 
 def source_version(fn: Callable[..., Any]) -> str:

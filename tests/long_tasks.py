@@ -3,6 +3,7 @@ timeouts, large results. Executions are counted in Redis db 3 (see tests.tasks.b
 
 from __future__ import annotations
 
+import os
 import time
 from typing import Any
 
@@ -125,3 +126,31 @@ def offloading_task(token: str, size: int) -> dict[str, Any]:
     small = small_result(token)
     fails_once(token)  # the retry replays the offloaded step from its blob
     return {"size": len(big["blob"]), "small": small}
+
+
+#: The "deployed" code version of the versioned tasks (a worker's environment sets it).
+CODE_VERSION = os.environ.get("DURABLE_TEST_CODE_VERSION", "v1")
+
+
+def _versioned_body(token: str) -> dict[str, Any]:
+    # The change deployed with v2 branches with patched(); v1 code has no such call.
+    new_path = current_run().patched("fast-path") if CODE_VERSION == "v2" else False
+    checkpointed_nap(token, "first", 0)
+    current_run().wait_for_event("go", key=f"go:{token}", timeout=120)
+    checkpointed_nap(token, "second", 0)
+    return {"version": CODE_VERSION, "patched": new_path}
+
+
+@durable_task(retry=FAST, version=CODE_VERSION)
+def versioned_continue(token: str) -> dict[str, Any]:
+    return _versioned_body(token)
+
+
+@durable_task(retry=FAST, version=CODE_VERSION, version_policy="fail")
+def versioned_fail(token: str) -> dict[str, Any]:
+    return _versioned_body(token)
+
+
+@durable_task(retry=FAST, version=CODE_VERSION, version_policy="route")
+def versioned_route(token: str) -> dict[str, Any]:
+    return _versioned_body(token)
