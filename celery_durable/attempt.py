@@ -38,6 +38,8 @@ if TYPE_CHECKING:
 logger = logging.getLogger("celery_durable")
 #: Message header naming the idempotency key of a run (to release it if the run fails).
 IDEMPOTENCY_HEADER = "durable_idempotency_key"
+#: Message header asking to keep the idempotency key when the run fails (a beat tick).
+KEEP_KEY_HEADER = "durable_keep_idempotency_key"
 #: Message header counting how often a duplicate delivery was deferred (for its backoff).
 DEFERRALS_HEADER = "durable_deferrals"
 _codec = JsonCodec()
@@ -411,8 +413,11 @@ def _fail(store: RunStore, ctx: RunContext, task: DurableTask, exc: BaseExceptio
 
 def _release_idempotency_key(task: DurableTask, store: RunStore, run_id: str) -> None:
     """A failed run frees its idempotency key (by default), so the caller can try again."""
-    redis_key = (task.request.headers or {}).get(IDEMPOTENCY_HEADER)
+    headers = task.request.headers or {}
+    redis_key = headers.get(IDEMPOTENCY_HEADER)
     if not redis_key or not store.settings.idempotency_release_on_failure:
+        return
+    if headers.get(KEEP_KEY_HEADER):
         return
     try:
         store.release_idempotency(str(redis_key), run_id)

@@ -49,3 +49,14 @@ if os.environ.get("DURABLE_TEST_KEY_PREFIX"):
     app.conf.durable_key_prefix = os.environ["DURABLE_TEST_KEY_PREFIX"]
 if os.environ.get("DURABLE_TEST_OFFLOAD_BYTES"):
     app.conf.durable_offload_bytes = int(os.environ["DURABLE_TEST_OFFLOAD_BYTES"])
+if os.environ.get("DURABLE_TEST_BEAT_ENTRY"):
+    # One interval entry of a durable task, for the tests that run `celery beat`.
+    app.conf.beat_scheduler = "celery_durable.beat:DurableScheduler"
+    app.conf.beat_schedule = {
+        os.environ["DURABLE_TEST_BEAT_ENTRY"]: {
+            "task": "tests.long_tasks.scheduled_tick",
+            "schedule": float(os.environ.get("DURABLE_TEST_BEAT_EVERY", "2")),
+            "args": (os.environ["DURABLE_TEST_BEAT_ENTRY"],),
+            "options": {"queue": os.environ.get("DURABLE_TEST_QUEUE", "celery")},
+        },
+    }

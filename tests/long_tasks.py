@@ -154,3 +154,16 @@ def versioned_fail(token: str) -> dict[str, Any]:
 @durable_task(retry=FAST, version=CODE_VERSION, version_policy="route")
 def versioned_route(token: str) -> dict[str, Any]:
     return _versioned_body(token)
+
+
+@step
+def record_tick(token: str) -> str:
+    run = current_run()
+    counters.rpush(f"{token}:ticks", run.id)
+    return run.id
+
+
+@durable_task(retry=FAST)
+def scheduled_tick(token: str) -> str:
+    """Published by `celery beat` (see tests.app): records each run once."""
+    return record_tick(token)
