@@ -292,8 +292,12 @@ def durable_task(fn: Callable[..., Any] | None = None, /, **options: Any) -> Any
     ``concurrency_limit`` (runs allowed at once across all workers), ``concurrency_key``
     (a function of the task's arguments: the limit then applies per key),
     ``idempotency_key`` (a function of the task's arguments returning the key of a call,
-    used by ``.delay()``, ``.apply_async()`` and canvas) and ``idempotency_ttl`` (seconds or
-    a timedelta; default ``durable_idempotency_ttl_s``).
+    used by ``.delay()``, ``.apply_async()`` and canvas), ``idempotency_ttl`` (seconds or
+    a timedelta; default ``durable_idempotency_ttl_s``), ``run_timeout`` (seconds a run may
+    take across all its attempts and waits), ``version`` (the code version runs record;
+    default: a digest of the source of the task and its steps) and ``version_policy``
+    (``"continue"``, ``"fail"`` or ``"route"``: what a run does when it resumes on code of
+    another version; see ``celery_durable.versions``).
 
     Raises:
         ConfigurationError: at decoration time, for an unknown or invalid option.
