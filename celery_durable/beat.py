@@ -22,7 +22,6 @@ durable are published unchanged.
 
 from __future__ import annotations
 
-import copy
 import datetime as dt
 import math
 import time
@@ -109,12 +108,11 @@ class DurableSchedulerMixin:
             return super().apply_async(  # type: ignore[misc]
                 entry, producer=producer, advance=advance, **kwargs)
         tick = tick_time(entry, self.app.now())
-        keyed = copy.copy(entry)
         options = dict(entry.options or {})
         period = interval_of(entry) or (_next_after(entry.schedule, tick, tick) - tick
                                         ).total_seconds()
         ttl = max(settings_for(self.app).idempotency_ttl_s, 2 * period, 1.0)
-        keyed.options = {
+        keyed = {
             **options,
             "idempotency_key": tick_key(str(entry.name), tick),
             "idempotency_ttl": ttl,
@@ -127,8 +125,14 @@ class DurableSchedulerMixin:
         }
         if advance:
             self.reserve(entry)  # type: ignore[attr-defined]
-        return super().apply_async(  # type: ignore[misc]
-            keyed, producer=producer, advance=False, **kwargs)
+        # The entry's options change for this publish only (entries of some schedulers,
+        # redbeat's, cannot be copied; beat publishes from one thread).
+        entry.options = keyed
+        try:
+            return super().apply_async(  # type: ignore[misc]
+                entry, producer=producer, advance=False, **kwargs)
+        finally:
+            entry.options = options
 
 
 class DurableScheduler(DurableSchedulerMixin, PersistentScheduler):

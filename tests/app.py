@@ -51,7 +51,13 @@ if os.environ.get("DURABLE_TEST_OFFLOAD_BYTES"):
     app.conf.durable_offload_bytes = int(os.environ["DURABLE_TEST_OFFLOAD_BYTES"])
 if os.environ.get("DURABLE_TEST_BEAT_ENTRY"):
     # One interval entry of a durable task, for the tests that run `celery beat`.
-    app.conf.beat_scheduler = "celery_durable.beat:DurableScheduler"
+    app.conf.beat_scheduler = os.environ.get("DURABLE_TEST_BEAT_SCHEDULER",
+                                             "celery_durable.beat:DurableScheduler")
+    app.conf.beat_max_loop_interval = 1
+    # redbeat: schedule and lock in Redis, a short lock so that a killed beat is replaced.
+    app.conf.redbeat_redis_url = f"{BASE_URL}/0"
+    app.conf.redbeat_key_prefix = f"redbeat-{os.environ['DURABLE_TEST_BEAT_ENTRY']}:"
+    app.conf.redbeat_lock_timeout = 3
     app.conf.beat_schedule = {
         os.environ["DURABLE_TEST_BEAT_ENTRY"]: {
             "task": "tests.long_tasks.scheduled_tick",
