@@ -57,6 +57,7 @@ class _Guard:
                            and signal.getsignal(signal.SIGALRM) in (signal.SIG_DFL,
                                                                     signal.SIG_IGN, None))
         self.previous_handler: Any = None
+        self.armed = False
         self.watchdog: threading.Timer | None = None
 
     def _on_alarm(self, signum: int, frame: Any) -> None:
@@ -75,6 +76,7 @@ class _Guard:
     def arm(self) -> None:
         if self.use_signal:
             self.previous_handler = signal.signal(signal.SIGALRM, self._on_alarm)
+            self.armed = True
             signal.setitimer(signal.ITIMER_REAL, self.seconds)
         else:
             self.watchdog = threading.Timer(self.seconds, self._on_watchdog)
@@ -87,9 +89,10 @@ class _Guard:
         if self.use_signal:
             self.running = False
             signal.setitimer(signal.ITIMER_REAL, 0)
-            if self.previous_handler is not None:
-                signal.signal(signal.SIGALRM, self.previous_handler)
-                self.previous_handler = None
+            if self.armed:
+                self.armed = False
+                # A handler installed from C reads as None: give back the default then.
+                signal.signal(signal.SIGALRM, self.previous_handler or signal.SIG_DFL)
             return
         with self.lock:
             self.running = False
