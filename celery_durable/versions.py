@@ -10,6 +10,9 @@ another version applies the task's ``version_policy``:
 - ``fail``: fail the run with VersionMismatchError;
 - ``route``: hand the run to the queue ``<queue>@<recorded version>``, which every worker
   whose code has that version consumes besides its own queues (see :func:`extra_queues`).
+  A worker of other code that consumes that queue explicitly (``-Q celery@v1``) runs the
+  run on its own code instead, as with ``continue``: that is how an old version's
+  leftovers are drained once its workers are gone.
 """
 
 from __future__ import annotations
@@ -175,8 +178,10 @@ def apply_policy(task: DurableTask, store: RunStore, ctx: RunContext, queue: str
             f"worker runs version {running!r}: the task's version_policy is 'fail'. Replay "
             "it to run it on the new code, or keep workers of the old version",
             run_id=ctx.id, recorded=recorded, running=running)
-    if policy == "route":
+    if policy == "route" and routed_queue(queue, recorded) != queue:
         raise RouteRun(routed_queue(queue, recorded), recorded, running)
+    # continue, or a route-policy run taken from its own version-tagged queue by newer code
+    # (an operator draining an old version's queue onto the new code): re-pin it.
     ctx._check_code(store.set_version(ctx._keys, ctx._token, running, recorded),
                     "record its new code version")
     ctx.recorded_version = running

@@ -106,3 +106,21 @@ def test_route_policy_sends_the_run_to_workers_of_its_version(redis_base_url, lo
     with worker(redis_base_url, queue, "v1"):
         assert old.get(timeout=60) == {"version": "v1", "patched": False}
     assert client.get_run(old.id).version == "v1"
+
+
+def test_new_code_can_drain_an_old_versions_queue(redis_base_url, long_tasks, client,
+                                                  token) -> None:
+    queue = "ver-drain"
+    with worker(redis_base_url, queue, "v1"):
+        old = long_tasks.versioned_route.apply_async((token,), queue=queue)
+        suspended(client, old.id)
+    with worker(redis_base_url, queue, "v2"):
+        client.send_event(f"go:{token}", True)
+        wait_for(lambda: run_with(client, old.id, lambda r: any(
+            e.type == "run_routed" for e in r.events)), 60, "the run to be routed")
+    # v1 is retired: a v2 worker pointed at the old version's queue runs it on v2 code.
+    with worker(redis_base_url, f"{queue}@v1", "v2"):
+        assert old.get(timeout=60) == {"version": "v2", "patched": False}
+    run = client.get_run(old.id)
+    assert run.version == "v2"
+    assert [e.type for e in run.events].count("run_routed") == 1
