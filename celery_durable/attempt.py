@@ -22,7 +22,7 @@ from celery.exceptions import Ignore, Reject, Retry
 from . import otel, signals
 from .children import notify_parent
 from .codec import JsonCodec, Unencodable, describe_unencodable
-from .concurrency import SlotRef, acquire, publish_woken, release, slots_for
+from .concurrency import SlotRef, acquire, note_parked, publish_woken, release, slots_for
 from .context import RunContext, SuspendRun, bind_context, describe_error, unbind_context
 from .errors import LeaseLostError, RunCancelled, RunCrashedError, StoreError
 from .identity import current_worker_id
@@ -57,6 +57,16 @@ def queue_of(task: DurableTask, options: dict[str, Any]) -> str:
         delivery = options.get("delivery_info") or {}
         queue = delivery.get("routing_key")
     name = getattr(queue, "name", queue)
+    return str(name or task.app.conf.task_default_queue)
+
+
+def publish_queue(task: DurableTask, args: Any, kwargs: Any, options: dict[str, Any]) -> str:
+    """The queue a publish of ``task`` with ``options`` goes to, resolved like Celery does:
+    an explicit ``queue``, else the task's own, else ``task_routes``, else the default."""
+    if options.get("queue") or getattr(task, "queue", None) or not task.app.conf.task_routes:
+        return queue_of(task, options)
+    route = task.app.amqp.router.route(dict(options), task.name, args, kwargs)
+    name = getattr(route.get("queue"), "name", route.get("queue"))
     return str(name or task.app.conf.task_default_queue)
 
 
@@ -144,15 +154,7 @@ def _take_slots(
     publish_woken(task.app, admission.woken)
     if admission.admitted:
         return slots
-    denied = admission.denied
-    assert denied is not None
-    signals.slot_denied.send(sender=task.name, run_id=run_id, limit=denied.name,
-                             position=admission.position)
-    store.append_event(run_id, "slot_denied", {
-        "limit": denied.name, "position": admission.position, "held": admission.held,
-        "max": admission.limit})
-    logger.info("run %s: concurrency limit %s is full (%d/%d); parked at position %d",
-                run_id, denied.name, admission.held, admission.limit, admission.position)
+    note_parked(store, task.name, run_id, admission)
     raise Ignore()
 
 
