@@ -366,7 +366,7 @@ def _route(task: DurableTask, store: RunStore, ctx: RunContext, route: RouteRun)
     order could leave a run with no message."""
     req = task.request
     publish_resume(task.app, ctx.id, resume_info(task.name, req.args, req.kwargs, route.queue,
-                                                 _next_headers(task)))
+                                                 _next_headers(task), request_options(req)))
     event = {"type": "run_routed", "queue": route.queue, "recorded_version": route.recorded,
              "running_version": route.running}
     if _end(store, ctx, task, RunStatus.RETRYING, event) is None:

@@ -167,3 +167,9 @@ def record_tick(token: str) -> str:
 def scheduled_tick(token: str) -> str:
     """Published by `celery beat` (see tests.app): records each run once."""
     return record_tick(token)
+
+
+@durable_task(retry=FAST)
+def echo(value: Any) -> Any:
+    """The next link of a chain: returns what it was given."""
+    return value

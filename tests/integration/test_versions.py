@@ -85,9 +85,14 @@ def test_fail_policy(redis_base_url, long_tasks, client, token) -> None:
 
 def test_route_policy_sends_the_run_to_workers_of_its_version(redis_base_url, long_tasks,
                                                               client, token) -> None:
+    from celery import chain
+
     queue = "ver-route"
     with worker(redis_base_url, queue, "v1"):
-        old = long_tasks.versioned_route.apply_async((f"{token}:old",), queue=queue)
+        # The old run is the first link of a chain: routing must keep the rest of it.
+        last = chain(long_tasks.versioned_route.si(f"{token}:old").set(queue=queue),
+                     long_tasks.echo.s().set(queue=queue)).apply_async()
+        old = last.parent
         suspended(client, old.id)
     # Only v2 workers are running: the old run is routed to ver-route@v1 and waits there.
     with worker(redis_base_url, queue, "v2"):
@@ -105,6 +110,7 @@ def test_route_policy_sends_the_run_to_workers_of_its_version(redis_base_url, lo
     # A v1 worker (consuming ver-route, hence also ver-route@v1) finishes it on v1 code.
     with worker(redis_base_url, queue, "v1"):
         assert old.get(timeout=60) == {"version": "v1", "patched": False}
+        assert last.get(timeout=60) == {"version": "v1", "patched": False}
     assert client.get_run(old.id).version == "v1"
 
 
