@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 from celery.exceptions import Ignore, Reject, Retry
 
-from . import otel, signals
+from . import logcapture, metrics, otel, signals
 from .children import notify_parent
 from .codec import JsonCodec, Unencodable, describe_unencodable
 from .concurrency import SlotRef, acquire, publish_woken, release, slots_for
@@ -78,8 +78,11 @@ def run_attempt(task: DurableTask, args: tuple[Any, ...], kwargs: dict[str, Any]
         _retry(task, exc, delay)
     if claim.outcome in ("crashed", "done"):
         _give_back_slots(task, store, run_id, slots)
+    meters = metrics.meters_for(store.settings, task.name)
     if claim.outcome == "crashed":
         _release_idempotency_key(task, store, run_id)
+        if meters is not None:
+            meters.run_finished("failed")
         raise RunCrashedError(
             f"run {run_id}: its worker died {claim.crashes} times; the run is failed "
             f"(durable_max_crashes={store.settings.max_crashes})",
@@ -89,6 +92,13 @@ def run_attempt(task: DurableTask, args: tuple[Any, ...], kwargs: dict[str, Any]
         return _already_done(run_id, claim)
     if claim.outcome == "busy":
         _defer_duplicate(task, store, run_id, claim, args, kwargs)
+    settings = store.settings
+    if settings.log_capture:
+        logcapture.install()
+    # The previous attempt never ended (its worker or pool process died): a crash resume.
+    recovered = claim.status == RunStatus.RUNNING.value
+    if recovered and meters is not None:
+        meters.crash_resumed()
     ctx = RunContext(
         run_id=run_id,
         attempt=claim.attempt,
@@ -102,10 +112,13 @@ def run_attempt(task: DurableTask, args: tuple[Any, ...], kwargs: dict[str, Any]
         app=task.app,
         deadline_ms=(claim.created_ms + int(task.durable_run_timeout * 1000)
                      if task.durable_run_timeout is not None else None),
+        logs=logcapture.RunLogs(settings, claim.attempt) if settings.log_capture else None,
+        meters=meters,
     )
     bound = bind_context(ctx)
     signals.run_started.send(sender=task.name, run_id=run_id, attempt=ctx.attempt,
-                             resumed=claim.status == RunStatus.SUSPENDED.value)
+                             resumed=claim.status == RunStatus.SUSPENDED.value,
+                             recovered=recovered)
     try:
         with otel.attempt_span(task.name, run_id, ctx.attempt, req.headers) as span:
             ctx.traced = span is not None and span.is_recording()
@@ -123,6 +136,8 @@ def run_attempt(task: DurableTask, args: tuple[Any, ...], kwargs: dict[str, Any]
             otel.set_outcome(span, "completed")
             return value
     finally:
+        # Records logged after the attempt's last write (signal receivers, cleanup).
+        logcapture.flush(ctx)
         unbind_context(bound)
 
 
@@ -147,6 +162,9 @@ def _take_slots(
     assert denied is not None
     signals.slot_denied.send(sender=task.name, run_id=run_id, limit=denied.name,
                              position=admission.position)
+    meters = metrics.meters_for(store.settings, task.name)
+    if meters is not None:
+        meters.slot_waited()
     store.append_event(run_id, "slot_denied", {
         "limit": denied.name, "position": admission.position, "held": admission.held,
         "max": admission.limit})
@@ -229,6 +247,8 @@ def _run_body(
     except Retry:
         # The task called self.retry() itself: the next message is already published.
         _end(store, ctx, task, RunStatus.RETRYING, {"type": "attempt_retrying"})
+        if ctx.meters is not None:
+            ctx.meters.run_retrying()
         raise
     except Reject as exc:
         requeue = bool(getattr(exc, "requeue", False))
@@ -264,6 +284,8 @@ def _complete(task: DurableTask, store: RunStore, ctx: RunContext, value: Any) -
     _notify_parent(task, store, ctx.id, {"ok": True, "result": value})
     signals.run_completed.send(sender=task.name, run_id=ctx.id, attempt=ctx.attempt,
                                result=value)
+    if ctx.meters is not None:
+        ctx.meters.run_finished("completed")
     return value
 
 
@@ -295,7 +317,8 @@ def _handle_failure(
              **error}
     try:
         ended = store.end_attempt(ctx.id, ctx._token, RunStatus.RETRYING, event, task=task.name,
-                                  owner=ctx.owner, error_json=json.dumps(error))
+                                  owner=ctx.owner, error_json=json.dumps(error),
+                                  logs=ctx.take_logs())
     except StoreError:
         # Redis is unreachable: the retry message still carries the run forward.
         logger.exception("run %s: could not record the failure of attempt %s", ctx.id, ctx.attempt)
@@ -305,6 +328,8 @@ def _handle_failure(
         raise Ignore() from exc
     signals.run_retrying.send(sender=task.name, run_id=ctx.id, attempt=ctx.attempt,
                               exception=exc, delay_s=delay)
+    if ctx.meters is not None:
+        ctx.meters.run_retrying()
     _retry(task, exc, delay)
 
 
@@ -340,6 +365,8 @@ def _park(
         signals.run_retrying.send(sender=task.name, run_id=ctx.id, attempt=ctx.attempt,
                                   exception=None, delay_s=(due_ms or now_ms()) / 1000
                                   - now_ms() / 1000)
+        if ctx.meters is not None:
+            ctx.meters.run_retrying()
     raise Ignore()
 
 
@@ -379,6 +406,8 @@ def _fail(store: RunStore, ctx: RunContext, task: DurableTask, exc: BaseExceptio
         _notify_parent(task, store, ctx.id, {"ok": False, "status": "failed", **error})
         signals.run_failed.send(sender=task.name, run_id=ctx.id, attempt=ctx.attempt,
                                 exception=exc)
+        if ctx.meters is not None:
+            ctx.meters.run_finished("failed")
 
 
 def _release_idempotency_key(task: DurableTask, store: RunStore, run_id: str) -> None:
@@ -407,7 +436,7 @@ def _end(
     try:
         prev = store.end_attempt(ctx.id, ctx._token, status, event, task=task.name,
                                  owner=ctx.owner, result_json=result_json,
-                                 error_json=error_json)
+                                 error_json=error_json, logs=ctx.take_logs())
         if prev is not None:
             # Only the attempt that still owned the run gives its slots back.
             _give_back_slots(task, store, ctx.id, ctx.slots)
