@@ -13,6 +13,7 @@ from typing import Any
 
 from celery import Celery, bootsteps, signals
 
+from . import metrics
 from .checks import run_startup_checks
 from .config import DurableSettings, settings_for
 from .errors import ConfigurationError
@@ -42,6 +43,9 @@ class DurableWorkerStep(bootsteps.StartStopStep):
         self._thread: threading.Thread | None = None
         self._heartbeat: Heartbeat | None = None
         self._exporter: Any = None
+        if metrics.AVAILABLE:
+            # Connected before the pool starts, so that every pool process inherits it.
+            signals.worker_process_shutdown.connect(metrics.mark_dead, weak=False)
 
     def start(self, worker: Any) -> None:
         settings = settings_for(self.app)
@@ -63,8 +67,6 @@ class DurableWorkerStep(bootsteps.StartStopStep):
 
     def _start_exporter(self, worker: Any, settings: DurableSettings) -> None:
         """Serve the worker's Prometheus metrics (durable_metrics_port)."""
-        from . import metrics
-
         port = settings.metrics_port
         assert port is not None
         if not metrics.AVAILABLE:

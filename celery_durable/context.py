@@ -435,8 +435,9 @@ class RunContext:
                 "(S3, a database) and return a reference, or raise the limit",
                 step=step_id, size=len(payload.encode()),
             )
+        logs = self.logs
         code = self._store.commit_step(self._keys, self._token, position, step_id, payload,
-                                       self.take_logs() if self.logs is not None else ())
+                                       logs.take() if logs is not None and logs.pending else ())
         self._check_code(code, f"commit step {step_id!r}")
         if code == 1:
             signals.step_committed.send(

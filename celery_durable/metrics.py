@@ -154,8 +154,9 @@ def meters_for(settings: DurableSettings, task: str) -> TaskMeters | None:
         return None
 
 
-def _mark_dead(sender: Any = None, pid: int | None = None, **kwargs: Any) -> None:
-    """worker_process_shutdown receiver: a pool process ends (runs in that process)."""
+def mark_dead(sender: Any = None, pid: int | None = None, **kwargs: Any) -> None:
+    """worker_process_shutdown receiver: a pool process ends (runs in that process; a
+    process killed by a signal never gets here, which only matters for live gauges)."""
     try:
         if pid is not None and multiprocess_dir() is not None:
             multiprocess.mark_process_dead(pid)  # type: ignore[no-untyped-call]
@@ -170,12 +171,9 @@ def start_exporter(port: int, addr: str) -> Any:
     process (the pool processes included); otherwise it serves this process's registry.
     Returns the HTTP server (``shutdown()`` stops it).
     """
-    from celery import signals as celery_signals
-
     registry: Any = prometheus_client.REGISTRY
     if multiprocess_dir() is not None:
         registry = prometheus_client.CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
-        celery_signals.worker_process_shutdown.connect(_mark_dead, weak=False)
     server, _thread = prometheus_client.start_http_server(port, addr, registry=registry)
     return server
