@@ -47,6 +47,6 @@ if os.environ.get("DURABLE_TEST_QUEUE_LIMITS"):
     app.conf.durable_queue_limits = json.loads(os.environ["DURABLE_TEST_QUEUE_LIMITS"])
 # Observability tests: log capture settings and the worker's metrics exporter.
 for _name, _kind in (("log_level", str), ("log_max_records", int), ("log_max_chars", int),
-                     ("metrics_port", int)):
+                     ("metrics_port", int), ("log_capture", lambda v: v == "1")):
     if os.environ.get(f"DURABLE_TEST_{_name.upper()}"):
         app.conf[f"durable_{_name}"] = _kind(os.environ[f"DURABLE_TEST_{_name.upper()}"])

@@ -101,3 +101,16 @@ def test_concurrent_runs_do_not_see_each_others_logs(redis_base_url, client, tok
         # Only this run's own records: none of the other run, none of the thread it
         # started (which has no run context).
         assert messages == [f"{tag} line {i}" for i in range(40)] + [f"{tag} done"]
+
+
+def test_capture_can_be_turned_off(redis_base_url, client, token) -> None:
+    from tests import tasks_obs
+
+    queue = f"logs-off-{token}"
+    with celery_worker(redis_base_url, pool="solo", queue=queue,
+                       extra_env={"DURABLE_TEST_LOG_CAPTURE": "0"}):
+        result = tasks_obs.chatty_task.apply_async((10, 3, 3), queue=queue)
+        assert result.get(timeout=60) == 6
+    run = client.get_run(result.id)
+    assert run.status is RunStatus.COMPLETED and run.logs == []
+    assert "logs (" not in cli(redis_base_url, "show", result.id).stdout

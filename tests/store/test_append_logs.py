@@ -3,6 +3,7 @@ on a real Redis."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Iterator
 
@@ -85,3 +86,15 @@ def test_scripts_lost_by_the_server_are_loaded_and_sent_once(store: RunStore) ->
     events = trace(store, "r4")
     assert [e["message"] for e in events if e["type"] == "log"] == ["after flush"]
     assert [e["type"] for e in events].count("step_committed") == 1
+
+
+def test_a_failing_log_write_never_fails_the_commit(store: RunStore) -> None:
+    token = started(store, "r5")
+    broken = store.client.register_script("return redis.call('NO_SUCH_COMMAND')")
+    store.scripts = dataclasses.replace(store.scripts, append_logs=broken)
+    checkpoint = json.dumps({"id": "a", "v": 1, "t0": 1, "t1": 2, "a": 1})
+    assert store.commit_step(store.keys.run("r5"), token, 0, "a", checkpoint,
+                             record("dropped")) == 1
+    assert store.end_attempt("r5", token, RunStatus.COMPLETED, {"type": "run_completed"},
+                             task="t.task", logs=record("dropped too")) == "running"
+    assert [e["type"] for e in trace(store, "r5")][-2:] == ["step_committed", "run_completed"]

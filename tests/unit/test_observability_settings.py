@@ -8,7 +8,7 @@ import sys
 import pytest
 from celery import Celery
 
-from celery_durable import ConfigurationError
+from celery_durable import ConfigurationError, metrics
 from celery_durable.config import DurableSettings, settings_for
 from celery_durable.logcapture import RunLogs, format_message, truncate
 
@@ -73,3 +73,32 @@ def test_run_logs_bound_adds_one_notice() -> None:
     assert len(values) == 3 * 6 and logs.dropped == 3 and logs.take() == []
     assert values[2] == "m0" and values[8] == "m1" and values[4] == "3"
     assert values[13] == "celery_durable.logs" and "durable_log_max_records=2" in values[14]
+
+
+class _Broken:
+    def inc(self, amount: float = 1) -> None:
+        raise OSError("disk full")
+
+    def observe(self, amount: float) -> None:
+        raise OSError("disk full")
+
+
+@pytest.mark.skipif(not metrics.AVAILABLE, reason="needs the prometheus extra")
+def test_a_failing_metric_never_raises() -> None:
+    meters = metrics.meters_for(settings(), "tests.unit.broken")
+    assert meters is not None
+    for slot in metrics.TaskMeters.__slots__:
+        value = _Broken()
+        setattr(meters, slot, {s: value for s in metrics.FINISHED_STATUSES}
+                if slot == "_finished" else value)
+    meters.step_committed(0.1)
+    meters.step_replayed()
+    meters.run_retrying()
+    meters.crash_resumed()
+    meters.slot_waited()
+    meters.run_finished("completed")
+    metrics._meters.pop("tests.unit.broken")
+
+
+def test_metrics_off_records_nothing() -> None:
+    assert metrics.meters_for(settings(metrics=False), "tests.unit.off") is None
