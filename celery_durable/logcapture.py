@@ -139,10 +139,15 @@ _LOGGERS = ("", "celery.task")
 
 def install() -> None:
     """Attach the handler (once per process; cheap to call again, e.g. after Celery set
-    up logging and replaced the root logger's handlers)."""
+    up logging and replaced the root logger's handlers).
+
+    Only to loggers that already handle records themselves (every worker configures
+    both): a handler on an unconfigured root logger would stop ``logging.lastResort`` from
+    printing warnings in a process that never set up logging.
+    """
     for name in _LOGGERS:
         target = logging.getLogger(name)
-        if _handler not in target.handlers:
+        if _handler not in target.handlers and (target.handlers or not target.propagate):
             target.addHandler(_handler)
 
 

@@ -102,3 +102,22 @@ def test_a_failing_metric_never_raises() -> None:
 
 def test_metrics_off_records_nothing() -> None:
     assert metrics.meters_for(settings(metrics=False), "tests.unit.off") is None
+
+
+def test_handler_joins_only_configured_loggers(monkeypatch: pytest.MonkeyPatch) -> None:
+    from celery_durable import logcapture
+
+    root, task = logging.getLogger(), logging.getLogger("celery.task")
+    monkeypatch.setattr(root, "handlers", [])
+    monkeypatch.setattr(task, "handlers", [])
+    monkeypatch.setattr(task, "propagate", True)
+    logcapture.install()
+    # Logging is not configured: logging.lastResort must still print warnings.
+    assert root.handlers == [] and task.handlers == []
+    configured = logging.StreamHandler()
+    root.addHandler(configured)
+    monkeypatch.setattr(task, "propagate", False)  # as a worker sets it
+    logcapture.install()
+    logcapture.install()
+    assert root.handlers == [configured, logcapture._handler]
+    assert task.handlers == [logcapture._handler]
