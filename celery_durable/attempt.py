@@ -28,7 +28,7 @@ from .errors import LeaseLostError, RunCancelled, RunCrashedError, StoreError
 from .identity import current_worker_id
 from .models import RunStatus
 from .payloads import coerce_call
-from .requeue import resume_info
+from .requeue import request_options, resume_info
 from .store import Claim, RunStore, now_ms, store_for
 
 if TYPE_CHECKING:
@@ -153,7 +153,8 @@ def _take_slots(
     slots = slots_for(task, args, kwargs, queue, store.settings)
     if not slots or task.request.is_eager:
         return []
-    info = resume_info(task.name, args, kwargs, queue, task.request.headers)
+    info = resume_info(task.name, args, kwargs, queue, task.request.headers,
+                       request_options(task.request))
     admission = acquire(store, run_id, slots, info)
     publish_woken(task.app, admission.woken)
     if admission.admitted:
@@ -354,7 +355,7 @@ def _park(
     req = task.request
     info = resume_info(task.name, req.args, req.kwargs,
                        queue_of(task, {"delivery_info": req.delivery_info or {}}),
-                       _next_headers(task))
+                       _next_headers(task), request_options(req))
     store.schedule(ctx.id, due_ms, info)
     if _end(store, ctx, task, status, event, error_json=error_json) is None:
         _note_fenced(store, ctx)

@@ -103,15 +103,17 @@ class RunStore:
     # -- attempt lifecycle (workers) -------------------------------------------------------
 
     def create_run(
-        self, run_id: str, task: str, args_json: str, kwargs_json: str, queue: str
+        self, run_id: str, task: str, args_json: str, kwargs_json: str, queue: str,
+        canvas_json: str = "",
     ) -> bool:
-        """Record a new pending run (publish side). Returns False if it already existed."""
+        """Record a new pending run (publish side). Returns False if it already existed.
+        ``canvas_json`` holds the publish's canvas options (see requeue.CANVAS_OPTIONS)."""
         s, k, ts = self.settings, self.keys.run(run_id), now_ms()
 
         def build(pipe: Any) -> None:
             queue_call(pipe, self.scripts.create_run, k.as_list(),
                        [ts, task, args_json, kwargs_json, queue, s.active_ttl_ms,
-                        s.trace_maxlen])
+                        s.trace_maxlen, canvas_json])
             self._index_new(pipe, run_id, task, ts)
 
         with _redis_errors(f"record run {run_id}"):
@@ -415,7 +417,8 @@ class RunStore:
 
     def reap(self, run_id: str, dead_owner: str, reaper: str) -> list[str] | None:
         """Fence and free a stalled run (see reap_run.lua). Returns
-        ``[delivery_tag, task, args, kwargs, queue, holder]``, or None if not stalled."""
+        ``[delivery_tag, task, args, kwargs, queue, holder, canvas]``, or None if not
+        stalled."""
         k, ts = self.keys.run(run_id), now_ms()
         grace = self.settings.lease_ttl_ms
         with _redis_errors(f"reap run {run_id}"):

@@ -20,6 +20,7 @@ from .errors import ConfigurationError, StoreError
 from .idempotency import check_conflict, check_key, claim_key, fingerprint
 from .identity import current_worker_id
 from .payloads import dump_models, validate_call
+from .requeue import encode_options
 from .retry import RetryPolicy, to_seconds
 from .store import store_for
 
@@ -241,6 +242,7 @@ class DurableTask(Task[Any, Any]):
         store_for(self.app).create_run(
             run_id, self.name, encode_arguments(list(args or ())),
             encode_arguments(dict(kwargs or {})), queue_of(self, options),
+            encode_options(options),
         )
 
     def _apply_idempotent(

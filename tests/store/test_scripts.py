@@ -142,3 +142,16 @@ def test_a_reaper_that_dies_before_requeueing_is_covered(store: RunStore) -> Non
     # A claim takes a reaper's lease at once (no waiting for the grace) and counts a crash.
     nxt = claim(store, "r8", "n2", owner="w2")
     assert nxt.outcome == "claimed" and nxt.crashes == 1
+
+
+def test_a_reaped_run_keeps_its_canvas_options(store: RunStore) -> None:
+    # The reaper re-publishes a run whose message is gone from the data the record keeps:
+    # the rest of its chain must be in it.
+    canvas = json.dumps({"chain": [{"task": "t.next", "args": [], "kwargs": {}}]})
+    store.create_run("r9", "t.task", "[1]", "{}", "celery", canvas)
+    store.create_run("r10", "t.task", "[1]", "{}", "celery")
+    claim(store, "r9", "n1", owner="dead-worker")
+    claim(store, "r10", "n1", owner="dead-worker")
+    assert store.reap("r9", "dead-worker", "reaper-1")[6] == canvas  # type: ignore[index]
+    assert store.reap("r10", "dead-worker", "reaper-1")[6] == ""  # type: ignore[index]
+    assert not store.client.hexists("t:{r10}:run", "canvas")  # nothing stored without one
