@@ -8,6 +8,7 @@ thread has its own Redis connections and never touches the worker's event loop.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from typing import Any
 
@@ -77,8 +78,13 @@ class DurableWorkerStep(bootsteps.StartStopStep):
             raise ConfigurationError(
                 "durable_metrics_port is set but durable_metrics is False: nothing would be "
                 "recorded; enable durable_metrics or unset durable_metrics_port")
+        directory = metrics.multiprocess_dir()
+        if directory is not None and not os.path.isdir(directory):
+            raise ConfigurationError(
+                f"PROMETHEUS_MULTIPROC_DIR={directory} is not a directory: create it (empty) "
+                "before starting the worker, or unset it")
         pool = type(getattr(worker, "pool", None)).__module__
-        if "prefork" in pool and metrics.multiprocess_dir() is None:
+        if "prefork" in pool and directory is None:
             logger.warning(
                 "celery-durable: durable_metrics_port is set with a prefork pool but "
                 "PROMETHEUS_MULTIPROC_DIR is not: the pool processes' metrics cannot be "

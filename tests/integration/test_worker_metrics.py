@@ -18,7 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from celery_durable import RunStatus
 from tests.conftest import free_port
-from tests.workers import celery_worker
+from tests.workers import celery_worker, spawn_worker, stop_worker
 
 pytestmark = pytest.mark.slow
 
@@ -128,3 +128,18 @@ def test_metrics_of_retries_crashes_slot_waits_and_failures(
     assert sample(samples, f"{hist}_sum", task=chaos_name) >= 3 * 0.7
     # Labels are task names (and statuses), never run ids.
     assert not any(retried.id in str(labels) for _, labels in samples)
+
+
+def test_a_missing_multiprocess_directory_stops_the_worker_with_a_clear_error(
+        redis_base_url, token, tmp_path) -> None:
+    missing = tmp_path / "not-created"
+    proc = spawn_worker(redis_base_url, pool="prefork", queue=f"metrics-bad-{token}",
+                        extra_env={"PROMETHEUS_MULTIPROC_DIR": str(missing),
+                                   "DURABLE_TEST_METRICS_PORT": str(free_port())})
+    try:
+        assert proc.wait(timeout=60) != 0
+        with open(proc.log_path) as log:  # type: ignore[attr-defined]
+            output = log.read()
+    finally:
+        stop_worker(proc)
+    assert f"PROMETHEUS_MULTIPROC_DIR={missing} is not a directory" in output
