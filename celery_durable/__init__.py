@@ -33,7 +33,16 @@ from .errors import (
     VersionMismatchError,
     WaitTimeout,
 )
-from .models import ErrorInfo, LimitInfo, RunInfo, RunStatus, RunSummary, StepInfo, TraceEvent
+from .models import (
+    ErrorInfo,
+    LimitInfo,
+    LogRecordInfo,
+    RunInfo,
+    RunStatus,
+    RunSummary,
+    StepInfo,
+    TraceEvent,
+)
 from .retry import RetryPolicy
 from .steps import step
 from .task import DurableTask, durable_task
@@ -52,6 +61,7 @@ __all__ = [
     "IdempotencyConflictError",
     "LeaseLostError",
     "LimitInfo",
+    "LogRecordInfo",
     "NonRetryableError",
     "NondeterminismError",
     "NotInRunError",

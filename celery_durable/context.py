@@ -41,6 +41,8 @@ from .store import RunStore
 
 if TYPE_CHECKING:
     from .concurrency import SlotRef
+    from .logcapture import RunLogs
+    from .metrics import TaskMeters
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -94,8 +96,8 @@ class RunContext:
     __slots__ = (
         "id", "attempt", "task_name", "owner", "failures", "_token", "_store", "_settings",
         "_committed", "_position", "_occurrences", "_current_step", "replayed", "_keys", "slots",
-        "_last_step_id", "_app", "deadline_ms", "traced", "_progress", "code_version",
-        "recorded_version", "_patches",
+        "_last_step_id", "_app", "deadline_ms", "traced", "logs", "meters", "_progress",
+        "code_version", "recorded_version", "_patches",
     )
 
     def __init__(
@@ -112,6 +114,8 @@ class RunContext:
         failures: int = 0,
         app: Any = None,
         deadline_ms: int | None = None,
+        logs: RunLogs | None = None,
+        meters: TaskMeters | None = None,
         code_version: str = "",
         recorded_version: str = "",
     ) -> None:
@@ -141,6 +145,10 @@ class RunContext:
         self.traced = False
         #: Number of steps this attempt answered from checkpoints instead of executing.
         self.replayed = 0
+        #: Log records captured in this attempt and not yet written (None: no capture).
+        self.logs = logs
+        #: This task's Prometheus metrics (None: not recorded).
+        self.meters = meters
         #: Progress values of steps, by position, as saved or read in this attempt.
         self._progress: dict[int, Any] = {}
         #: The version of the task's code in this worker, and the one the run records.
@@ -325,12 +333,6 @@ class RunContext:
             self._patches[change_id] = self._store.decide_patch(self._keys, change_id, fresh)
         return self._patches[change_id]
 
-    @property
-    def step_id(self) -> str | None:
-        """The id of the step being executed (``fetch``, ``fetch#2``), or None between
-        steps."""
-        return self._current_step
-
     def progress(self, value: Any) -> None:
         """Save ``value`` as the progress of the step being executed (one round trip).
 
@@ -416,6 +418,20 @@ class RunContext:
         return dt.datetime.fromtimestamp(code / 1000, tz=dt.UTC)
 
     @property
+    def current_step(self) -> str | None:
+        """The id of the step executing now (``fetch#2``), or None between steps."""
+        return self._current_step
+
+    @property
+    def store(self) -> RunStore:
+        return self._store
+
+    def take_logs(self) -> list[str]:
+        """The buffered log records (for the next write to the run), emptying the buffer."""
+        logs = self.logs
+        return logs.take() if logs is not None and logs.pending else []
+
+    @property
     def position(self) -> int:
         """How many steps this attempt has passed so far (replayed or executed)."""
         return self._position
@@ -492,6 +508,8 @@ class RunContext:
                               else self._offloaded(position, step_id))
         signals.step_replayed.send(sender=self.task_name, run_id=self.id, attempt=self.attempt,
                                    step=step_id, position=position)
+        if self.meters is not None:
+            self.meters.step_replayed()
         return value
 
     def _offloaded(self, position: int, step_id: str) -> Any:
@@ -558,13 +576,17 @@ class RunContext:
                 payload = _encoder.encode(record)
             else:
                 blob = None
+        logs = self.logs
         code = self._store.commit_step(self._keys, self._token, position, step_id, payload,
+                                       logs.take() if logs is not None and logs.pending else (),
                                        blob)
         self._check_code(code, f"commit step {step_id!r}")
         if code == 1:
             signals.step_committed.send(
                 sender=self.task_name, run_id=self.id, attempt=self.attempt, step=step_id,
                 position=position, duration_ms=(finished - started) * 1000)
+            if self.meters is not None:
+                self.meters.step_committed(finished - started)
 
     def _record_step_failure(
         self, position: int, step_id: str, tries: int, exc: Exception
@@ -572,7 +594,8 @@ class RunContext:
         fields = {"step": step_id, "pos": position, "attempt": self.attempt, "try": tries,
                   **describe_error(exc)}
         self._check_code(
-            self._store.append_event(self.id, "step_failed", fields, token=self._token),
+            self._store.append_event(self.id, "step_failed", fields, token=self._token,
+                                     logs=self.take_logs()),
             f"record the failure of step {step_id!r}",
         )
         signals.step_failed.send(sender=self.task_name, run_id=self.id, attempt=self.attempt,

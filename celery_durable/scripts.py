@@ -19,7 +19,7 @@ SCRIPT_NAMES = (
     "create_run", "claim_attempt", "commit_step", "append_event", "end_attempt",
     "renew_lease", "reap_run", "claim_idempotency", "release_idempotency",
     "slots", "cancel_run", "reopen_run", "wait_event", "send_event", "fail_run",
-    "save_progress", "extend_timeout", "set_version",
+    "append_logs", "save_progress", "extend_timeout", "set_version",
 )
 
 
@@ -48,6 +48,7 @@ class Scripts:
     wait_event: Script
     send_event: Script
     fail_run: Script
+    append_logs: Script
     save_progress: Script
     extend_timeout: Script
     set_version: Script

@@ -50,8 +50,9 @@ def _wrap(fn: Callable[P, R], name: str | None, retry: RetryPolicy | None,
         if ctx is None:
             return fn(*args, **kwargs)
         body = fn
-        if timeout is not None and ctx.step_id is None:
-            body = with_timeout(fn, timeout, lambda: f"step {ctx.step_id!r} of run {ctx.id}")
+        if timeout is not None and ctx.current_step is None:
+            body = with_timeout(fn, timeout,
+                                lambda: f"step {ctx.current_step!r} of run {ctx.id}")
         return ctx.run_step(step_name, body, args, kwargs, retry)
 
     wrapper.__durable_step__ = step_name  # type: ignore[attr-defined]
