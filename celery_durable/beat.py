@@ -15,6 +15,13 @@ Catch-up: a tick is the latest scheduled time at or before the moment beat publi
 beat that was down over several ticks publishes one run when it comes back, for the latest
 missed tick (unless another beat already started it); earlier missed ticks are not run.
 
+Stopping beat (SIGTERM, SIGINT, SIGHUP) waits until a tick being published is published. A
+beat killed outright between claiming a tick's key and publishing its run (a window of a
+few milliseconds) leaves the tick with a key and no run; every beat notes each tick in
+``Pbeat:<entry>:ticks`` before claiming it, and every few seconds publishes the noted ticks
+whose key names a run that was never recorded, once that claim counts as orphaned (10 s):
+the other beat, the restarted one, or redbeat's next lock holder starts the tick then.
+
 A tick's key is kept when its run fails (a restarted beat does not start the tick again) for
 ``durable_idempotency_ttl_s`` or two schedule periods, whichever is longer. Tasks that are not
 durable are published unchanged.
@@ -23,8 +30,13 @@ durable are published unchanged.
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import math
+import signal
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from celery.beat import PersistentScheduler, ScheduleEntry
@@ -32,10 +44,16 @@ from celery.schedules import crontab, schedstate, schedule
 
 from .attempt import KEEP_KEY_HEADER
 from .config import settings_for
+from .idempotency import ORPHAN_AFTER_S
+from .store import now_ms, store_for
 from .task import DurableTask
+
+logger = logging.getLogger("celery_durable.beat")
 
 #: Message header carrying the scheduled time of the tick a beat published (UTC ISO 8601).
 TICK_HEADER = "durable_tick"
+#: How often (seconds) a beat looks for ticks that were claimed and never published.
+RECHECK_EVERY_S = 5.0
 #: Most schedule times walked to find the latest tick of a crontab (a long beat outage).
 MAX_TICK_WALK = 100_000
 
@@ -80,7 +98,7 @@ def tick_time(entry: ScheduleEntry, now: dt.datetime) -> dt.datetime:
 
 def tick_key(name: str, tick: dt.datetime) -> str:
     """The idempotency key of entry ``name``'s tick at ``tick``."""
-    return f"beat:{name}:{tick.astimezone(dt.UTC).isoformat(timespec='milliseconds')}"
+    return f"beat:{name}:{_iso(tick)}"
 
 
 class DurableSchedulerMixin:
@@ -108,31 +126,106 @@ class DurableSchedulerMixin:
             return super().apply_async(  # type: ignore[misc]
                 entry, producer=producer, advance=advance, **kwargs)
         tick = tick_time(entry, self.app.now())
+        keyed = self._keyed_options(entry, tick)
+        if advance:
+            self.reserve(entry)  # type: ignore[attr-defined]
+        store = store_for(self.app)
+        # Noted before the key is claimed: if this beat dies before publishing, any beat
+        # finds the tick there and publishes it (see recheck_ticks).
+        store.note_tick(str(entry.name), _iso(tick), int(keyed["idempotency_ttl"] * 1000))
+        result = self._publish_keyed(entry, keyed, producer, kwargs)
+        if result is not None and store.run_exists(result.id):
+            store.forget_tick(str(entry.name), _iso(tick))
+        return result
+
+    def _keyed_options(self, entry: ScheduleEntry, tick: dt.datetime) -> dict[str, Any]:
+        """The entry's publish options for ``tick``: its idempotency key and headers."""
         options = dict(entry.options or {})
         period = interval_of(entry) or (_next_after(entry.schedule, tick, tick) - tick
                                         ).total_seconds()
         ttl = max(settings_for(self.app).idempotency_ttl_s, 2 * period, 1.0)
-        keyed = {
+        return {
             **options,
             "idempotency_key": tick_key(str(entry.name), tick),
             "idempotency_ttl": ttl,
             # Other arguments for the same tick (a schedule changed in one beat only) must
             # not start a second run.
             "idempotency_conflict": "ignore",
-            "headers": {**(options.get("headers") or {}),
-                        TICK_HEADER: tick.isoformat(timespec="milliseconds"),
+            "headers": {**(options.get("headers") or {}), TICK_HEADER: _iso(tick),
                         KEEP_KEY_HEADER: 1},
         }
-        if advance:
-            self.reserve(entry)  # type: ignore[attr-defined]
+
+    def _publish_keyed(self, entry: ScheduleEntry, keyed: dict[str, Any], producer: Any,
+                       kwargs: dict[str, Any]) -> Any:
         # The entry's options change for this publish only (entries of some schedulers,
         # redbeat's, cannot be copied; beat publishes from one thread).
+        options = entry.options
         entry.options = keyed
         try:
-            return super().apply_async(  # type: ignore[misc]
-                entry, producer=producer, advance=False, **kwargs)
+            with _signals_deferred():
+                return super().apply_async(  # type: ignore[misc]
+                    entry, producer=producer, advance=False, **kwargs)
         finally:
             entry.options = options
+
+    def recheck_ticks(self, now: int | None = None) -> int:
+        """Publish ticks that a beat claimed and never published (it died in between), once
+        their claim counts as orphaned. ``now`` is epoch ms. Returns how many it published.
+        """
+        now = now_ms() if now is None else now
+        store = store_for(self.app)
+        published = 0
+        for entry in list(self.schedule.values()):  # type: ignore[attr-defined]
+            task = self.app.tasks.get(entry.task)
+            if not isinstance(task, DurableTask):
+                continue
+            name = str(entry.name)
+            for iso in store.ticks_older_than(name, now - int(ORPHAN_AFTER_S * 1000)):
+                tick = dt.datetime.fromisoformat(iso)
+                run_id = store.idempotency_run(store.keys.idempotency(
+                    task.name, tick_key(name, tick)))
+                if run_id is not None and not store.run_exists(run_id):
+                    logger.warning("beat: tick %s of %s was claimed but never published (its "
+                                   "beat died?): publishing it", iso, name)
+                    self._publish_keyed(entry, self._keyed_options(entry, tick), None, {})
+                    published += 1
+                    if not store.run_exists(run_id):
+                        continue  # the claim is not old enough yet: next time
+                store.forget_tick(name, iso)
+        return published
+
+    def tick(self, *args: Any, **kwargs: Any) -> float:
+        delay = float(super().tick(*args, **kwargs))  # type: ignore[misc]
+        checked = self.__dict__.get("_durable_checked", 0.0)
+        if time.monotonic() - checked >= RECHECK_EVERY_S:
+            self.__dict__["_durable_checked"] = time.monotonic()
+            try:
+                self.recheck_ticks()
+            except Exception:
+                logger.exception("beat: could not check for unpublished ticks")
+        return min(delay, RECHECK_EVERY_S)
+
+
+def _iso(tick: dt.datetime) -> str:
+    return tick.astimezone(dt.UTC).isoformat(timespec="milliseconds")
+
+
+#: Signals that stop beat (its handler raises SystemExit wherever the main thread is).
+_STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
+
+
+@contextmanager
+def _signals_deferred() -> Iterator[None]:
+    """Hold back stop signals while a tick's key is claimed and its run published, so that
+    stopping beat cannot leave a claimed key without a run (they are handled right after)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 class DurableScheduler(DurableSchedulerMixin, PersistentScheduler):

@@ -579,7 +579,7 @@ class RunContext:
         logs = self.logs
         code = self._store.commit_step(self._keys, self._token, position, step_id, payload,
                                        logs.take() if logs is not None and logs.pending else (),
-                                       blob)
+                                       blob=blob)
         self._check_code(code, f"commit step {step_id!r}")
         if code == 1:
             signals.step_committed.send(

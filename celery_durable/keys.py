@@ -39,6 +39,11 @@ Concurrency limits (one Cluster slot per limit, tagged by its base name: "task:<
                                           waiting runs (for the safety sweep)
     (all TTL'd: durable_active_ttl_s, refreshed on use)
 
+Scheduled runs (celery_durable.beat)::
+
+    Pbeat:<entry>:ticks      zset  tick (UTC ISO 8601) -> when a beat claimed it (ms); removed
+                                   once its run is recorded; TTL: the ticks' key TTL
+
 Durable waits::
 
     Ptimers                  zset  run id -> when to publish it again (ms): sleeps, wait
@@ -130,6 +135,10 @@ class KeySpace:
 
     def idempotency(self, task_name: str, key: str) -> str:
         return f"{self.prefix}idem:{task_name}:{key}"
+
+    def beat_ticks(self, entry: str) -> str:
+        """Ticks of beat entry ``entry`` whose run may not be published yet."""
+        return f"{self.prefix}beat:{entry}:ticks"
 
     def event(self, key: str) -> list[str]:
         """Mailbox, waiters and taken keys of event key ``key`` (the order the event

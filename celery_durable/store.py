@@ -194,6 +194,7 @@ class RunStore:
     def commit_step(
         self, keys: RunKeys, token: str, position: int, step_id: str, checkpoint: str,
         logs: Sequence[str] = (),
+        *,
         blob: str | None = None,
     ) -> int:
         """Commit a checkpoint: one EVALSHA, the whole per-step cost in Redis. Returns the
@@ -500,6 +501,29 @@ class RunStore:
         """Free an idempotency key if it still names ``run_id`` (any run if '')."""
         with _redis_errors("release an idempotency key"):
             return bool(self.scripts.release_idempotency([redis_key], [run_id]))
+
+    def idempotency_run(self, redis_key: str) -> str | None:
+        """The run an idempotency key names, or None if the key is gone."""
+        with _redis_errors("read an idempotency key"):
+            raw = self.client.get(redis_key)
+        return str(json.loads(raw)["run"]) if raw else None
+
+    def note_tick(self, entry: str, tick: str, ttl_ms: int) -> None:
+        """Remember that a beat is about to claim ``tick`` of ``entry``."""
+        key = self.keys.beat_ticks(entry)
+        with _redis_errors("record a beat tick"), self.client.pipeline(False) as pipe:
+            pipe.zadd(key, {tick: now_ms()}, nx=True)
+            pipe.pexpire(key, ttl_ms)
+            pipe.execute()
+
+    def ticks_older_than(self, entry: str, before_ms: int) -> list[str]:
+        with _redis_errors("read beat ticks"):
+            return [str(t) for t in self.client.zrangebyscore(
+                self.keys.beat_ticks(entry), "-inf", before_ms, start=0, num=100)]
+
+    def forget_tick(self, entry: str, tick: str) -> None:
+        with _redis_errors("forget a beat tick"):
+            self.client.zrem(self.keys.beat_ticks(entry), tick)
 
     def run_exists(self, run_id: str) -> bool:
         with _redis_errors(f"read run {run_id}"):

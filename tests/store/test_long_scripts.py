@@ -65,7 +65,7 @@ def test_every_key_of_a_run_gets_the_runs_ttl(store: RunStore) -> None:
     c1 = claim(store, "t1", "n1")
     assert store.save_progress(keys, c1.token, 0, '{"v":1}') == 1
     record = json.dumps({"id": "a", "o": 10, "t0": 1, "t1": 2, "a": 1})
-    assert store.commit_step(keys, c1.token, 0, "a", record, '"0123456789"') == 1
+    assert store.commit_step(keys, c1.token, 0, "a", record, blob='"0123456789"') == 1
     assert store.load_blob(keys, 0) == '"0123456789"'
     for key in keys.as_list():
         assert 900_000 < store.client.pttl(key) <= 1_000_000, key
