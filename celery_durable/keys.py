@@ -37,6 +37,15 @@ Concurrency limits (one Cluster slot per limit, tagged by its base name: "task:<
                                           waiting runs (for the safety sweep)
     (all TTL'd: durable_active_ttl_s, refreshed on use)
 
+Debounce (one Cluster slot per task and debounce key)::
+
+    Pdebounce:{<task>:<key>}  hash  the open burst: "run" (its run id), "due" (when it may
+                                    start, ms), "first" (first call, ms), "info" (resume
+                                    data of the last call, or the first), "calls"; deleted
+                                    when the run starts; TTL: due + durable_active_ttl_s
+    Pdebounce-timers          zset  debounce hash key -> when to look at it again (ms);
+                                    taken with ZREM by exactly one dispatcher
+
 Durable waits::
 
     Ptimers                  zset  run id -> when to publish it again (ms): sleeps, wait
@@ -120,6 +129,14 @@ class KeySpace:
     @property
     def limits(self) -> str:
         return f"{self.prefix}limits"
+
+    def debounce(self, task_name: str, key: str) -> str:
+        """The open burst of calls of ``task_name`` with debounce key ``key``."""
+        return f"{self.prefix}debounce:{{{task_name}:{key}}}"
+
+    @property
+    def debounce_timers(self) -> str:
+        return f"{self.prefix}debounce-timers"
 
     def idempotency(self, task_name: str, key: str) -> str:
         return f"{self.prefix}idem:{task_name}:{key}"

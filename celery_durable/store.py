@@ -453,6 +453,53 @@ class RunStore:
                 pipe.pexpire(self.keys.timers, self.settings.active_ttl_ms)
             pipe.execute()
 
+    def debounce_call(self, redis_key: str, run_id: str, quiet_ms: int, longest_ms: int,
+                      mode: str, info_json: str) -> tuple[str, bool, int, int]:
+        """Join the open burst of ``redis_key`` or open one for ``run_id`` (see
+        debounce.lua), and make sure a dispatcher will look at the burst (one round trip):
+        ``(run id, opened, due_ms, calls)``."""
+        ts = now_ms()
+        argv: list[Any] = ["call", ts, run_id, quiet_ms, longest_ms, mode, info_json,
+                           self.settings.active_ttl_ms]
+
+        def build(pipe: Any) -> None:
+            queue_call(pipe, self.scripts.debounce, [redis_key], argv)
+            # NX: the first call's time is the earliest the burst can be due; a dispatcher
+            # that comes too early learns the real due time and sets the timer again.
+            pipe.zadd(self.keys.debounce_timers, {redis_key: ts + quiet_ms}, nx=True)
+            pipe.pexpire(self.keys.debounce_timers, self.settings.active_ttl_ms)
+
+        with _redis_errors("debounce a call"):
+            run, opened, due, calls = self._pipelined(build)[0]
+        return str(run), bool(opened), int(due), int(calls)
+
+    def due_debounces(self, limit: int = 100) -> list[str]:
+        with _redis_errors("read the debounce timers"):
+            return [str(k) for k in self.client.zrangebyscore(
+                self.keys.debounce_timers, "-inf", now_ms(), start=0, num=limit)]
+
+    def take_debounce(self, redis_key: str) -> list[Any] | None:
+        """Claim a due debounce timer (exactly one dispatcher wins; None for the others)
+        and close its burst if it is due: ``[run id, 'fire', resume data, calls]``,
+        ``[run id, 'wait', due_ms]`` (the timer is set again) or ``['', 'gone']``."""
+        with _redis_errors("start a debounced run"):
+            if not self.client.zrem(self.keys.debounce_timers, redis_key):
+                return None
+            raw = self.client.hget(redis_key, "run")
+            if raw is None:
+                return ["", "gone"]
+            reply = list(self.scripts.debounce([redis_key], ["fire", now_ms(), str(raw)]))
+            if reply[0] == "wait":
+                self.client.zadd(self.keys.debounce_timers, {redis_key: int(reply[1])})
+            return [str(raw), *reply]
+
+    def set_arguments(self, run_id: str, args_json: str, kwargs_json: str) -> None:
+        """Record the arguments a run will start with (a debounced run takes its last
+        call's)."""
+        with _redis_errors(f"record the arguments of run {run_id}"):
+            self.client.hset(self.keys.run(run_id).run,
+                             mapping={"args": args_json, "kwargs": kwargs_json})
+
     def wake(self, run_ids: Sequence[str], due_ms: int) -> None:
         """Bring the timers of ``run_ids`` forward to ``due_ms`` (never later)."""
         if not run_ids:
