@@ -233,10 +233,12 @@ class DurableTask(Task[Any, Any]):
         self._record(task_id, args, kwargs, options)
         return super().apply_async(args, kwargs, task_id=task_id, **options)
 
-    def _record(self, run_id: str, args: Any, kwargs: Any, options: dict[str, Any]) -> None:
+    def _record(
+        self, run_id: str, args: Any, kwargs: Any, options: dict[str, Any], key: str = ""
+    ) -> None:
         store_for(self.app).create_run(
             run_id, self.name, encode_arguments(list(args or ())),
-            encode_arguments(dict(kwargs or {})), queue_of(self, options),
+            encode_arguments(dict(kwargs or {})), queue_of(self, options), key,
         )
 
     def _apply_idempotent(
@@ -270,7 +272,7 @@ class DurableTask(Task[Any, Any]):
         # a key that names a run with no message (the worker records the run if we cannot).
         result = super().apply_async(args, kwargs, task_id=claim.run_id, **options)
         try:
-            self._record(claim.run_id, args, kwargs, options)
+            self._record(claim.run_id, args, kwargs, options, key)
         except StoreError:
             logger.warning("run %s: published, but not recorded yet (the worker will)",
                            claim.run_id, exc_info=True)
