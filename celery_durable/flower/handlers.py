@@ -1,0 +1,109 @@
+"""The durable pages: the runs list, a run's trace, the limits page, and their actions.
+
+Actions are HTML form POSTs (Flower's XSRF check applies, and the forms carry the
+``_xsrf`` token for OAuth sessions) answered with a redirect back to a page that says what
+happened (post/redirect/get, so a reload never repeats an action).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import urlencode
+
+import tornado.web
+
+from ..client import DurableClient
+from ..errors import DurableError
+from ..models import RunPage, RunStatus
+from ..queries import RunQuery
+from .actions import Outcome, run_action, set_limit
+from .base import DurablePage, error_status, http_message
+from .limits import LimitRow, limit_rows
+from .params import run_query
+from .trace import TraceView, build_trace
+
+#: Seconds between two reloads of the runs list while auto-refresh is on.
+REFRESH_S = 5
+
+
+def _query_or_problem(get: Any) -> tuple[RunQuery, str]:
+    try:
+        return run_query(get), ""
+    except DurableError as exc:
+        return RunQuery(), str(exc)
+
+
+def load_trace(client: DurableClient, run_id: str, redactor: Any) -> TraceView:
+    """The run and the summaries of its children (blocking: call in the executor)."""
+    run = client.get_run(run_id)
+    children = list(zip(run.children, client.summaries(run.children), strict=True))
+    return build_trace(run, redactor, children)
+
+
+class RunsView(DurablePage):
+    @tornado.web.authenticated
+    async def get(self) -> None:
+        query, problem = _query_or_problem(self.arg)
+        page: RunPage = await self.blocking(self.client().search_runs, query)
+        args = {k: self.arg(k) or "" for k in ("status", "task", "queue", "since", "until",
+                                                 "q", "limit")}
+        next_url = None
+        if page.next_cursor is not None:
+            next_url = "?" + urlencode({**{k: v for k, v in args.items() if v},
+                                        "cursor": page.next_cursor})
+        self.render_page("durable_runs.html", active_tab="runs", page=page, query=query,
+                         args=args, statuses=[s.value for s in RunStatus], next_url=next_url,
+                         first_url="?" + urlencode({k: v for k, v in args.items() if v}),
+                         paged=query.cursor > 0, refresh_s=REFRESH_S,
+                         **({"problem": problem} if problem else {}))
+
+
+class RunView(DurablePage):
+    @tornado.web.authenticated
+    async def get(self, run_id: str) -> None:
+        view = await self.blocking(load_trace, self.client(), run_id, self.redactor())
+        self.render_page("durable_run.html", active_tab="runs", view=view, run=view.run)
+
+
+class RunActionView(DurablePage):
+    @tornado.web.authenticated
+    async def post(self, run_id: str, action: str) -> None:
+        self.deny_if_read_only()
+        try:
+            outcome: Outcome = await self.blocking(run_action, self.client(), run_id, action,
+                                                   self.arg)
+        except tornado.web.HTTPError as exc:
+            if exc.status_code not in (400, 404):
+                raise
+            self._back(run_id, error=http_message(exc))
+            return
+        self._back(outcome.run_id or run_id, notice=outcome.message)
+
+    def _back(self, run_id: str, **message: str) -> None:
+        back = self.arg("next")
+        if back == "list":
+            self.redirect(self.reverse_url("durable-runs") + "?" + urlencode(message))
+        else:
+            self.redirect(self.reverse_url("durable-run", run_id) + "?" + urlencode(message))
+
+
+class LimitsView(DurablePage):
+    @tornado.web.authenticated
+    async def get(self) -> None:
+        rows: list[LimitRow] = await self.blocking(limit_rows, self.client())
+        self.render_page("durable_limits.html", active_tab="limits", rows=rows)
+
+    @tornado.web.authenticated
+    async def post(self) -> None:
+        self.deny_if_read_only()
+        try:
+            outcome: Outcome = await self.blocking(set_limit, self.client(), self.arg)
+            message = {"notice": outcome.message}
+        except tornado.web.HTTPError as exc:
+            if exc.status_code != 400:
+                raise
+            message = {"error": http_message(exc)}
+        self.redirect(self.reverse_url("durable-limits") + "?" + urlencode(message))
+
+
+__all__ = ["LimitsView", "RunActionView", "RunView", "RunsView", "error_status"]

@@ -1,0 +1,210 @@
+"""The run trace as the page shows it: a waterfall of steps, attempts, waits and logs.
+
+Pure functions over a :class:`~celery_durable.models.RunInfo` (no I/O), so the page and its
+tests see the same thing. Offsets and widths are percentages of the run's span (creation
+to end, or to now for a run still going).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, field
+
+from ..children import child_event_key
+from ..models import ErrorInfo, RunInfo, RunSummary, TraceEvent
+from .redaction import Redactor, Shown, show
+
+#: Narrowest bar drawn (percent of the span), so instant steps stay visible.
+MIN_BAR_PCT = 0.6
+
+
+@dataclass(frozen=True, slots=True)
+class StepRow:
+    """One step of the waterfall: committed (with a value) or failed and not committed."""
+
+    position: int | None
+    name: str
+    attempt: int
+    state: str  # "committed" or "failed"
+    offset_pct: float
+    width_pct: float
+    duration_ms: float | None
+    started_at: dt.datetime | None
+    value: Shown | None
+    failures: list[ErrorInfo]
+    tries: int
+
+
+@dataclass(frozen=True, slots=True)
+class AttemptRow:
+    """One delivery of the run to a worker and how it ended."""
+
+    attempt: int
+    worker: str
+    started_at: dt.datetime
+    outcome: str
+    error: ErrorInfo | None = None
+    retry_in_s: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class WaitRow:
+    """A suspension: a sleep, an event wait or a child wait."""
+
+    at: dt.datetime
+    reason: str
+    step: str
+    key: str
+    until: dt.datetime | None
+    child_id: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class LogRow:
+    """A log record captured into the trace (``type == "log"``)."""
+
+    at: dt.datetime
+    level: str
+    logger: str
+    message: str
+    step: str
+    attempt: str
+
+
+@dataclass(slots=True)
+class TraceView:
+    run: RunInfo
+    duration_ms: float | None
+    elapsed_ms: float
+    worker: str
+    steps: list[StepRow] = field(default_factory=list)
+    attempts: list[AttemptRow] = field(default_factory=list)
+    waits: list[WaitRow] = field(default_factory=list)
+    current_wait: WaitRow | None = None
+    logs: list[LogRow] = field(default_factory=list)
+    events: list[tuple[TraceEvent, dict[str, str]]] = field(default_factory=list)
+    children: list[tuple[str, RunSummary | None]] = field(default_factory=list)
+    forks: list[tuple[str, str]] = field(default_factory=list)
+    args: Shown | None = None
+    kwargs: Shown | None = None
+    result: Shown | None = None
+
+
+def _ms(at: dt.datetime | None) -> float | None:
+    return at.timestamp() * 1000 if at is not None else None
+
+
+def _span(run: RunInfo, now_ms: float) -> tuple[float, float]:
+    start = _ms(run.created_at) or now_ms
+    ends = [_ms(run.finished_at)] + [_ms(s.finished_at) for s in run.steps]
+    end = max([e for e in ends if e is not None] + [start + 1])
+    if run.finished_at is None:
+        end = max(end, now_ms)
+    return start, end
+
+
+def _error(fields: dict[str, str]) -> ErrorInfo:
+    return ErrorInfo(type=fields.get("error_type", ""), message=fields.get("error_message", ""),
+                     traceback=fields.get("traceback", ""))
+
+
+def _child_of(key: str) -> str | None:
+    prefix = child_event_key("")
+    return key.removeprefix(prefix) if key.startswith(prefix) else None
+
+
+def build_trace(
+    run: RunInfo,
+    redactor: Redactor,
+    children: list[tuple[str, RunSummary | None]],
+    now: dt.datetime | None = None,
+) -> TraceView:
+    """Everything the trace page shows, from the run record and its trace stream."""
+    now_ms = _ms(now or dt.datetime.now(dt.UTC)) or 0.0
+    start, end = _span(run, now_ms)
+    span = max(end - start, 1.0)
+    finished = _ms(run.finished_at)
+    view = TraceView(run=run, duration_ms=(finished - start) if finished else None,
+                     elapsed_ms=max(0.0, now_ms - start), worker=run.lease_owner or "",
+                     children=children,
+                     args=show(run.args, redactor), kwargs=show(run.kwargs, redactor),
+                     result=show(run.result, redactor) if run.result is not None else None)
+    for step in run.steps:
+        t0, t1 = _ms(step.started_at), _ms(step.finished_at)
+        offset = ((t0 - start) / span * 100) if t0 is not None else 0.0
+        width = ((t1 - t0) / span * 100) if t0 is not None and t1 is not None else 0.0
+        view.steps.append(StepRow(
+            position=step.position, name=step.name, attempt=step.attempt, state="committed",
+            offset_pct=_clamp(offset), width_pct=max(MIN_BAR_PCT, min(width, 100 - offset)),
+            duration_ms=step.duration_ms, started_at=step.started_at,
+            value=show(step.value, redactor), failures=list(step.failures),
+            tries=len(step.failures) + 1))
+    committed = {s.name for s in run.steps}
+    pending: dict[str, list[TraceEvent]] = {}
+    for ev in run.events:
+        _collect(view, ev, redactor, committed, pending)
+    for name, failures in pending.items():
+        at = _ms(failures[0].at) or start
+        view.steps.append(StepRow(
+            position=None, name=name, attempt=int(failures[-1].fields.get("attempt") or 0),
+            state="failed", offset_pct=_clamp((at - start) / span * 100),
+            width_pct=MIN_BAR_PCT, duration_ms=None, started_at=failures[0].at, value=None,
+            failures=[_error(f.fields) for f in failures], tries=len(failures)))
+    if run.status.value == "suspended" and view.waits:
+        view.current_wait = view.waits[-1]
+    return view
+
+
+def _clamp(pct: float) -> float:
+    return max(0.0, min(pct, 100.0 - MIN_BAR_PCT))
+
+
+def _collect(
+    view: TraceView, ev: TraceEvent, redactor: Redactor, committed: set[str],
+    pending: dict[str, list[TraceEvent]],
+) -> None:
+    f = ev.fields
+    view.events.append((ev, redactor.fields({k: v for k, v in f.items() if k != "type"})))
+    if ev.type == "attempt_started":
+        view.worker = f.get("worker", "") or view.worker
+        view.attempts.append(AttemptRow(attempt=int(f.get("attempt") or 0),
+                                        worker=f.get("worker", ""), started_at=ev.at,
+                                        outcome="running"))
+    elif ev.type in _OUTCOMES and view.attempts:
+        last = view.attempts[-1]
+        error = _error(f) if f.get("error_type") else None
+        view.attempts[-1] = AttemptRow(attempt=last.attempt, worker=last.worker,
+                                       started_at=last.started_at, outcome=_OUTCOMES[ev.type],
+                                       error=error, retry_in_s=f.get("retry_in_s", ""))
+    if ev.type == "step_failed" and f.get("step", "") not in committed:
+        pending.setdefault(f.get("step", ""), []).append(ev)
+    elif ev.type == "run_suspended":
+        until = f.get("until_ms", "")
+        key = f.get("key", "")
+        view.waits.append(WaitRow(
+            at=ev.at, reason=f.get("reason", ""), step=f.get("step", ""), key=key,
+            until=dt.datetime.fromtimestamp(int(until) / 1000, tz=dt.UTC) if until else None,
+            child_id=_child_of(key)))
+    elif ev.type == "log":
+        view.logs.append(LogRow(at=ev.at, level=f.get("level", ""), logger=f.get("logger", ""),
+                                message=f.get("message", ""), step=f.get("step", ""),
+                                attempt=f.get("attempt", "")))
+    elif ev.type == "run_forked":
+        view.forks.append((f.get("fork", ""), f.get("from_step", "")))
+
+
+#: Trace event types that end an attempt, and how the attempts table names them.
+_OUTCOMES = {
+    "attempt_failed": "failed, retrying",
+    "run_failed": "failed",
+    "run_completed": "completed",
+    "run_suspended": "suspended",
+    "run_cancelled": "cancelled",
+    "attempt_retrying": "retrying",
+    "attempt_interrupted": "interrupted",
+    "attempt_rejected": "rejected",
+    "attempt_fenced": "fenced out",
+    "crash_detected": "worker died",
+    "run_reaped": "worker died (reaped)",
+    "slot_denied": "waiting for a slot",
+}
