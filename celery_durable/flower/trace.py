@@ -76,6 +76,7 @@ class TraceView:
     run: RunInfo
     duration_ms: float | None
     elapsed_ms: float
+    queued_ms: float | None
     worker: str
     steps: list[StepRow] = field(default_factory=list)
     attempts: list[AttemptRow] = field(default_factory=list)
@@ -95,7 +96,9 @@ def _ms(at: dt.datetime | None) -> float | None:
 
 
 def _span(run: RunInfo, now_ms: float) -> tuple[float, float]:
-    start = _ms(run.created_at) or now_ms
+    """From the first attempt's start (queueing before it is shown apart) to the end."""
+    started = next((ev.at for ev in run.events if ev.type == "attempt_started"), None)
+    start = _ms(started) or _ms(run.created_at) or now_ms
     ends = [_ms(run.finished_at)] + [_ms(s.finished_at) for s in run.steps]
     end = max([e for e in ends if e is not None] + [start + 1])
     if run.finished_at is None:
@@ -124,8 +127,11 @@ def build_trace(
     start, end = _span(run, now_ms)
     span = max(end - start, 1.0)
     finished = _ms(run.finished_at)
-    view = TraceView(run=run, duration_ms=(finished - start) if finished else None,
-                     elapsed_ms=max(0.0, now_ms - start), worker=run.lease_owner or "",
+    created = _ms(run.created_at) or start
+    view = TraceView(run=run, duration_ms=(finished - created) if finished else None,
+                     elapsed_ms=max(0.0, now_ms - created),
+                     queued_ms=max(0.0, start - created) if run.attempt else None,
+                     worker=run.lease_owner or "",
                      children=children,
                      args=show(run.args, redactor), kwargs=show(run.kwargs, redactor),
                      result=show(run.result, redactor) if run.result is not None else None)

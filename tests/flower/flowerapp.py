@@ -25,7 +25,8 @@ app.conf.update(
     durable_flower_redact=("password", "secret", "token", "api_key", "authorization"),
 )
 
-#: Set this key (in db 4) to make ``flaky`` pass: the browser test "fixes" it, then replays.
+#: Set this key plus ":<order id>" (in db 4) to make ``flaky(order_id)`` pass: the browser
+#: test "fixes" the partner, then replays the failed run.
 FIXED_KEY = "flower-tests:fixed"
 
 
@@ -57,7 +58,7 @@ def prepare() -> str:
 
 @step(retry=RetryPolicy(max_attempts=2, min_delay=0.05, max_delay=0.05, jitter=False))
 def call_partner(order_id: str) -> str:
-    if not _flags().exists(FIXED_KEY):
+    if not _flags().exists(f"{FIXED_KEY}:{order_id}"):
         raise ValueError(f"partner rejected {order_id}")
     return "accepted"
 

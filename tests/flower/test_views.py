@@ -1,0 +1,321 @@
+"""The durable pages and JSON API of a real ``celery flower`` process, over runs a real
+worker made (see conftest.py)."""
+
+from __future__ import annotations
+
+import html
+import json
+import re
+import time
+from typing import Any
+from urllib.parse import quote
+
+import pytest
+
+from tests.flower.conftest import (
+    FlowerServer,
+    Seeded,
+    run_status,
+    start_flower,
+    stop_process,
+    task,
+    wait_for,
+)
+
+pytestmark = [pytest.mark.slow, pytest.mark.flower]
+
+
+def route_paths(run_id: str) -> list[tuple[str, str]]:
+    """(method, path) of every route install() adds, with ids filled in."""
+    return [
+        ("GET", "/durable/runs"),
+        ("GET", f"/durable/runs/{run_id}"),
+        ("POST", f"/durable/runs/{run_id}/cancel"),
+        ("GET", "/durable/limits"),
+        ("POST", "/durable/limits"),
+        ("GET", "/api/durable/runs"),
+        ("GET", f"/api/durable/runs/{run_id}"),
+        ("POST", f"/api/durable/runs/{run_id}/cancel"),
+        ("GET", "/api/durable/limits"),
+        ("POST", "/api/durable/limits"),
+    ]
+
+
+def test_every_route_is_in_the_auth_test() -> None:
+    from celery_durable.flower.install import ROUTES
+
+    tested = {path for _, path in route_paths("RID")}
+    for route in ROUTES:
+        path = (route.regex.pattern.rstrip("$").replace("([^/]+)", "RID")
+                .replace("([a-z-]+)", "cancel"))
+        assert path in tested, f"{route.regex.pattern}: add it to route_paths()"
+
+
+def test_no_credentials_no_access(flower: FlowerServer, seeded: Seeded) -> None:
+    for method, path in route_paths(seeded.waiting):
+        for auth in (None, "Basic " + "dXNlcjp3cm9uZw=="):  # none, then user:wrong
+            reply = flower.request(path, method=method, auth=auth,
+                                   data=b"" if method == "POST" else None)
+            assert reply.status == 401, (method, path, auth, reply.status, reply.body[:200])
+            assert seeded.waiting not in reply.body
+    assert run_status_via(flower, seeded.waiting) == "suspended"
+
+
+def run_status_via(flower: FlowerServer, run_id: str) -> str:
+    return str(flower.get(f"/api/durable/runs/{run_id}").json()["status"])
+
+
+def test_runs_list_page(flower: FlowerServer, seeded: Seeded) -> None:
+    page = flower.get("/durable/runs")
+    assert page.status == 200
+    for run_id in (seeded.completed, seeded.failed, seeded.waiting, seeded.hostile):
+        assert f'data-run-id="{run_id}"' in page.body
+    assert "approve-o-3" in page.body  # the idempotency key is shown with its run
+    assert re.search(r'data-status="failed">failed\s*<span class="durable-count">\d+', page.body)
+    assert 'id="durable-autorefresh"' in page.body
+    failed = flower.get("/durable/runs?status=failed")
+    assert seeded.failed in failed.body and seeded.completed not in failed.body
+
+
+def test_runs_api_filters(flower: FlowerServer, seeded: Seeded) -> None:
+    def ids(query: str) -> list[str]:
+        reply = flower.get("/api/durable/runs" + query)
+        assert reply.status == 200, reply.body
+        return [r["id"] for r in reply.json()["runs"]]
+
+    everything = flower.get("/api/durable/runs").json()
+    assert set(everything) == {"runs", "next_cursor", "counts"}
+    assert everything["counts"]["suspended"] >= 1 and everything["counts"]["failed"] >= 2
+    created = [r["created_at"] for r in everything["runs"]]
+    assert created == sorted(created, reverse=True)
+
+    assert seeded.failed in ids("?status=failed")
+    assert all(r["status"] == "failed"
+               for r in flower.get("/api/durable/runs?status=failed").json()["runs"])
+    flaky = flower.get("/api/durable/runs?task=flower_tests.flaky").json()["runs"]
+    assert seeded.failed in [r["id"] for r in flaky]
+    assert {r["task"] for r in flaky} == {"flower_tests.flaky"}
+    assert seeded.completed in ids("?queue=flower-tests")
+    assert ids("?queue=elsewhere") == []
+    assert ids("?q=approve-o-3") == [seeded.waiting]
+    assert ids(f"?q={seeded.hostile}") == [seeded.hostile]
+    assert ids(f"?q={seeded.hostile}&status=failed") == []
+    future = int(time.time() * 1000) + 3_600_000
+    assert ids(f"?since={future}") == []
+    assert seeded.doomed in ids("?since=2000-01-01T00:00&until=" + str(future))
+
+
+def test_runs_api_pages_server_side(flower: FlowerServer, seeded: Seeded) -> None:
+    seen: list[str] = []
+    cursor: Any = 0
+    while cursor is not None:
+        page = flower.get(f"/api/durable/runs?limit=2&cursor={cursor}").json()
+        assert len(page["runs"]) <= 2
+        seen += [r["id"] for r in page["runs"]]
+        cursor = page["next_cursor"]
+    all_ids = [r["id"] for r in flower.get("/api/durable/runs?limit=500").json()["runs"]]
+    assert seen == all_ids and len(set(seen)) == len(seen) >= 5
+
+
+@pytest.mark.parametrize(("query", "named"), [
+    ("?status=sleeping", "unknown run status 'sleeping'"),
+    ("?since=yesterday", "since='yesterday' is not a time"),
+    ("?limit=0", "limit must be 1..500"),
+    ("?cursor=-1", "cursor must be 0.."),
+])
+def test_runs_api_bad_parameters(flower: FlowerServer, query: str, named: str) -> None:
+    reply = flower.get("/api/durable/runs" + query)
+    assert reply.status == 400
+    assert named in reply.json()["error"]
+
+
+def test_run_api_and_unknown_run(flower: FlowerServer, seeded: Seeded) -> None:
+    run = flower.get(f"/api/durable/runs/{seeded.failed}").json()
+    assert run["status"] == "failed" and run["task"] == "flower_tests.flaky"
+    assert [s["name"] for s in run["steps"]] == ["prepare"]
+    assert "partner rejected o-2" in run["error"]["message"]
+    assert "Traceback" in run["error"]["traceback"]
+    assert [e["type"] for e in run["events"]].count("step_failed") == 2
+    missing = flower.get("/api/durable/runs/no-such-run")
+    assert missing.status == 404 and "no durable run 'no-such-run'" in missing.json()["error"]
+    assert flower.get("/durable/runs/no-such-run").status == 404
+
+
+def test_secrets_are_redacted(flower: FlowerServer, seeded: Seeded) -> None:
+    run = flower.get(f"/api/durable/runs/{seeded.completed}").json()
+    assert run["steps"][0]["value"]["api_key"] == "[redacted]"
+    assert run["steps"][0]["value"]["amount"] == 42
+    assert run["result"] == {"charge": "ch_o-1", "token": "[redacted]"}
+    page = flower.get(f"/durable/runs/{seeded.completed}")
+    for body in (page.body, json.dumps(run)):
+        assert "SECRET" not in body
+    assert "[redacted]" in page.body
+    # The long note is cut in the preview and kept whole behind "show more".
+    assert "show more" in page.body and "x" * 900 in page.body
+
+
+def test_trace_page(flower: FlowerServer, seeded: Seeded) -> None:
+    failed = flower.get(f"/durable/runs/{seeded.failed}").body
+    assert 'data-step="prepare" data-state="committed"' in failed
+    assert 'data-step="call_partner" data-state="failed"' in failed
+    assert "2 failed tries" in failed
+    assert "partner rejected o-2" in failed and "Traceback (most recent call last)" in failed
+    assert f'href="/task/{seeded.failed}"' in failed  # Flower's own task page
+    assert 'id="durable-replay"' in failed
+    waiting = flower.get(f"/durable/runs/{seeded.waiting}").body
+    assert 'id="durable-current-wait"' in waiting
+    assert "waiting for event <code>approve:o-3</code>" in waiting
+    assert 'value="approve:o-3"' in waiting  # the send-event form knows the key
+    assert "approve-o-3" in waiting  # the idempotency key in the header
+
+
+def test_captured_logs_are_shown(flower: FlowerServer, seeded: Seeded, flower_app: Any) -> None:
+    from celery_durable import DurableClient
+
+    store = DurableClient(flower_app.app).store
+    store.append_event(seeded.doomed, "log", {
+        "level": "WARNING", "logger": "shop.payments", "attempt": 1, "step": "",
+        "message": "card <b>declined</b> for order o-9"})
+    page = flower.get(f"/durable/runs/{seeded.doomed}").body
+    row = re.search(r'<tr class="log-WARNING">.*?</tr>', page, re.S)
+    assert row is not None, "the log line is not in the logs table"
+    assert "shop.payments" in row.group(0)
+    assert "card &lt;b&gt;declined&lt;/b&gt; for order o-9" in row.group(0)
+
+
+def test_html_in_step_names_and_payloads_is_text(flower: FlowerServer, seeded: Seeded) -> None:
+    for path in (f"/durable/runs/{seeded.hostile}", "/durable/runs"):
+        body = flower.get(path).body
+        assert "<script>window.__xss" not in body
+    body = flower.get(f"/durable/runs/{seeded.hostile}").body
+    assert html.escape("<script>window.__xss_step=1</script>", quote=False) in body
+    assert "&lt;script&gt;window.__xss_payload=1&lt;/script&gt;" in body
+
+
+def test_navbar_has_runs_on_flowers_own_pages(flower: FlowerServer) -> None:
+    for path in ("/workers", "/tasks", "/broker", "/durable/runs"):
+        body = flower.get(path).body
+        assert 'href="/durable/runs"' in body, path
+        assert ">Runs</a>" in body
+
+
+def test_actions_through_the_api(flower: FlowerServer, seeded: Seeded,
+                                 flower_app: Any) -> None:
+    pending = task(flower_app, "approval").apply_async(("o-api",),
+                                                        idempotency_key="approve-o-api").id
+    wait_for("the api run to wait", lambda: run_status(flower_app, pending) == "suspended")
+    sent = flower.post_json(f"/api/durable/runs/{pending}/send-event",
+                            {"key": "approve:o-api", "payload": {"approved": "yes"}})
+    assert sent.status == 200, sent.body
+    assert sent.json()["woken"] == [pending]
+    wait_for("the api run to complete",
+             lambda: run_status(flower_app, pending) == "completed")
+    assert flower.get(f"/api/durable/runs/{pending}").json()["result"] == {"approved": "yes"}
+
+    reset = flower.post_json(f"/api/durable/runs/{pending}/reset-key", {})
+    assert reset.json()["existed"] is True
+    again = task(flower_app, "approval").apply_async(("o-api",),
+                                                      idempotency_key="approve-o-api").id
+    assert again != pending
+    cancelled = flower.post_json(f"/api/durable/runs/{again}/cancel", {})
+    assert cancelled.status == 200, cancelled.body
+    wait_for("the cancel", lambda: run_status(flower_app, again) == "cancelled")
+
+    forked = flower.post_json(f"/api/durable/runs/{seeded.completed}/fork",
+                              {"from_step": "charge"})
+    assert forked.status == 200, forked.body
+    fork_id = forked.json()["run_id"]
+    wait_for("the fork", lambda: run_status(flower_app, fork_id) == "completed")
+    bad = flower.post_json(f"/api/durable/runs/{seeded.completed}/replay", {})
+    assert bad.status == 400 and "only failed or cancelled runs" in bad.json()["error"]
+    unknown = flower.post_json(f"/api/durable/runs/{seeded.completed}/explode", {})
+    assert unknown.status == 400 and "unknown action 'explode'" in unknown.json()["error"]
+
+
+def test_edit_a_limit(flower: FlowerServer) -> None:
+    changed = flower.post_json("/api/durable/limits",
+                               {"name": "task:flower_tests.limited", "limit": 5})
+    assert changed.status == 200, changed.body
+    rows = flower.get("/api/durable/limits").json()["limits"]
+    row = next(r for r in rows if r["name"] == "task:flower_tests.limited")
+    assert (row["coded"], row["runtime"], row["effective"]) == (3, 5, 5)
+    # The page form posts the same change (Flower's XSRF check lets same-origin posts in).
+    form = flower.request("/durable/limits", method="POST",
+                          data=b"name=task%3Aflower_tests.limited&limit=4",
+                          headers={"Content-Type": "application/x-www-form-urlencoded",
+                                   "Sec-Fetch-Site": "same-origin"})
+    assert form.status == 302 and "limit+task" in form.headers["Location"]
+    assert "<td>4</td>" in flower.get("/durable/limits").body
+    bad = flower.post_json("/api/durable/limits", {"name": "task:flower_tests.limited",
+                                                   "limit": -1})
+    assert bad.status == 400 and "must be an int >= 0" in bad.json()["error"]
+
+
+def test_cross_site_posts_are_refused(flower: FlowerServer, seeded: Seeded) -> None:
+    for path in (f"/durable/runs/{seeded.waiting}/cancel",
+                 f"/api/durable/runs/{seeded.waiting}/cancel"):
+        reply = flower.request(path, method="POST", data=b"",
+                               headers={"Sec-Fetch-Site": "cross-site"})
+        assert reply.status == 403, (path, reply.status)
+    assert run_status_via(flower, seeded.waiting) == "suspended"
+
+
+def test_page_action_redirects_with_the_outcome(flower: FlowerServer, seeded: Seeded) -> None:
+    reply = flower.request(f"/durable/runs/{seeded.completed}/fork", method="POST",
+                           data=b"from_step=no-such-step",
+                           headers={"Content-Type": "application/x-www-form-urlencoded"})
+    assert reply.status == 302
+    location = reply.headers["Location"]
+    assert location.startswith(f"/durable/runs/{seeded.completed}?error=")
+    shown = flower.get(location).body
+    assert 'id="durable-problem"' in shown and "no-such-step" in shown
+
+
+def test_metrics(flower: FlowerServer, seeded: Seeded) -> None:
+    def scrape() -> str:
+        reply = flower.get("/metrics", auth=None)  # Flower serves /metrics without auth
+        assert reply.status == 200
+        return reply.body
+
+    def value(text: str, sample: str) -> float:
+        found = re.search(rf"^{re.escape(sample)} (\S+)$", text, re.M)
+        return float(found.group(1)) if found else -1.0
+
+    checkout = 'task="flower_tests.checkout"'
+
+    def polled() -> str:
+        text = scrape()
+        return text if value(text, f"durable_flower_steps_committed_total{{{checkout}}}") >= 2 \
+            else ""
+
+    text = wait_for("the metrics poll to see the seeded runs", polled)
+    assert value(text, 'durable_flower_runs{status="suspended"}') >= 1
+    assert value(text, 'durable_flower_runs{status="failed"}') >= 2
+    assert value(text, f'durable_flower_step_duration_seconds_count{{{checkout}}}') >= 2
+    assert value(text, 'durable_flower_retries_total{kind="step",task="flower_tests.flaky"}') >= 2
+    assert value(text, 'durable_flower_slot_limit{limit="task:flower_tests.limited"}') >= 3
+    assert value(text, 'durable_flower_slots_in_use{limit="task:flower_tests.limited"}') == 0
+    assert value(text, 'durable_flower_parked_runs{limit="task:flower_tests.limited"}') == 0
+    assert value(text, 'durable_flower_runs_finished_total{status="failed",'
+                       'task="flower_tests.doomed"}') >= 1
+    assert value(text, "durable_flower_poll_errors_total") == 0
+    assert "approve" not in text and seeded.waiting not in text  # no keys or ids in labels
+
+
+def test_url_prefix_and_read_only(redis_base_url: str, seeded: Seeded) -> None:
+    server = start_flower(redis_base_url, "--url_prefix=ops/flower", "--read_only=True")
+    try:
+        page = server.get("/durable/runs")
+        assert page.status == 200
+        assert 'href="/ops/flower/durable/runs"' in page.body  # navbar item, prefixed
+        assert f'href="/ops/flower/durable/runs/{quote(seeded.failed)}"' in page.body
+        assert "durable-replay" not in page.body  # no action forms when read-only
+        trace = server.get(f"/durable/runs/{seeded.failed}")
+        assert trace.status == 200 and 'id="durable-actions"' not in trace.body
+        assert server.get(f"/api/durable/runs/{seeded.failed}").json()["id"] == seeded.failed
+        refused = server.post_json(f"/api/durable/runs/{seeded.failed}/replay", {})
+        assert refused.status == 403 and "--read_only" in refused.json()["error"]
+        assert server.get("/durable/runs", auth=None).status == 401
+        assert run_status_via(server, seeded.failed) == "failed"
+    finally:
+        stop_process(server.proc)
