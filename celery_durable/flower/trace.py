@@ -19,6 +19,16 @@ MIN_BAR_PCT = 0.6
 
 
 @dataclass(frozen=True, slots=True)
+class FailureRow:
+    """One failed try of a step (from its ``step_failed`` trace event)."""
+
+    error: ErrorInfo
+    attempt: str
+    try_number: str
+    at: dt.datetime
+
+
+@dataclass(frozen=True, slots=True)
 class StepRow:
     """One step of the waterfall: committed (with a value) or failed and not committed."""
 
@@ -31,8 +41,7 @@ class StepRow:
     duration_ms: float | None
     started_at: dt.datetime | None
     value: Shown | None
-    failures: list[ErrorInfo]
-    tries: int
+    failures: list[FailureRow]
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,6 +144,12 @@ def build_trace(
                      children=children,
                      args=show(run.args, redactor), kwargs=show(run.kwargs, redactor),
                      result=show(run.result, redactor) if run.result is not None else None)
+    failed: dict[str, list[FailureRow]] = {}
+    for ev in run.events:
+        if ev.type == "step_failed":
+            failed.setdefault(ev.fields.get("step", ""), []).append(FailureRow(
+                error=_error(ev.fields), attempt=ev.fields.get("attempt", ""),
+                try_number=ev.fields.get("try", ""), at=ev.at))
     for step in run.steps:
         t0, t1 = _ms(step.started_at), _ms(step.finished_at)
         offset = ((t0 - start) / span * 100) if t0 is not None else 0.0
@@ -143,19 +158,19 @@ def build_trace(
             position=step.position, name=step.name, attempt=step.attempt, state="committed",
             offset_pct=_clamp(offset), width_pct=max(MIN_BAR_PCT, min(width, 100 - offset)),
             duration_ms=step.duration_ms, started_at=step.started_at,
-            value=show(step.value, redactor), failures=list(step.failures),
-            tries=len(step.failures) + 1))
-    committed = {s.name for s in run.steps}
-    pending: dict[str, list[TraceEvent]] = {}
+            value=show(step.value, redactor), failures=failed.get(step.name, [])))
     for ev in run.events:
-        _collect(view, ev, redactor, committed, pending)
-    for name, failures in pending.items():
+        _collect(view, ev, redactor)
+    committed = {s.name for s in run.steps}
+    for name, failures in failed.items():
+        if name in committed:
+            continue
         at = _ms(failures[0].at) or start
         view.steps.append(StepRow(
-            position=None, name=name, attempt=int(failures[-1].fields.get("attempt") or 0),
+            position=None, name=name, attempt=int(failures[-1].attempt or 0),
             state="failed", offset_pct=_clamp((at - start) / span * 100),
             width_pct=MIN_BAR_PCT, duration_ms=None, started_at=failures[0].at, value=None,
-            failures=[_error(f.fields) for f in failures], tries=len(failures)))
+            failures=failures))
     if run.status.value == "suspended" and view.waits:
         view.current_wait = view.waits[-1]
     return view
@@ -165,10 +180,7 @@ def _clamp(pct: float) -> float:
     return max(0.0, min(pct, 100.0 - MIN_BAR_PCT))
 
 
-def _collect(
-    view: TraceView, ev: TraceEvent, redactor: Redactor, committed: set[str],
-    pending: dict[str, list[TraceEvent]],
-) -> None:
+def _collect(view: TraceView, ev: TraceEvent, redactor: Redactor) -> None:
     f = ev.fields
     view.events.append((ev, redactor.fields({k: v for k, v in f.items() if k != "type"})))
     if ev.type == "attempt_started":
@@ -182,9 +194,7 @@ def _collect(
         view.attempts[-1] = AttemptRow(attempt=last.attempt, worker=last.worker,
                                        started_at=last.started_at, outcome=_OUTCOMES[ev.type],
                                        error=error, retry_in_s=f.get("retry_in_s", ""))
-    if ev.type == "step_failed" and f.get("step", "") not in committed:
-        pending.setdefault(f.get("step", ""), []).append(ev)
-    elif ev.type == "run_suspended":
+    if ev.type == "run_suspended":
         until = f.get("until_ms", "")
         key = f.get("key", "")
         view.waits.append(WaitRow(
