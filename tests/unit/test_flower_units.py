@@ -1,0 +1,130 @@
+"""The pure parts of the Flower views: the navbar patch (a guard against Flower template
+drift), redaction, the trace builder, query parameters and the settings they read."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+from celery import Celery
+from tornado.template import Template
+
+from celery_durable.config import forget_settings, settings_for
+from celery_durable.errors import ConfigurationError
+from celery_durable.flower.params import parse_time, run_query
+from celery_durable.flower.redaction import REDACTED, Redactor, show
+from celery_durable.flower.templating import NAVBAR_ANCHOR, flower_templates, patch_navbar
+from celery_durable.flower.trace import build_trace
+from celery_durable.models import ErrorInfo, RunInfo, RunStatus, StepInfo, TraceEvent
+from celery_durable.queries import RunQuery
+
+
+def test_flowers_navbar_still_has_the_anchor_the_runs_item_needs() -> None:
+    navbar = (flower_templates() / "navbar.html").read_text()
+    patched = patch_navbar(navbar)
+    assert patched is not None, (
+        f"Flower's navbar.html (in {flower_templates()}) no longer has {NAVBAR_ANCHOR!r} "
+        "after its Tasks item: update celery_durable/flower/templating.py for this Flower")
+    first_list = patched[:patched.index(NAVBAR_ANCHOR, patched.index("durable-runs"))]
+    assert "reverse_url('tasks')" in first_list and "reverse_url('durable-runs')" in first_list
+    assert patched.count("reverse_url('durable-runs')") == 1
+    Template(patched, name="navbar.html")  # still a valid template
+
+
+def test_a_navbar_without_the_anchor_is_left_alone() -> None:
+    assert patch_navbar("<nav><div>no list here</div></nav>") is None
+
+
+def test_redaction_follows_keys_at_any_depth() -> None:
+    r = Redactor(("password", "api[_-]?key", "token"))
+    value = {"user": "ann", "Password": "p", "nested": [{"API-Key": "k", "ok": 1}],
+             "tokens": ["a"], "list": [1, {"x": {"auth_token": "t"}}]}
+    assert r.value(value) == {"user": "ann", "Password": REDACTED,
+                              "nested": [{"API-Key": REDACTED, "ok": 1}], "tokens": REDACTED,
+                              "list": [1, {"x": {"auth_token": REDACTED}}]}
+    assert r.fields({"secret_token": "x", "payload": '{"password": "p", "n": 2}', "n": "1"}) \
+        == {"secret_token": REDACTED, "payload": '{"password": "[redacted]", "n": 2}', "n": "1"}
+    assert Redactor(()).value({"password": "p"}) == {"password": "p"}
+
+
+def test_long_values_have_a_preview_and_the_full_text() -> None:
+    shown = show({"note": "x" * 2000}, Redactor(()), limit=100)
+    assert shown.truncated and len(shown.preview) <= 104 and "x" * 2000 in shown.full
+    short = show([1, 2], Redactor(()))
+    assert not short.truncated and short.preview == short.full
+
+
+def _at(ms: int) -> dt.datetime:
+    return dt.datetime.fromtimestamp(ms / 1000, tz=dt.UTC)
+
+
+def test_trace_of_a_run_with_retries_waits_and_logs() -> None:
+    def ev(ms: int, type_: str, **fields: str) -> TraceEvent:
+        return TraceEvent(id=f"{ms}-0", at=_at(ms), type=type_, fields={"type": type_, **fields})
+
+    err = {"error_type": "ValueError", "error_message": "no", "traceback": "Traceback ..."}
+    run = RunInfo(
+        id="r", task="t", status=RunStatus.SUSPENDED, attempt=2, created_at=_at(1000),
+        updated_at=_at(5000), finished_at=None, step_count=1,
+        steps=[StepInfo(position=0, name="fetch", attempt=1, started_at=_at(2000),
+                        finished_at=_at(3000), duration_ms=1000, value={"token": "t"})],
+        events=[ev(1500, "attempt_started", attempt="1", worker="w1"),
+                ev(3100, "step_failed", step="charge", attempt="1", **{"try": "1"}, **err),
+                ev(3200, "attempt_failed", attempt="1", retry_in_s="1.000", **err),
+                ev(4000, "attempt_started", attempt="2", worker="w2"),
+                ev(4100, "log", level="INFO", logger="app", message="<b>hi</b>", step="",
+                   attempt="2"),
+                ev(4200, "run_suspended", reason="wait_for_event", key="k", step="approve",
+                   until_ms="")],
+    )
+    view = build_trace(run, Redactor(("token",)), [], now=_at(6000))
+    fetch, charge = view.steps
+    assert (fetch.state, charge.state) == ("committed", "failed")
+    assert fetch.value is not None and REDACTED in fetch.value.full
+    assert fetch.offset_pct == pytest.approx((2000 - 1500) / (6000 - 1500) * 100)
+    assert fetch.width_pct == pytest.approx(1000 / 4500 * 100)
+    assert [f.error.message for f in charge.failures] == ["no"]
+    assert [(a.attempt, a.worker, a.outcome) for a in view.attempts] == [
+        (1, "w1", "failed, retrying"), (2, "w2", "suspended")]
+    assert view.current_wait is not None and view.current_wait.key == "k"
+    assert [line.message for line in view.logs] == ["<b>hi</b>"]
+    assert view.worker == "w2" and view.duration_ms is None
+    assert view.queued_ms == 500 and view.elapsed_ms == 5000
+
+
+def test_child_waits_name_the_child() -> None:
+    run = RunInfo(id="p", task="t", status=RunStatus.SUSPENDED, attempt=1,
+                  created_at=_at(0), updated_at=_at(1), finished_at=None, step_count=0,
+                  error=ErrorInfo(type="x", message="y"),
+                  events=[TraceEvent(id="5-0", at=_at(5), type="run_suspended",
+                                     fields={"reason": "wait_for_child", "key": "child:c1"})])
+    view = build_trace(run, Redactor(()), [("c1", None)], now=_at(10))
+    assert view.current_wait is not None and view.current_wait.child_id == "c1"
+
+
+def test_query_parameters() -> None:
+    args = {"status": "failed", "task": "t", "since": "2026-12-01T10:00",
+            "until": "1896000000000", "q": " key-1 ", "limit": "20", "cursor": "40"}
+    since = int(dt.datetime(2026, 12, 1, 10, tzinfo=dt.UTC).timestamp() * 1000)
+    assert run_query(args.get) == RunQuery(
+        status=RunStatus.FAILED, task="t", since_ms=since, until_ms=1896000000000,
+        search="key-1", limit=20, cursor=40)
+    assert run_query({}.get) == RunQuery()
+    assert parse_time("since", "2026-12-01T10:00:00+01:00") == parse_time(
+        "since", "2026-12-01T09:00")
+    with pytest.raises(ConfigurationError, match="until='soon' is not a time"):
+        run_query({"until": "soon"}.get)
+    with pytest.raises(ConfigurationError, match="unknown run status 'done'"):
+        run_query({"status": "done"}.get)
+    with pytest.raises(ConfigurationError, match="the time range is empty"):
+        RunQuery(since_ms=10, until_ms=5)
+
+
+def test_redact_setting_is_validated() -> None:
+    app = Celery("redact", broker="redis://127.0.0.1:1/0", set_as_current=False)
+    app.conf.durable_flower_redact = ["ok", "(unclosed"]
+    with pytest.raises(ConfigurationError, match=r"durable_flower_redact.*'\(unclosed'"):
+        settings_for(app)
+    app.conf.durable_flower_redact = ["session"]
+    forget_settings(app)
+    assert settings_for(app).flower_redact == ("session",)
