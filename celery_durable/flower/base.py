@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import functools
+import json
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -116,14 +117,34 @@ def _reason(status: int) -> str:
     return {400: "Bad Request", 404: "Not Found", 503: "Service Unavailable"}.get(status, "Error")
 
 
+#: The signed cookie carrying an action's outcome to the page it redirects to.
+FLASH_COOKIE = "durable_flash"
+
+
 class DurablePage(DurableMixin, BaseHandler):  # type: ignore[misc]
     """A page: Flower's layout and auth, our template loader (see install)."""
 
+    def flash(self, notice: str = "", problem: str = "") -> None:
+        """Show ``notice`` or ``problem`` on the next page this browser loads (a signed
+        session cookie, so a crafted link cannot put words in the page's mouth)."""
+        self.set_secure_cookie(FLASH_COOKIE, json.dumps([notice, problem]), expires_days=None)
+
+    def _take_flash(self) -> tuple[str, str]:
+        raw = self.get_secure_cookie(FLASH_COOKIE, max_age_days=1)
+        if raw is None:
+            return "", ""
+        self.clear_cookie(FLASH_COOKIE)
+        try:
+            notice, problem = json.loads(raw)
+        except ValueError:
+            return "", ""
+        return str(notice), str(problem)
+
     def render_page(self, template: str, **kwargs: Any) -> None:
+        notice, problem = self._take_flash()
         values: dict[str, Any] = {
             "fmt_time": fmt_time, "fmt_ms": fmt_ms, "badges": BADGES,
-            "read_only": self.read_only, "notice": self.arg("notice") or "",
-            "problem": self.arg("error") or ""}
+            "read_only": self.read_only, "notice": notice, "problem": problem}
         values.update(kwargs)
         self.render(template, **values)
 

@@ -75,16 +75,17 @@ class RunActionView(DurablePage):
         except tornado.web.HTTPError as exc:
             if exc.status_code not in (400, 404):
                 raise
-            self._back(run_id, error=http_message(exc))
+            self.flash(problem=http_message(exc))
+            self._back(run_id)
             return
-        self._back(outcome.run_id or run_id, notice=outcome.message)
+        self.flash(notice=outcome.message)
+        self._back(outcome.run_id or run_id)
 
-    def _back(self, run_id: str, **message: str) -> None:
-        back = self.arg("next")
-        if back == "list":
-            self.redirect(self.reverse_url("durable-runs") + "?" + urlencode(message))
+    def _back(self, run_id: str) -> None:
+        if self.arg("next") == "list":
+            self.redirect(self.reverse_url("durable-runs"))
         else:
-            self.redirect(self.reverse_url("durable-run", run_id) + "?" + urlencode(message))
+            self.redirect(self.reverse_url("durable-run", run_id))
 
 
 class LimitsView(DurablePage):
@@ -98,12 +99,12 @@ class LimitsView(DurablePage):
         self.deny_if_read_only()
         try:
             outcome: Outcome = await self.blocking(set_limit, self.client(), self.arg)
-            message = {"notice": outcome.message}
+            self.flash(notice=outcome.message)
         except tornado.web.HTTPError as exc:
             if exc.status_code != 400:
                 raise
-            message = {"error": http_message(exc)}
-        self.redirect(self.reverse_url("durable-limits") + "?" + urlencode(message))
+            self.flash(problem=http_message(exc))
+        self.redirect(self.reverse_url("durable-limits"))
 
 
 __all__ = ["LimitsView", "RunActionView", "RunView", "RunsView", "error_status"]

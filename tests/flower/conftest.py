@@ -104,13 +104,13 @@ def _log_of(proc: subprocess.Popen[bytes]) -> str:
         return fh.read()[-4000:]
 
 
-def start_flower(redis_base_url: str, *extra: str) -> FlowerServer:
+def start_flower(redis_base_url: str, *extra: str, basic_auth: bool = True) -> FlowerServer:
     from celery_durable.flower import CONF_PATH
 
     port = free_port()
+    auth = [f"--basic-auth={USER}:{PASSWORD}"] if basic_auth else []
     cmd = [sys.executable, "-m", "celery", "-A", "tests.flower.flowerapp", "flower",
-           f"--port={port}", "--address=127.0.0.1", f"--basic-auth={USER}:{PASSWORD}",
-           f"--conf={CONF_PATH}", *extra]
+           f"--port={port}", "--address=127.0.0.1", *auth, f"--conf={CONF_PATH}", *extra]
     proc = _spawn(cmd, _env(redis_base_url), "flower")
     prefix = next((e.split("=", 1)[1].strip("/") for e in extra
                    if e.startswith("--url_prefix=")), "")

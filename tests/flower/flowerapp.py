@@ -89,3 +89,20 @@ def limited() -> str:
 @durable_task(name="flower_tests.doomed")
 def doomed() -> None:
     raise NonRetryableError("doomed on purpose")
+
+
+@durable_task(name="flower_tests.child")
+def child(n: int) -> int:
+    return n * 2
+
+
+@durable_task(name="flower_tests.parent")
+def parent(n: int) -> int:
+    return int(current_run().call(child, n)) + 1
+
+
+@durable_task(name="flower_tests.napper")
+def napper() -> str:
+    prepare()
+    current_run().sleep("nap", 3600)
+    return "rested"

@@ -244,8 +244,10 @@ def test_edit_a_limit(flower: FlowerServer) -> None:
                           data=b"name=task%3Aflower_tests.limited&limit=4",
                           headers={"Content-Type": "application/x-www-form-urlencoded",
                                    "Sec-Fetch-Site": "same-origin"})
-    assert form.status == 302 and "limit+task" in form.headers["Location"]
-    assert "<td>4</td>" in flower.get("/durable/limits").body
+    assert form.status == 302 and form.headers["Location"] == "/durable/limits"
+    shown = flower.get("/durable/limits", headers={"Cookie": flash_cookie(form)}).body
+    assert "<td>4</td>" in shown
+    assert 'id="durable-notice"' in shown and "limit task:flower_tests.limited set to 4" in shown
     bad = flower.post_json("/api/durable/limits", {"name": "task:flower_tests.limited",
                                                    "limit": -1})
     assert bad.status == 400 and "must be an int >= 0" in bad.json()["error"]
@@ -265,10 +267,21 @@ def test_page_action_redirects_with_the_outcome(flower: FlowerServer, seeded: Se
                            data=b"from_step=no-such-step",
                            headers={"Content-Type": "application/x-www-form-urlencoded"})
     assert reply.status == 302
-    location = reply.headers["Location"]
-    assert location.startswith(f"/durable/runs/{seeded.completed}?error=")
-    shown = flower.get(location).body
+    assert reply.headers["Location"] == f"/durable/runs/{seeded.completed}"
+    shown = flower.get(reply.headers["Location"], headers={"Cookie": flash_cookie(reply)}).body
     assert 'id="durable-problem"' in shown and "no-such-step" in shown
+    # The message travels in a signed cookie: a crafted link cannot show one.
+    crafted = flower.get(f"/durable/runs/{seeded.completed}?error=call+us&notice=call+us").body
+    assert "call us" not in crafted and 'id="durable-problem"' not in crafted
+    forged = flower.get(f"/durable/runs/{seeded.completed}",
+                        headers={"Cookie": 'durable_flash="[\"call us\", \"\"]"'}).body
+    assert "call us" not in forged
+
+
+def flash_cookie(reply: Any) -> str:
+    found = re.search(r"(durable_flash=[^;]+)", reply.headers.get("Set-Cookie", ""))
+    assert found, f"no flash cookie in {reply.headers}"
+    return found.group(1)
 
 
 def test_metrics(flower: FlowerServer, seeded: Seeded) -> None:
@@ -323,5 +336,77 @@ def test_url_prefix_and_read_only(redis_base_url: str, seeded: Seeded) -> None:
         assert refused.status == 403 and "--read_only" in refused.json()["error"]
         assert server.get("/durable/runs", auth=None).status == 401
         assert run_status_via(server, seeded.failed) == "failed"
+    finally:
+        stop_process(server.proc)
+
+
+def test_parent_and_child_runs_link_to_each_other(flower: FlowerServer, flower_worker: Any,
+                                                  flower_app: Any) -> None:
+    parent = task(flower_app, "parent").delay(20).id
+    wait_for("the parent run", lambda: run_status(flower_app, parent) == "completed")
+    run = flower.get(f"/api/durable/runs/{parent}").json()
+    assert run["result"] == 41 and len(run["children"]) == 1
+    child = run["children"][0]
+    page = flower.get(f"/durable/runs/{parent}").body
+    assert f'href="/durable/runs/{child}"' in page
+    assert re.search(rf"{child}</code></a>\s*<span class=\"badge text-bg-success\">completed",
+                     page)
+    assert f'href="/durable/runs/{parent}"' in flower.get(f"/durable/runs/{child}").body
+
+
+def test_sleeping_run_then_cancel_from_its_page(flower: FlowerServer, flower_worker: Any,
+                                                flower_app: Any) -> None:
+    napper = task(flower_app, "napper").delay().id
+    wait_for("the nap", lambda: run_status(flower_app, napper) == "suspended")
+    page = flower.get(f"/durable/runs/{napper}").body
+    assert re.search(r"sleeping until \d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3} UTC", page)
+    assert 'id="durable-cancel"' in page
+    reply = flower.request(f"/durable/runs/{napper}/cancel", method="POST", data=b"",
+                           headers={"Sec-Fetch-Site": "same-origin"})
+    assert reply.status == 302
+    assert run_status(flower_app, napper) == "cancelled"
+    shown = flower.get(f"/durable/runs/{napper}", headers={"Cookie": flash_cookie(reply)}).body
+    assert f"run {napper} cancelled (it was suspended)" in shown
+    assert 'id="durable-cancel"' not in shown and 'id="durable-replay"' in shown
+
+
+def test_oauth_sessions(redis_base_url: str, seeded: Seeded) -> None:
+    """With OAuth (--auth), the pages and API need Flower's signed login cookie, and the
+    forms' XSRF token is checked."""
+    from tornado.web import create_signed_value
+
+    secret = "durable-test-secret"
+    server = start_flower(redis_base_url, "--auth=.*@example.com", f"--cookie_secret={secret}",
+                          basic_auth=False)
+    try:
+        for method, path in route_paths(seeded.waiting):
+            reply = server.request(path, method=method, auth=None,
+                                   data=b"" if method == "POST" else None)
+            if method == "GET":
+                assert reply.status == 302, (path, reply.status)
+                assert reply.headers["Location"].startswith("/login?next=")
+            else:
+                assert reply.status == 403, (path, reply.status)
+        user = create_signed_value(secret, "user", "ann@example.com").decode()
+        page = server.get(f"/durable/runs/{seeded.waiting}", auth=None,
+                          headers={"Cookie": f"user={user}"})
+        assert page.status == 200 and 'name="_xsrf"' in page.body
+        xsrf = re.search(r"_xsrf=([^;]+)", page.headers.get("Set-Cookie", ""))
+        assert xsrf is not None
+        form = re.search(r'name="_xsrf" value="([^"]+)"', page.body)
+        assert form is not None
+        cookies = f"user={user}; _xsrf={xsrf.group(1)}"
+        missing = server.request(f"/durable/runs/{seeded.waiting}/send-event", method="POST",
+                                 auth=None, data=b"key=nobody-waits",
+                                 headers={"Cookie": cookies})
+        assert missing.status == 403  # no _xsrf field: refused
+        sent = server.request(f"/durable/runs/{seeded.waiting}/send-event", method="POST",
+                              auth=None, data=f"key=nobody-waits&_xsrf={form.group(1)}".encode(),
+                              headers={"Cookie": cookies,
+                                       "Content-Type": "application/x-www-form-urlencoded"})
+        assert sent.status == 302, sent.body
+        outsider = create_signed_value(secret, "user", "eve@elsewhere.org").decode()
+        assert server.get("/api/durable/runs", auth=None,
+                          headers={"Cookie": f"user={outsider}"}).status == 302
     finally:
         stop_process(server.proc)

@@ -128,3 +128,15 @@ def test_redact_setting_is_validated() -> None:
     app.conf.durable_flower_redact = ["session"]
     forget_settings(app)
     assert settings_for(app).flower_redact == ("session",)
+
+
+def test_without_flower_the_import_says_what_to_install() -> None:
+    import subprocess
+    import sys
+
+    code = ("import sys; sys.modules['flower'] = None\n"
+            "try:\n    import celery_durable.flower\n"
+            "except ImportError as exc:\n    print(exc)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=60, check=True).stdout
+    assert "pip install 'celery-durable[flower]'" in out and "flower" in out
