@@ -14,6 +14,7 @@ import json
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+import redis
 import tornado.web
 from flower.api import BaseApiHandler
 from flower.views import BaseHandler
@@ -106,6 +107,9 @@ class DurableMixin:
         except DurableError as exc:
             status, message = error_status(exc)
             raise tornado.web.HTTPError(status, "%s", message, reason=_reason(status)) from exc
+        except redis.RedisError as exc:
+            raise tornado.web.HTTPError(503, "the durable store is unavailable: %s", exc,
+                                        reason=_reason(503)) from exc
 
     def arg(self, name: str) -> str | None:
         """A raw request argument (escaped when rendered, never before)."""

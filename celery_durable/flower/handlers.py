@@ -14,7 +14,7 @@ import tornado.web
 
 from ..client import DurableClient
 from ..errors import DurableError
-from ..models import RunPage, RunStatus
+from ..models import RunPage, RunStatus, RunSummary
 from ..queries import RunQuery
 from .actions import Outcome, run_action, set_limit
 from .base import DurablePage, error_status, http_message
@@ -24,6 +24,8 @@ from .trace import TraceView, build_trace
 
 #: Seconds between two reloads of the runs list while auto-refresh is on.
 REFRESH_S = 5
+#: Child runs whose status the trace page reads (a large fan-out lists the rest by id).
+MAX_CHILDREN = 200
 
 
 def _query_or_problem(get: Any) -> tuple[RunQuery, str]:
@@ -36,7 +38,10 @@ def _query_or_problem(get: Any) -> tuple[RunQuery, str]:
 def load_trace(client: DurableClient, run_id: str, redactor: Any) -> TraceView:
     """The run and the summaries of its children (blocking: call in the executor)."""
     run = client.get_run(run_id)
-    children = list(zip(run.children, client.summaries(run.children), strict=True))
+    shown = run.children[:MAX_CHILDREN]
+    children: list[tuple[str, RunSummary | None]] = list(
+        zip(shown, client.summaries(shown), strict=True))
+    children += [(child, None) for child in run.children[MAX_CHILDREN:]]
     return build_trace(run, redactor, children)
 
 

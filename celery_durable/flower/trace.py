@@ -16,6 +16,8 @@ from .redaction import Redactor, Shown, show
 
 #: Narrowest bar drawn (percent of the span), so instant steps stay visible.
 MIN_BAR_PCT = 0.6
+#: Trace events listed on the page (the newest; the JSON API has them all).
+MAX_EVENTS_SHOWN = 1000
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,6 +95,7 @@ class TraceView:
     current_wait: WaitRow | None = None
     logs: list[LogRow] = field(default_factory=list)
     events: list[tuple[TraceEvent, dict[str, str]]] = field(default_factory=list)
+    events_total: int = 0
     children: list[tuple[str, RunSummary | None]] = field(default_factory=list)
     forks: list[tuple[str, str]] = field(default_factory=list)
     args: Shown | None = None
@@ -173,6 +176,8 @@ def build_trace(
             failures=failures))
     if run.status.value == "suspended" and view.waits:
         view.current_wait = view.waits[-1]
+    view.events_total = len(view.events)
+    view.events = view.events[-MAX_EVENTS_SHOWN:]
     return view
 
 

@@ -410,3 +410,18 @@ def test_oauth_sessions(redis_base_url: str, seeded: Seeded) -> None:
                           headers={"Cookie": f"user={outsider}"}).status == 302
     finally:
         stop_process(server.proc)
+
+
+def test_redis_down_is_a_clear_503(flower_app: Any) -> None:
+    from tests.conftest import free_port
+
+    dead = f"redis://127.0.0.1:{free_port()}"  # nothing listens there
+    server = start_flower(dead)
+    try:
+        api = server.get("/api/durable/runs")
+        assert api.status == 503, api.body
+        assert "the durable store is unavailable" in api.json()["error"]
+        page = server.get("/durable/runs")
+        assert page.status == 503 and "the durable store is unavailable" in page.body
+    finally:
+        stop_process(server.proc)
