@@ -8,6 +8,7 @@ Flower runs as ``celery -A tests.flower.flowerapp flower --basic-auth=user:pw
 from __future__ import annotations
 
 import base64
+import gc
 import json
 import os
 import signal
@@ -143,13 +144,14 @@ def stop_process(proc: subprocess.Popen[bytes]) -> None:
 
 
 @pytest.fixture(scope="session")
-def flower_app(redis_base_url: str):  # type: ignore[no-untyped-def]
+def flower_app(redis_base_url: str) -> Iterator[Any]:
     """The Flower tests' Celery app, on clean databases 4 and 5."""
     for db in (4, 5):
         redis.Redis.from_url(f"{redis_base_url}/{db}").flushdb()
     from tests.flower import flowerapp
 
-    return flowerapp
+    yield flowerapp
+    gc.collect()  # results unsubscribe when collected: while Redis is still up
 
 
 @pytest.fixture(scope="session")

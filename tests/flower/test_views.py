@@ -425,3 +425,20 @@ def test_redis_down_is_a_clear_503(flower_app: Any) -> None:
         assert page.status == 503 and "the durable store is unavailable" in page.body
     finally:
         stop_process(server.proc)
+
+
+def test_list_actions_come_back_to_the_list(flower: FlowerServer, flower_worker: Any,
+                                           flower_app: Any) -> None:
+    run_id = task(flower_app, "checkout").apply_async(("o-list",),
+                                                      idempotency_key="list-key").id
+    wait_for("the keyed run", lambda: run_status(flower_app, run_id) == "completed")
+    listed = flower.get("/durable/runs?q=list-key").body
+    assert f"/durable/runs/{run_id}/reset-key" in listed  # offered in the row's menu
+    reply = flower.request(f"/durable/runs/{run_id}/reset-key", method="POST",
+                           data=b"next=list",
+                           headers={"Content-Type": "application/x-www-form-urlencoded"})
+    assert reply.status == 302 and reply.headers["Location"] == "/durable/runs"
+    shown = flower.get("/durable/runs", headers={"Cookie": flash_cookie(reply)}).body
+    assert "idempotency key &#x27;list-key&#x27; of flower_tests.checkout reset" in shown
+    again = task(flower_app, "checkout").apply_async(("o-list",), idempotency_key="list-key").id
+    assert again != run_id
