@@ -42,7 +42,7 @@ def _limits_json(client: DurableClient) -> list[dict[str, Any]]:
 class RunsApi(DurableApi):
     @tornado.web.authenticated
     async def get(self) -> None:
-        query = await self.blocking(run_query, self.arg)
+        query = self.checked(run_query, self.arg)
         page = await self.blocking(self.client().search_runs, query)
         self.write_json(page.model_dump(mode="json"))
 

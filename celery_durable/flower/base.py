@@ -105,16 +105,27 @@ class DurableMixin:
             return await loop.run_in_executor(self.application.executor,
                                               functools.partial(fn, *args))
         except DurableError as exc:
-            status, message = error_status(exc)
-            raise tornado.web.HTTPError(status, "%s", message, reason=_reason(status)) from exc
+            raise _http_error(exc) from exc
         except redis.RedisError as exc:
             raise tornado.web.HTTPError(503, "the durable store is unavailable: %s", exc,
                                         reason=_reason(503)) from exc
+
+    def checked(self, fn: Callable[..., T], *args: Any) -> T:
+        """``fn(*args)`` (no I/O: parsing), its errors as HTTP errors."""
+        try:
+            return fn(*args)
+        except DurableError as exc:
+            raise _http_error(exc) from exc
 
     def arg(self, name: str) -> str | None:
         """A raw request argument (escaped when rendered, never before)."""
         value = self.get_argument(name, None, escape=False)  # type: ignore[attr-defined]
         return None if value is None else str(value)
+
+
+def _http_error(exc: DurableError) -> tornado.web.HTTPError:
+    status, message = error_status(exc)
+    return tornado.web.HTTPError(status, "%s", message, reason=_reason(status))
 
 
 def _reason(status: int) -> str:

@@ -17,7 +17,7 @@ from ..errors import DurableError
 from ..models import RunPage, RunStatus, RunSummary
 from ..queries import RunQuery
 from .actions import Outcome, run_action, set_limit
-from .base import DurablePage, error_status, http_message
+from .base import DurablePage, http_message
 from .limits import LimitRow, limit_rows
 from .params import run_query
 from .trace import TraceView, build_trace
@@ -112,4 +112,4 @@ class LimitsView(DurablePage):
         self.redirect(self.reverse_url("durable-limits"))
 
 
-__all__ = ["LimitsView", "RunActionView", "RunView", "RunsView", "error_status"]
+__all__ = ["LimitsView", "RunActionView", "RunView", "RunsView"]
