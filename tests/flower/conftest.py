@@ -145,8 +145,8 @@ def stop_process(proc: subprocess.Popen[bytes]) -> None:
 
 @pytest.fixture(scope="session")
 def flower_app(redis_base_url: str) -> Iterator[Any]:
-    """The Flower tests' Celery app, on clean databases 4 and 5."""
-    for db in (4, 5):
+    """The Flower tests' Celery app, on clean databases 10 and 11."""
+    for db in (10, 11):
         redis.Redis.from_url(f"{redis_base_url}/{db}").flushdb()
     from tests.flower import flowerapp
 

@@ -1,6 +1,6 @@
 """The Celery app the Flower tests run (``celery -A tests.flower.flowerapp worker|flower``).
 
-It uses databases 4 (broker and checkpoints) and 5 (results) of the test Redis, so the
+It uses databases 10 (broker and checkpoints) and 11 (results) of the test Redis, so the
 other tests' data never shows up in its pages.
 """
 
@@ -15,7 +15,7 @@ from celery_durable import NonRetryableError, RetryPolicy, current_run, durable_
 
 BASE_URL = os.environ.get("DURABLE_TEST_REDIS_URL", "redis://127.0.0.1:6379").rstrip("/")
 
-app = Celery("flower_tests", broker=f"{BASE_URL}/4", backend=f"{BASE_URL}/5")
+app = Celery("flower_tests", broker=f"{BASE_URL}/10", backend=f"{BASE_URL}/11")
 app.conf.update(
     task_default_queue="flower-tests",
     worker_prefetch_multiplier=1,
@@ -25,13 +25,13 @@ app.conf.update(
     durable_flower_redact=("password", "secret", "token", "api_key", "authorization"),
 )
 
-#: Set this key plus ":<order id>" (in db 4) to make ``flaky(order_id)`` pass: the browser
+#: Set this key plus ":<order id>" (in db 10) to make ``flaky(order_id)`` pass: the browser
 #: test "fixes" the partner, then replays the failed run.
 FIXED_KEY = "flower-tests:fixed"
 
 
 def _flags() -> redis.Redis:
-    return redis.Redis.from_url(f"{BASE_URL}/4", decode_responses=True)
+    return redis.Redis.from_url(f"{BASE_URL}/10", decode_responses=True)
 
 
 @step

@@ -114,7 +114,7 @@ def test_runs_list_and_trace_in_a_browser(browser_page: Any, flower_worker: Any,
     store.append_event(failing, "log", {"level": "INFO", "logger": "shop.partner",
                                         "message": "partner fixed by ops", "step": "",
                                         "attempt": 1})
-    redis.Redis.from_url(f"{m.BASE_URL}/4").set(f"{m.FIXED_KEY}:b-2", 1)
+    redis.Redis.from_url(f"{m.BASE_URL}/10").set(f"{m.FIXED_KEY}:b-2", 1)
     page.click("#durable-replay")
     page.wait_for_selector("#durable-notice")
     assert "replayed" in page.locator("#durable-notice").inner_text()
