@@ -67,7 +67,8 @@ class RunView(DurablePage):
     @tornado.web.authenticated
     async def get(self, run_id: str) -> None:
         view = await self.blocking(load_trace, self.client(), run_id, self.redactor())
-        self.render_page("durable_run.html", active_tab="runs", view=view, run=view.run)
+        self.render_page("durable_run.html", active_tab="runs", view=view, run=view.run,
+                         refresh_s=REFRESH_S)
 
 
 class RunActionView(DurablePage):

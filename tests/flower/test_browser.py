@@ -91,6 +91,7 @@ def test_runs_list_and_trace_in_a_browser(browser_page: Any, flower_worker: Any,
     page.locator(f'tr[data-run-id="{waiting}"] a').first.click()
     page.wait_for_selector("#durable-current-wait")
     assert status_badge(page) == "suspended"
+    assert not page.locator("#durable-autorefresh").is_checked()  # off on trace pages
     assert page.locator("#durable-event-key").input_value() == "approve:b-3"
     page.fill("#durable-event-payload", '{"approved": true, "by": "ops"}')
     page.click("#durable-send-event")
