@@ -321,20 +321,43 @@ def test_metrics(flower: FlowerServer, seeded: Seeded) -> None:
     assert "approve" not in text and seeded.waiting not in text  # no keys or ids in labels
 
 
-def test_url_prefix_and_read_only(redis_base_url: str, seeded: Seeded) -> None:
-    server = start_flower(redis_base_url, "--url_prefix=ops/flower", "--read_only=True")
+def test_url_prefix(redis_base_url: str, seeded: Seeded, flower_app: Any) -> None:
+    server = start_flower(redis_base_url, "--url_prefix=ops/flower")
     try:
         page = server.get("/durable/runs")
         assert page.status == 200
         assert 'href="/ops/flower/durable/runs"' in page.body  # navbar item, prefixed
         assert f'href="/ops/flower/durable/runs/{quote(seeded.failed)}"' in page.body
-        assert "durable-replay" not in page.body  # no action forms when read-only
+        assert f'action="/ops/flower/durable/runs/{seeded.failed}/replay"' in page.body
+        assert 'href="/ops/flower/durable/runs"' in server.get("/workers").body
+        trace = server.get(f"/durable/runs/{seeded.waiting}")
+        assert trace.status == 200 and 'href="/ops/flower/task/' in trace.body
+        assert server.get(f"/api/durable/runs/{seeded.failed}").json()["id"] == seeded.failed
+        sent = server.request(f"/durable/runs/{seeded.waiting}/send-event", method="POST",
+                              data=b"key=nobody-waits-here",
+                              headers={"Content-Type": "application/x-www-form-urlencoded"})
+        assert sent.status == 302
+        assert sent.headers["Location"] == f"/ops/flower/durable/runs/{seeded.waiting}"
+        assert server.get("/durable/runs", auth=None).status == 401
+        assert server.get("/api/durable/runs", auth=None).status == 401
+    finally:
+        stop_process(server.proc)
+
+
+def test_read_only(redis_base_url: str, seeded: Seeded) -> None:
+    server = start_flower(redis_base_url, "--read_only=True")
+    try:
+        page = server.get("/durable/runs")
+        assert page.status == 200 and "durable-replay" not in page.body  # no action forms
         trace = server.get(f"/durable/runs/{seeded.failed}")
         assert trace.status == 200 and 'id="durable-actions"' not in trace.body
-        assert server.get(f"/api/durable/runs/{seeded.failed}").json()["id"] == seeded.failed
+        assert "<form" not in server.get("/durable/limits").body
         refused = server.post_json(f"/api/durable/runs/{seeded.failed}/replay", {})
         assert refused.status == 403 and "--read_only" in refused.json()["error"]
-        assert server.get("/durable/runs", auth=None).status == 401
+        for path in (f"/durable/runs/{seeded.failed}/replay", "/durable/limits"):
+            assert server.request(path, method="POST", data=b"").status == 403
+        assert server.post_json("/api/durable/limits",
+                                {"name": "task:flower_tests.limited", "limit": 9}).status == 403
         assert run_status_via(server, seeded.failed) == "failed"
     finally:
         stop_process(server.proc)

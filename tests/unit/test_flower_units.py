@@ -31,6 +31,14 @@ def test_flowers_navbar_still_has_the_anchor_the_runs_item_needs() -> None:
     Template(patched, name="navbar.html")  # still a valid template
 
 
+def test_flowers_base_template_still_has_the_blocks_our_pages_fill() -> None:
+    base = (flower_templates() / "base.html").read_text()
+    for block in ("navbar", "container", "extra_scripts", "title"):
+        assert f"{{% block {block} %}}" in base, (
+            f"Flower's base.html has no {{% block {block} %}}: the durable pages extend it")
+    assert 'id="url_prefix"' in base and "bootstrap" in base
+
+
 def test_a_navbar_without_the_anchor_is_left_alone() -> None:
     assert patch_navbar("<nav><div>no list here</div></nav>") is None
 
