@@ -106,3 +106,12 @@ def napper() -> str:
     prepare()
     current_run().sleep("nap", 3600)
     return "rested"
+
+
+@durable_task(name="flower_tests.second_time",
+              retry=RetryPolicy(max_attempts=2, min_delay=0.05, max_delay=0.05, jitter=False))
+def second_time() -> int:
+    prepare()
+    if current_run().attempt == 1:
+        raise ConnectionError("upstream hung up")
+    return current_run().attempt

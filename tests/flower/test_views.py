@@ -226,6 +226,11 @@ def test_actions_through_the_api(flower: FlowerServer, seeded: Seeded,
     assert forked.status == 200, forked.body
     fork_id = forked.json()["run_id"]
     wait_for("the fork", lambda: run_status(flower_app, fork_id) == "completed")
+    origin_page = flower.get(f"/durable/runs/{seeded.completed}").body
+    assert f'href="/durable/runs/{fork_id}"><code>{fork_id}</code></a> from step charge' \
+        in origin_page
+    fork_page = flower.get(f"/durable/runs/{fork_id}").body
+    assert "forked from" in fork_page and f'href="/durable/runs/{seeded.completed}"' in fork_page
     bad = flower.post_json(f"/api/durable/runs/{seeded.completed}/replay", {})
     assert bad.status == 400 and "only failed or cancelled runs" in bad.json()["error"]
     unknown = flower.post_json(f"/api/durable/runs/{seeded.completed}/explode", {})
@@ -465,3 +470,32 @@ def test_list_actions_come_back_to_the_list(flower: FlowerServer, flower_worker:
     assert "idempotency key &#x27;list-key&#x27; of flower_tests.checkout reset" in shown
     again = task(flower_app, "checkout").apply_async(("o-list",), idempotency_key="list-key").id
     assert again != run_id
+
+
+def test_crash_resumes_and_attempt_retries_are_counted(
+        flower: FlowerServer, flower_worker: Any, flower_app: Any) -> None:
+    """Both come from the trace of runs that finished. A crash resume is a
+    ``crash_detected`` event (what a claim records when the previous attempt's worker died;
+    the chaos suite makes real ones): one is added to a waiting run, which then finishes."""
+    from celery_durable import DurableClient
+
+    client = DurableClient(flower_app.app)
+    run_id = task(flower_app, "approval").delay("o-crash").id
+    wait_for("the run to wait", lambda: run_status(flower_app, run_id) == "suspended")
+    client.store.append_event(run_id, "crash_detected", {"crashes": 1, "holder": "w|1|x"})
+    client.send_event("approve:o-crash", True)
+    wait_for("the run to complete", lambda: run_status(flower_app, run_id) == "completed")
+
+    retried = task(flower_app, "second_time").delay().id
+    wait_for("the retried run", lambda: run_status(flower_app, retried) == "completed")
+
+    def counted() -> bool:
+        text = flower.get("/metrics", auth=None).body
+        return ('durable_flower_crash_resumes_total{task="flower_tests.approval"} 1.0' in text
+                and 'durable_flower_retries_total{kind="attempt",task="flower_tests.second_time"}'
+                ' 1.0' in text)
+
+    wait_for("the crash resume and the retry in /metrics", counted)
+    assert "crash_detected" in flower.get(f"/durable/runs/{run_id}").body
+    trace = flower.get(f"/durable/runs/{retried}").body
+    assert "failed, retrying" in trace and "upstream hung up" in trace
