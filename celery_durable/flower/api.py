@@ -40,6 +40,8 @@ def _limits_json(client: DurableClient) -> list[dict[str, Any]]:
 
 
 class RunsApi(DurableApi):
+    """``GET /api/durable/runs``: a page of runs, ``next_cursor`` and the counts."""
+
     @tornado.web.authenticated
     async def get(self) -> None:
         query = self.checked(run_query, self.arg)
@@ -48,6 +50,8 @@ class RunsApi(DurableApi):
 
 
 class RunApi(DurableApi):
+    """``GET /api/durable/runs/<run_id>``: the run, redacted."""
+
     @tornado.web.authenticated
     async def get(self, run_id: str) -> None:
         run = await self.blocking(self.client().get_run, run_id)
@@ -55,6 +59,8 @@ class RunApi(DurableApi):
 
 
 class RunActionApi(DurableApi):
+    """``POST /api/durable/runs/<run_id>/<action>``: an action; JSON body or form."""
+
     @tornado.web.authenticated
     async def post(self, run_id: str, action: str) -> None:
         self.deny_if_read_only()
@@ -86,6 +92,8 @@ def _text(value: Any) -> str | None:
 
 
 class LimitsApi(DurableApi):
+    """``/api/durable/limits``: GET the limits, POST ``{"name", "limit"}`` to change one."""
+
     @tornado.web.authenticated
     async def get(self) -> None:
         self.write_json({"limits": await self.blocking(_limits_json, self.client())})

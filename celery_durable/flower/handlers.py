@@ -20,6 +20,7 @@ from .actions import Outcome, run_action, set_limit
 from .base import DurablePage, http_message
 from .limits import LimitRow, limit_rows
 from .params import run_query
+from .redaction import Redactor
 from .trace import TraceView, build_trace
 
 #: Seconds between two reloads of the runs list while auto-refresh is on.
@@ -35,7 +36,7 @@ def _query_or_problem(get: Any) -> tuple[RunQuery, str]:
         return RunQuery(), str(exc)
 
 
-def load_trace(client: DurableClient, run_id: str, redactor: Any) -> TraceView:
+def load_trace(client: DurableClient, run_id: str, redactor: Redactor) -> TraceView:
     """The run and the summaries of its children (blocking: call in the executor)."""
     run = client.get_run(run_id)
     shown = run.children[:MAX_CHILDREN]
@@ -46,6 +47,8 @@ def load_trace(client: DurableClient, run_id: str, redactor: Any) -> TraceView:
 
 
 class RunsView(DurablePage):
+    """``/durable/runs``: one page of the runs list (filters as query parameters)."""
+
     @tornado.web.authenticated
     async def get(self) -> None:
         query, problem = _query_or_problem(self.arg)
@@ -64,6 +67,8 @@ class RunsView(DurablePage):
 
 
 class RunView(DurablePage):
+    """``/durable/runs/<run_id>``: the run's trace."""
+
     @tornado.web.authenticated
     async def get(self, run_id: str) -> None:
         view = await self.blocking(load_trace, self.client(), run_id, self.redactor())
@@ -72,6 +77,9 @@ class RunView(DurablePage):
 
 
 class RunActionView(DurablePage):
+    """``POST /durable/runs/<run_id>/<action>``: a form's action, then back to the page
+    (``next=list``: the runs list) with its outcome."""
+
     @tornado.web.authenticated
     async def post(self, run_id: str, action: str) -> None:
         self.deny_if_read_only()
@@ -95,6 +103,8 @@ class RunActionView(DurablePage):
 
 
 class LimitsView(DurablePage):
+    """``/durable/limits``: the limits; a POST (``name``, ``limit``) changes one."""
+
     @tornado.web.authenticated
     async def get(self) -> None:
         rows: list[LimitRow] = await self.blocking(limit_rows, self.client())

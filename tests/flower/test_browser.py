@@ -87,7 +87,19 @@ def test_runs_list_and_trace_in_a_browser(browser_page: Any, flower_worker: Any,
     late = task(m, "checkout").delay("b-late").id
     page.wait_for_selector(f'tr[data-run-id="{late}"]', timeout=20_000)
 
+    # A long step output is cut, with "show more"; secrets are redacted.
+    page.goto(f"/durable/runs/{done}")
+    page.locator('.durable-step[data-step="fetch_order"] a').click()
+    value = page.locator("#durable-step-0 .durable-value")
+    value.locator(".durable-more").click()
+    assert value.locator(".durable-full").is_visible()
+    assert not value.locator(".durable-preview").is_visible()
+    assert "x" * 900 in value.locator(".durable-full").inner_text()
+    assert "[redacted]" in value.locator(".durable-full").inner_text()
+    assert "SECRET" not in page.locator("body").inner_text()
+
     # The waiting run: send its event from the trace page; the page shows it completed.
+    page.goto("/durable/runs")
     page.locator(f'tr[data-run-id="{waiting}"] a').first.click()
     page.wait_for_selector("#durable-current-wait")
     assert status_badge(page) == "suspended"
