@@ -624,6 +624,11 @@ class RunStore:
             sizes = pipe.execute()
         return {st.value: int(n) for st, n in zip(statuses, sizes, strict=True)}
 
+    def waiting_limits(self) -> list[str]:
+        """The registry of limits with waiting runs (members: JSON ``[base, sub, limit]``)."""
+        with _redis_errors("read the registry of limits"):
+            return [str(m) for m in self.client.smembers(self.keys.limits)]
+
     def idempotency_runs(self, redis_keys: Sequence[str]) -> list[str | None]:
         """The run each idempotency key names (None where the key does not exist)."""
         if not redis_keys:

@@ -48,9 +48,8 @@ def limit_rows(client: DurableClient) -> list[LimitRow]:
     """Every known limit with its state (a few round trips per limit)."""
     coded = coded_limits(client)
     pairs = {(base, NO_KEY) for base in coded}
-    store = client.store
-    for member in store.client.smembers(store.keys.limits):
-        ref = SlotRef.from_member(str(member))
+    for member in client.store.waiting_limits():
+        ref = SlotRef.from_member(member)
         pairs.add((ref.base, ref.sub))
         coded.setdefault(ref.base, ref.default)
     rows = []

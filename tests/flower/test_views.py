@@ -499,3 +499,24 @@ def test_crash_resumes_and_attempt_retries_are_counted(
     assert "crash_detected" in flower.get(f"/durable/runs/{run_id}").body
     trace = flower.get(f"/durable/runs/{retried}").body
     assert "failed, retrying" in trace and "upstream hung up" in trace
+
+
+def test_a_paused_limit_shows_its_waiting_run(flower: FlowerServer, flower_worker: Any,
+                                              flower_app: Any) -> None:
+    name = "task:flower_tests.limited"
+
+    def row() -> dict[str, Any]:
+        limits = flower.get("/api/durable/limits").json()["limits"]
+        return dict(next(r for r in limits if r["name"] == name and r["key"] is None))
+
+    assert flower.post_json("/api/durable/limits", {"name": name, "limit": 0}).status == 200
+    try:
+        run_id = task(flower_app, "limited").delay().id
+        wait_for("the run to wait for a slot", lambda: row()["parked"] == [run_id])
+        page = flower.get("/durable/limits").body
+        assert f'href="/durable/runs/{run_id}"' in page
+        assert run_status(flower_app, run_id) != "completed"
+    finally:
+        assert flower.post_json("/api/durable/limits", {"name": name, "limit": 3}).status == 200
+    wait_for("the run to get its slot", lambda: run_status(flower_app, run_id) == "completed")
+    assert row()["waiting"] == 0 and row()["effective"] == 3
