@@ -148,3 +148,16 @@ def test_without_flower_the_import_says_what_to_install() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          timeout=60, check=True).stdout
     assert "pip install 'celery-durable[flower]'" in out and "flower" in out
+
+
+def test_python_m_prints_the_shipped_conf_file() -> None:
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from celery_durable.flower import CONF_PATH
+
+    out = subprocess.run([sys.executable, "-m", "celery_durable.flower"], capture_output=True,
+                         text=True, timeout=60, check=True).stdout.strip()
+    assert out == CONF_PATH
+    assert "celery_durable.flower.install()" in Path(out).read_text()
