@@ -22,13 +22,13 @@ from celery.exceptions import Ignore, Reject, Retry
 from . import otel, signals
 from .children import notify_parent
 from .codec import JsonCodec, Unencodable, describe_unencodable
-from .concurrency import SlotRef, acquire, publish_woken, release, slots_for
+from .concurrency import SlotRef, acquire, note_parked, publish_woken, release, slots_for
 from .context import RunContext, SuspendRun, bind_context, describe_error, unbind_context
 from .errors import LeaseLostError, RunCancelled, RunCrashedError, StoreError
 from .identity import current_worker_id
 from .models import RunStatus
 from .payloads import coerce_call
-from .requeue import resume_info
+from .requeue import request_options, resume_info
 from .store import Claim, RunStore, now_ms, store_for
 
 if TYPE_CHECKING:
@@ -57,6 +57,16 @@ def queue_of(task: DurableTask, options: dict[str, Any]) -> str:
         delivery = options.get("delivery_info") or {}
         queue = delivery.get("routing_key")
     name = getattr(queue, "name", queue)
+    return str(name or task.app.conf.task_default_queue)
+
+
+def publish_queue(task: DurableTask, args: Any, kwargs: Any, options: dict[str, Any]) -> str:
+    """The queue a publish of ``task`` with ``options`` goes to, resolved like Celery does:
+    an explicit ``queue``, else the task's own, else ``task_routes``, else the default."""
+    if options.get("queue") or getattr(task, "queue", None) or not task.app.conf.task_routes:
+        return queue_of(task, options)
+    route = task.app.amqp.router.route(dict(options), task.name, args, kwargs)
+    name = getattr(route.get("queue"), "name", route.get("queue"))
     return str(name or task.app.conf.task_default_queue)
 
 
@@ -138,20 +148,13 @@ def _take_slots(
     slots = slots_for(task, args, kwargs, queue, store.settings)
     if not slots or task.request.is_eager:
         return []
-    info = resume_info(task.name, args, kwargs, queue, task.request.headers)
+    info = resume_info(task.name, args, kwargs, queue, task.request.headers,
+                       request_options(task.request))
     admission = acquire(store, run_id, slots, info)
     publish_woken(task.app, admission.woken)
     if admission.admitted:
         return slots
-    denied = admission.denied
-    assert denied is not None
-    signals.slot_denied.send(sender=task.name, run_id=run_id, limit=denied.name,
-                             position=admission.position)
-    store.append_event(run_id, "slot_denied", {
-        "limit": denied.name, "position": admission.position, "held": admission.held,
-        "max": admission.limit})
-    logger.info("run %s: concurrency limit %s is full (%d/%d); parked at position %d",
-                run_id, denied.name, admission.held, admission.limit, admission.position)
+    note_parked(store, task.name, run_id, admission)
     raise Ignore()
 
 
@@ -329,7 +332,7 @@ def _park(
     req = task.request
     info = resume_info(task.name, req.args, req.kwargs,
                        queue_of(task, {"delivery_info": req.delivery_info or {}}),
-                       _next_headers(task))
+                       _next_headers(task), request_options(req))
     store.schedule(ctx.id, due_ms, info)
     if _end(store, ctx, task, status, event, error_json=error_json) is None:
         _note_fenced(store, ctx)

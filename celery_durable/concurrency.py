@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from celery import Celery
 
+from . import signals
 from .config import DurableSettings
 from .errors import ConfigurationError
 from .requeue import publish_resume
@@ -103,13 +104,18 @@ def _woken(reply: Sequence[Any]) -> Woken:
     return [(str(r), str(i)) for r, i in zip(flat[::2], flat[1::2], strict=True)]
 
 
-def acquire(store: RunStore, run_id: str, refs: Sequence[SlotRef], info: str) -> Admission:
-    """Take a slot of every limit in ``refs``, or park the run on the first full one."""
+def acquire(store: RunStore, run_id: str, refs: Sequence[SlotRef], info: str,
+            hold_ms: int | None = None) -> Admission:
+    """Take a slot of every limit in ``refs``, or park the run on the first full one.
+
+    ``hold_ms`` is how long the slot is held before it must be renewed: the lease TTL for
+    an attempt that starts now (the default), the hand-over time for a run admitted when it
+    is published (its message may wait in the queue; its first attempt renews the slot)."""
     taken: list[SlotRef] = []
     woken: Woken = []
     for ref in refs:
         reply = store.slot_op(store.keys.limit(ref.base, ref.sub), "acquire", run_id,
-                              ref.default, info)
+                              ref.default, info, hold_ms)
         woken += _woken(reply)
         if int(reply[0]) != 1:
             woken += release(store, run_id, taken)
@@ -142,6 +148,19 @@ def sweep(store: RunStore, base: str | None = None) -> Woken:
         if int(reply[3]) == 0:
             store.client.srem(store.keys.limits, str(member))
     return woken
+
+
+def note_parked(store: RunStore, task_name: str, run_id: str, admission: Admission) -> None:
+    """Tell observers and the run's trace that the run waits for a slot (and where)."""
+    denied = admission.denied
+    assert denied is not None
+    signals.slot_denied.send(sender=task_name, run_id=run_id, limit=denied.name,
+                             position=admission.position)
+    store.append_event(run_id, "slot_denied", {
+        "limit": denied.name, "position": admission.position, "held": admission.held,
+        "max": admission.limit})
+    logger.info("run %s: concurrency limit %s is full (%d/%d); parked at position %d",
+                run_id, denied.name, admission.held, admission.limit, admission.position)
 
 
 def publish_woken(app: Celery, woken: Woken) -> None:

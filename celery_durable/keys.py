@@ -25,9 +25,10 @@ Idempotency keys (scoped per task)::
 Concurrency limits (one Cluster slot per limit, tagged by its base name: "task:<task>" or
 "queue:<queue>"; <sub> is the concurrency key, "_" for none)::
 
-    Plimit:{<base>}:config          hash  "limit" -> runtime override of the coded limit
+    Plimit:{<base>}:config          hash  "limit" -> runtime override of the coded limit,
+                                          "seq" -> counter numbering parked runs
     Plimit:{<base>}:<sub>:holders   zset  run id -> slot lease expiry (ms)
-    Plimit:{<base>}:<sub>:parked    zset  run id -> queue order (ms); FIFO
+    Plimit:{<base>}:<sub>:parked    zset  run id -> queue order (the "seq" counter); FIFO
     Plimit:{<base>}:<sub>:woken     zset  run id -> hand-over expiry (ms)
     Plimit:{<base>}:<sub>:info      hash  run id -> JSON needed to re-publish a parked run
     Plimits                         set   JSON [base, sub, default limit] of limits with

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from celery import Celery
@@ -77,11 +77,46 @@ def restore_stale_messages(
     return restored
 
 
+#: Publish options that tie a run into a canvas or a caller: the rest of its chain, its
+#: callbacks and errbacks, its group and chord, its lineage and per-call limits. A run that is
+#: published again (after a sleep, a wait, a long backoff, a wait for a slot or a crash) keeps
+#: them, so a chain goes on after its durable link. ``expires`` is left out on purpose: it
+#: bounds the first delivery, and a run resumed later must not be dropped as expired.
+CANVAS_OPTIONS = ("chain", "link", "link_error", "chord", "group_id", "group_index",
+                  "root_id", "parent_id", "shadow", "reply_to", "time_limit",
+                  "soft_time_limit", "priority")
+
+
+def canvas_options(options: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The :data:`CANVAS_OPTIONS` of a publish (or of a request's execution options) that
+    are set."""
+    if not options:
+        return {}
+    return {name: options[name] for name in CANVAS_OPTIONS
+            if options.get(name) not in (None, [], (), "")}
+
+
+def request_options(request: Any) -> dict[str, Any]:
+    """The canvas options of the message a worker is executing (``task.request``)."""
+    options = canvas_options(request.as_execution_options())
+    priority = (request.delivery_info or {}).get("priority")
+    if priority is not None:
+        options["priority"] = priority
+    return options
+
+
+def encode_options(options: Mapping[str, Any] | None) -> str:
+    """Canvas options as stored in a run record ('' when there are none)."""
+    picked = canvas_options(options)
+    return json.dumps(picked, default=str) if picked else ""
+
+
 def resume_info(task_name: str, args: Any, kwargs: Any, queue: str,
-                headers: dict[str, Any] | None) -> str:
+                headers: dict[str, Any] | None, options: Mapping[str, Any] | None = None) -> str:
     """What a run needs to be published again later (parked, sleeping, waiting)."""
     return json.dumps({"task": task_name, "args": list(args or ()), "kwargs": kwargs or {},
-                       "queue": queue, "headers": headers or {}}, default=str)
+                       "queue": queue, "headers": headers or {},
+                       "options": canvas_options(options)}, default=str)
 
 
 def publish_resume(app: Celery, run_id: str, info: str) -> bool:
@@ -93,7 +128,8 @@ def publish_resume(app: Celery, run_id: str, info: str) -> bool:
                      "unreadable", run_id)
         return False
     app.send_task(data["task"], args=data["args"], kwargs=data["kwargs"], task_id=run_id,
-                  queue=data.get("queue") or None, headers=data.get("headers") or None)
+                  queue=data.get("queue") or None, headers=data.get("headers") or None,
+                  **canvas_options(data.get("options")))
     return True
 
 
@@ -107,17 +143,30 @@ def _decode(text: str, fallback: Any) -> Any:
 def requeue_run(app: Celery, run_id: str, reaped: list[str]) -> str:
     """Make the run's next attempt start: returns ``restored`` or ``republished``.
 
-    ``reaped`` is what reap_run.lua returned: delivery tag, task, args, kwargs, queue, holder.
-    A second copy of the message (kombu's own sweep restoring it too) is harmless: the first
-    copy to claim the run executes it, the other finds it running or done.
+    ``reaped`` is what reap_run.lua returned: delivery tag, task, args, kwargs, queue,
+    holder, canvas options. A second copy of the message (kombu's own sweep restoring it
+    too) is harmless: the first copy to claim the run executes it, the other finds it
+    running or done.
     """
     tag, task, args, kwargs, queue = reaped[:5]
     if tag and broker_is_redis(app) and restore_message(app, tag):
         return "restored"
-    publish_resume(app, run_id, stored_resume_info(task, args, kwargs, queue))
+    canvas = reaped[6] if len(reaped) > 6 else ""
+    publish_resume(app, run_id, stored_resume_info(task, args, kwargs, queue, canvas))
     return "republished"
 
 
-def stored_resume_info(task: str, args_json: str, kwargs_json: str, queue: str) -> str:
-    """:func:`resume_info` from the arguments as the run record stores them."""
-    return resume_info(task, _decode(args_json, []), _decode(kwargs_json, {}), queue, None)
+def stored_resume_info(task: str, args_json: str, kwargs_json: str, queue: str,
+                       canvas_json: str = "") -> str:
+    """:func:`resume_info` from the arguments and canvas options as the run record stores
+    them."""
+    return resume_info(task, _decode(args_json, []), _decode(kwargs_json, {}), queue, None,
+                       _options(canvas_json))
+
+
+def _options(text: str) -> dict[str, Any]:
+    try:
+        value = json.loads(text) if text else {}
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}

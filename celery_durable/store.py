@@ -26,12 +26,11 @@ from redis.retry import Retry
 
 from .config import DurableSettings, settings_for
 from .errors import StoreError
+from .indexes import RunIndexes
 from .keys import KeySpace, LimitKeys, RunKeys
 from .models import TERMINAL_STATUSES, RunStatus
 from .scripts import Scripts, queue_call
 
-#: Seconds between two TTL refreshes of the same index key by one process.
-INDEX_TTL_REFRESH_S = 60.0
 #: Leases renewed per script call by the heartbeat.
 LEASE_BATCH = 500
 
@@ -98,23 +97,24 @@ class RunStore:
         self.client = client if client is not None else make_client(settings)
         self.scripts = Scripts.register(self.client)
         self._commit_script = self.scripts.commit_step
-        self._ttl_refreshed: dict[str, float] = {}
+        self.indexes = RunIndexes(self.keys, settings)
 
     # -- attempt lifecycle (workers) -------------------------------------------------------
 
     def create_run(
         self, run_id: str, task: str, args_json: str, kwargs_json: str, queue: str,
-        idempotency_key: str = "",
+        canvas_json: str = "", idempotency_key: str = "",
     ) -> bool:
         """Record a new pending run (publish side). Returns False if it already existed.
+        ``canvas_json`` holds the publish's canvas options (see requeue.CANVAS_OPTIONS);
         ``idempotency_key`` is the call's key, kept on the run for the admin views."""
         s, k, ts = self.settings, self.keys.run(run_id), now_ms()
 
         def build(pipe: Any) -> None:
             queue_call(pipe, self.scripts.create_run, k.as_list(),
                        [ts, task, args_json, kwargs_json, queue, s.active_ttl_ms,
-                        s.trace_maxlen, idempotency_key])
-            self._index_new(pipe, run_id, task, ts)
+                        s.trace_maxlen, canvas_json, idempotency_key])
+            self.indexes.new(pipe, run_id, task, ts)
 
         with _redis_errors(f"record run {run_id}"):
             return bool(self._pipelined(build)[0])
@@ -148,39 +148,42 @@ class RunStore:
         delivery_tag: str = "",
         dead_pid: int = 0,
     ) -> Claim:
-        """Start an attempt: take the fenced lease and load every checkpoint (one round trip,
-        plus one for the indexes)."""
+        """Start an attempt: take the fenced lease and load every checkpoint, and move the
+        run to the ``running`` index (one round trip)."""
         s, k, ts = self.settings, self.keys.run(run_id), now_ms()
         argv: list[Any] = [ts, owner, nonce, s.lease_ttl_ms, task, s.active_ttl_ms,
                            s.trace_maxlen, args_json, kwargs_json, queue, pid, delivery_tag,
                            s.max_crashes, s.retention_ms, dead_pid or ""]
+
+        def build(pipe: Any) -> None:
+            queue_call(pipe, self.scripts.claim_attempt, k.as_list(), argv)
+            self.indexes.claimed(pipe, run_id, owner, ts + s.lease_ttl_ms, ts)
+
         with _redis_errors(f"start an attempt of run {run_id}"):
-            reply = self.scripts.claim_attempt(k.as_list(), argv)
+            reply = self._pipelined(build)[0]
         outcome = reply[0]
+        if outcome != "claimed" or reply[3] not in RunStatus._value2member_map_:
+            # Not the usual outcome (a duplicate, an ended run, a crash loop, or a run this
+            # claim created): the optimistic index update guessed wrong.
+            self._repair_indexes(run_id, task, owner)
         if outcome == "done":
             return Claim("done", status=reply[1], result=reply[2])
         if outcome == "busy":
             return Claim("busy", owner=reply[1], lease_expires_ms=int(reply[2] or 0),
                          holder_pid=int(reply[3] or 0))
         if outcome == "crashed":
-            self._index_transition(run_id, RunStatus.RUNNING.value, RunStatus.FAILED, ts,
-                                   task=task, owner=None)
             return Claim("crashed", status=RunStatus.FAILED.value, crashes=int(reply[1]))
-        prev = reply[3]
         flat = reply[7:]
-        claim = Claim(
+        return Claim(
             "claimed",
             token=str(reply[1]),
             attempt=int(reply[2]),
-            status=prev,
+            status=reply[3],
             crashes=int(reply[4]),
             failures=int(reply[5]),
             created_ms=int(reply[6]),
             checkpoints=dict(zip(flat[::2], flat[1::2], strict=True)),
         )
-        self._index_transition(run_id, prev, RunStatus.RUNNING, ts, task=task, owner=owner,
-                               lease_expires_ms=ts + s.lease_ttl_ms)
-        return claim
 
     def commit_step(
         self, keys: RunKeys, token: str, position: int, step_id: str, checkpoint: str
@@ -231,28 +234,18 @@ class RunStore:
                            1 if terminal else 0]
         for name, value in event.items():
             argv += [name, value]
+
+        def build(pipe: Any) -> None:
+            queue_call(pipe, self.scripts.end_attempt, k.as_list(), argv)
+            self.indexes.ended(pipe, run_id, status, ts, task=task, owner=owner or None)
+
         with _redis_errors(f"end an attempt of run {run_id}"):
-            prev = self.scripts.end_attempt(k.as_list(), argv)
-        if prev == -1:
-            return None
-        self._index_transition(run_id, str(prev), status, ts, task=task, owner=owner or None)
-        return str(prev)
+            prev = self._pipelined(build)[0]
+        if prev == -1 or prev != RunStatus.RUNNING.value:
+            self._repair_indexes(run_id, task, owner or None)
+        return None if prev == -1 else str(prev)
 
     # -- indexes ---------------------------------------------------------------------------
-
-    def _index_new(self, pipe: Any, run_id: str, task: str, ts: int) -> None:
-        for key in (self.keys.all_runs, self.keys.task_index(task),
-                    self.keys.status_index(RunStatus.PENDING)):
-            pipe.zadd(key, {run_id: ts}, nx=True)
-            self._keep_alive(pipe, key)
-
-    def _keep_alive(self, pipe: Any, key: str) -> None:
-        """Refresh an index key's TTL, at most once a minute per key and process: the TTL
-        (the longer of retention and active TTL) only has to outlive the newest entry."""
-        now = time.monotonic()
-        if now - self._ttl_refreshed.get(key, -INDEX_TTL_REFRESH_S) >= INDEX_TTL_REFRESH_S:
-            self._ttl_refreshed[key] = now
-            pipe.pexpire(key, max(self.settings.retention_ms, self.settings.active_ttl_ms))
 
     def _index_transition(
         self,
@@ -265,39 +258,22 @@ class RunStore:
         owner: str | None,
         lease_expires_ms: int = 0,
     ) -> None:
-        """Move the run between status indexes and keep the lease indexes in step with the
-        lease: a held lease is in ``leases`` and in its worker's run set, a freed one is not.
-        """
-        s, keys = self.settings, self.keys
-        new_key = keys.status_index(status)
+        """Update the indexes of a transition whose previous status is known (one round
+        trip; see RunIndexes.transition)."""
         with _redis_errors(f"index run {run_id}"), self.client.pipeline(False) as pipe:
-            if lease_expires_ms:
-                pipe.zadd(keys.leases, {run_id: lease_expires_ms})
-                self._keep_alive(pipe, keys.leases)
-            else:
-                pipe.zrem(keys.leases, run_id)
-            if owner is not None:
-                if lease_expires_ms:
-                    pipe.sadd(keys.worker_runs(owner), run_id)
-                    self._keep_alive(pipe, keys.worker_runs(owner))
-                else:
-                    pipe.srem(keys.worker_runs(owner), run_id)
-            if prev == status.value:
-                pipe.execute()
-                return
-            if prev in RunStatus._value2member_map_:
-                pipe.zrem(keys.status_index(prev), run_id)
-            else:
-                # Unknown previous status (a run created by a worker, not at publish).
-                self._index_new(pipe, run_id, task, ts)
-                pipe.zrem(keys.status_index(RunStatus.PENDING), run_id)
-            pipe.zadd(new_key, {run_id: ts})
-            self._keep_alive(pipe, new_key)
-            if status in TERMINAL_STATUSES:
-                horizon = ts - s.retention_ms
-                for key in (new_key, self.keys.all_runs, self.keys.task_index(task)):
-                    pipe.zremrangebyscore(key, "-inf", horizon)
+            self.indexes.transition(pipe, run_id, prev, status, ts, task=task, owner=owner,
+                                    lease_expires_ms=lease_expires_ms)
             pipe.execute()
+
+    def _repair_indexes(self, run_id: str, task: str, owner: str | None) -> None:
+        """Put the indexes right from the run hash after an optimistic update guessed the
+        outcome wrong (two round trips; rare paths only)."""
+        with _redis_errors(f"index run {run_id}"):
+            raw = self.client.hgetall(self.keys.run(run_id).run)
+            record = {str(key): str(value) for key, value in raw.items()}
+            with self.client.pipeline(False) as pipe:
+                self.indexes.repair(pipe, run_id, record, task=task, owner=owner)
+                pipe.execute()
 
     # -- worker coordination (heartbeat and reaper) -------------------------------------
 
@@ -371,7 +347,8 @@ class RunStore:
 
     def reap(self, run_id: str, dead_owner: str, reaper: str) -> list[str] | None:
         """Fence and free a stalled run (see reap_run.lua). Returns
-        ``[delivery_tag, task, args, kwargs, queue, holder]``, or None if not stalled."""
+        ``[delivery_tag, task, args, kwargs, queue, holder, canvas]``, or None if not
+        stalled."""
         k, ts = self.keys.run(run_id), now_ms()
         grace = self.settings.lease_ttl_ms
         with _redis_errors(f"reap run {run_id}"):
@@ -447,7 +424,7 @@ class RunStore:
         def build(pipe: Any) -> None:
             queue_call(pipe, self.scripts.create_run, k.as_list(),
                        [ts, task, args_json, kwargs_json, queue, s.active_ttl_ms,
-                        s.trace_maxlen, ""])
+                        s.trace_maxlen])
             if checkpoints:
                 pipe.hset(k.steps, mapping=checkpoints)
                 pipe.pexpire(k.steps, s.active_ttl_ms)
@@ -456,7 +433,7 @@ class RunStore:
             pipe.xadd(k.trace, {"type": "run_forked_from", "origin": origin,
                                 "from_step": from_step, "reused": len(checkpoints)},
                       maxlen=s.trace_maxlen, approximate=True)
-            self._index_new(pipe, run_id, task, ts)
+            self.indexes.new(pipe, run_id, task, ts)
 
         with _redis_errors(f"record fork {run_id}"):
             self._pipelined(build)
@@ -559,11 +536,14 @@ class RunStore:
     # -- concurrency limits -----------------------------------------------------------------
 
     def slot_op(
-        self, keys: LimitKeys, op: str, run_id: str, default_limit: int, info_json: str = ""
+        self, keys: LimitKeys, op: str, run_id: str, default_limit: int, info_json: str = "",
+        hold_ms: int | None = None,
     ) -> list[Any]:
-        """Run slots.lua (see its header for the reply)."""
+        """Run slots.lua (see its header for the reply). ``hold_ms``: how long an acquired
+        slot lasts before it must be renewed (default: the lease TTL)."""
         s = self.settings
-        argv: list[Any] = [op, run_id, now_ms(), s.lease_ttl_ms, default_limit, info_json,
+        argv: list[Any] = [op, run_id, now_ms(), hold_ms or s.lease_ttl_ms, default_limit,
+                           info_json,
                 int(s.slot_handoff_s * 1000), s.active_ttl_ms]
         with _redis_errors(f"{op} a concurrency slot"):
             return list(self.scripts.slots(keys.as_list(), argv))

@@ -13,13 +13,15 @@ from celery.result import AsyncResult
 from celery.utils import uuid
 
 from . import otel
-from .attempt import IDEMPOTENCY_HEADER, encode_arguments, queue_of, run_attempt
+from .attempt import IDEMPOTENCY_HEADER, encode_arguments, publish_queue, run_attempt
 from .bootsteps import install
+from .concurrency import Admission, acquire, note_parked, publish_woken, release, slots_for
 from .context import describe_error
 from .errors import ConfigurationError, StoreError
 from .idempotency import check_conflict, check_key, claim_key, fingerprint
 from .identity import current_worker_id
 from .payloads import dump_models, validate_call
+from .requeue import encode_options, resume_info
 from .retry import RetryPolicy, to_seconds
 from .store import store_for
 
@@ -230,16 +232,47 @@ class DurableTask(Task[Any, Any]):
         if key is not None:
             return self._apply_idempotent(args, kwargs, task_id, key, ttl, on_conflict, options)
         task_id = task_id or uuid()
-        self._record(task_id, args, kwargs, options)
-        return super().apply_async(args, kwargs, task_id=task_id, **options)
+        queue = publish_queue(self, args, kwargs, options)
+        self._record(task_id, args, kwargs, options, queue)
+        result, parked = self._admit_and_publish(args, kwargs, task_id, queue, options)
+        if parked is not None:
+            note_parked(store_for(self.app), self.name, task_id, parked)
+        return result
 
-    def _record(
-        self, run_id: str, args: Any, kwargs: Any, options: dict[str, Any], key: str = ""
-    ) -> None:
+    def _record(self, run_id: str, args: Any, kwargs: Any, options: dict[str, Any],
+                queue: str, key: str = "") -> None:
         store_for(self.app).create_run(
             run_id, self.name, encode_arguments(list(args or ())),
-            encode_arguments(dict(kwargs or {})), queue_of(self, options), key,
+            encode_arguments(dict(kwargs or {})), queue, encode_options(options), key,
         )
+
+    def _admit_and_publish(
+        self, args: Any, kwargs: Any, run_id: str, queue: str, options: dict[str, Any]
+    ) -> tuple[AsyncResult, Admission | None]:  # type: ignore[type-arg]
+        """Publish the run, unless a concurrency limit of it is full: then the run waits
+        in Redis, never in the queue, and the release of a slot publishes it. Returns the
+        result and, for a parked run, where it waits (for the caller to note once the run
+        is recorded).
+
+        Taking the slot here (held for ``durable_slot_handoff_s`` until the first attempt
+        renews it) spares a full run its round through a worker only to be parked there;
+        a delayed publish (``countdown``/``eta``) takes its slot when it starts instead."""
+        store = store_for(self.app)
+        refs = [] if options.get("countdown") or options.get("eta") else slots_for(
+            self, args or (), kwargs or {}, queue, store.settings)
+        if not refs:
+            return super().apply_async(args, kwargs, task_id=run_id, **options), None
+        info = resume_info(self.name, args, kwargs, queue, options.get("headers"), options)
+        admission = acquire(store, run_id, refs, info,
+                            hold_ms=int(store.settings.slot_handoff_s * 1000))
+        publish_woken(self.app, admission.woken)
+        if not admission.admitted:
+            return self.AsyncResult(run_id), admission
+        try:
+            return super().apply_async(args, kwargs, task_id=run_id, **options), None
+        except BaseException:
+            publish_woken(self.app, release(store, run_id, refs))
+            raise
 
     def _apply_idempotent(
         self,
@@ -270,12 +303,17 @@ class DurableTask(Task[Any, Any]):
             # be harmless: the run's claim lets one execute).
         # Publish first, then record: once the key is claimed, a crash can no longer leave
         # a key that names a run with no message (the worker records the run if we cannot).
-        result = super().apply_async(args, kwargs, task_id=claim.run_id, **options)
+        # (A run parked for a slot is recorded after it is parked, for the same reason.)
+        queue = publish_queue(self, args, kwargs, options)
+        result, parked = self._admit_and_publish(args, kwargs, claim.run_id, queue, options)
         try:
-            self._record(claim.run_id, args, kwargs, options, key)
+            self._record(claim.run_id, args, kwargs, options, queue, key)
         except StoreError:
             logger.warning("run %s: published, but not recorded yet (the worker will)",
                            claim.run_id, exc_info=True)
+            return result
+        if parked is not None:
+            note_parked(store, self.name, claim.run_id, parked)
         return result
 
 

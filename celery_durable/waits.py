@@ -63,7 +63,8 @@ def publish_run(app: Celery, store: RunStore, run_id: str) -> None:
     if not raw:
         raise RunNotFoundError(f"no durable run {run_id!r}", run_id=run_id)
     info = raw.get("resume") or stored_resume_info(
-        raw.get("task", ""), raw.get("args", ""), raw.get("kwargs", ""), raw.get("queue", ""))
+        raw.get("task", ""), raw.get("args", ""), raw.get("kwargs", ""), raw.get("queue", ""),
+        raw.get("canvas", ""))
     publish_resume(app, run_id, info)
 
 

@@ -17,7 +17,8 @@
 --   {'done', status, result}                  the run is completed/failed/cancelled
 --   {'busy', owner, lease_expires_ms, pid}    another attempt holds a live lease
 --   {'crashed', crashes}                      too many crashes: the run is now failed
---   {'claimed', token, attempt, prev_status, crashes, failures, created_ms, pos1, payload1,
+--   {'claimed', token, attempt, prev_status ('new' if this claim created the run), crashes,
+--    failures, created_ms, pos1, payload1,
 --    ...}
 --   (failures: attempts that ended in an error, which the retry policy counts)
 local run = KEYS[1]
@@ -61,7 +62,8 @@ else
                'crashes', crashes, 'holder', fields[3] or '')
   end
   if not status then
-    status = 'pending'
+    -- Published without being recorded (send_task by name, or the producer lost Redis).
+    status = 'new'
     redis.call('HSET', run, 'task', ARGV[5], 'args', ARGV[8], 'kwargs', ARGV[9],
                'queue', ARGV[10], 'created_ms', ARGV[1], 'step_count', 0)
     redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[7], '*', 'type', 'run_created',

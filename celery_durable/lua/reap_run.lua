@@ -10,9 +10,9 @@
 --         '' = reap only if the lease has expired  ARGV[3] reaper id  ARGV[4] trace maxlen
 -- ARGV[5] grace (ms) the reaper holds the lease while it requeues the run
 -- Returns {} if there is nothing to reap, else
---   {delivery_tag, task, args, kwargs, queue, holder}
+--   {delivery_tag, task, args, kwargs, queue, holder, canvas options}
 local f = redis.call('HMGET', KEYS[1], 'status', 'lease_owner', 'lease_expires_ms',
-                     'delivery_tag', 'task', 'args', 'kwargs', 'queue')
+                     'delivery_tag', 'task', 'args', 'kwargs', 'queue', 'canvas')
 if f[1] ~= 'running' or not f[2] or f[2] == '' then return {} end
 if ARGV[2] ~= '' then
   if f[2] ~= ARGV[2] then return {} end
@@ -24,4 +24,4 @@ redis.call('HSET', KEYS[1], 'lease_owner', 'reaper:' .. ARGV[3], 'lease_nonce', 
            'lease_expires_ms', tonumber(ARGV[1]) + tonumber(ARGV[5]), 'updated_ms', ARGV[1])
 redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[4], '*', 'type', 'run_reaped',
            'holder', f[2], 'reaper', ARGV[3])
-return {f[4] or '', f[5] or '', f[6] or '[]', f[7] or '{}', f[8] or '', f[2]}
+return {f[4] or '', f[5] or '', f[6] or '[]', f[7] or '{}', f[8] or '', f[2], f[9] or ''}

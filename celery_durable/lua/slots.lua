@@ -2,9 +2,10 @@
 -- wait in FIFO order and are handed a slot as soon as one frees up (no polling).
 -- Slots are leases: a holder that is not renewed (its worker died) expires, and a run that
 -- was handed a slot but never started within the TTL goes back to the head of the queue.
--- KEYS[1] config hash   P limit:{<base>}:config   (field "limit" overrides the default)
+-- KEYS[1] config hash   P limit:{<base>}:config   (field "limit" overrides the default;
+--                       "seq" numbers the runs as they are parked)
 -- KEYS[2] holders zset  P limit:{<base>}:<sub>:holders   run id -> lease expiry (ms)
--- KEYS[3] parked zset   P limit:{<base>}:<sub>:parked    run id -> queue order (ms)
+-- KEYS[3] parked zset   P limit:{<base>}:<sub>:parked    run id -> queue order
 -- KEYS[4] woken zset    P limit:{<base>}:<sub>:woken     run id -> hand-over expiry (ms)
 -- KEYS[5] info hash     P limit:{<base>}:<sub>:info      run id -> JSON to re-publish it
 -- ARGV[1] op: 'acquire' | 'release' | 'sweep'   ARGV[2] run id ('' for sweep)
@@ -34,7 +35,11 @@ if op == 'acquire' then
     redis.call('HDEL', KEYS[5], run)
     admitted = 1
   else
-    redis.call('ZADD', KEYS[3], 'NX', now, run)
+    -- Queue order is a counter, not a clock: runs parked in the same millisecond keep
+    -- their order.
+    if not redis.call('ZSCORE', KEYS[3], run) then
+      redis.call('ZADD', KEYS[3], redis.call('HINCRBY', KEYS[1], 'seq', 1), run)
+    end
     redis.call('HSET', KEYS[5], run, ARGV[6])
     admitted = 0
   end

@@ -123,3 +123,60 @@ def test_queue_limit_is_shared_by_every_task_routed_there(redis_base_url, tasks,
         for r in results:
             r.get(timeout=120)
     assert max_overlap(spans(redis_base_url, token)) == 2
+
+
+def test_a_full_limit_parks_runs_at_publish_without_a_message(redis_base_url, tasks, client,
+                                                              token) -> None:
+    # Given a limit of 1 and no worker yet, only the first run is put on the queue: the
+    # others wait in Redis, in order, instead of each taking a trip through a worker.
+    queue = "limits-publish"
+    broker = redis.Redis.from_url(f"{redis_base_url}/0")
+    broker.delete(queue)
+    client.set_concurrency_limit(tasks.adjustable.name, 1)
+    results = [tasks.adjustable.apply_async((token, i, 0.1), queue=queue) for i in range(4)]
+    assert broker.llen(queue) == 1
+    info = client.concurrency_limit(tasks.adjustable.name)
+    assert info.holders == [results[0].id]
+    assert info.parked == [r.id for r in results[1:]]
+    for r in results[1:]:
+        assert client.get_run(r.id).status is RunStatus.PENDING
+        assert any(e.type == "slot_denied" for e in client.get_run(r.id).events)
+    # When a worker comes, each release publishes the next one: first come, first served.
+    with celery_worker(redis_base_url, pool="threads", queue=queue, concurrency=4, name="p1"):
+        assert [r.get(timeout=60) for r in results] == [0, 1, 2, 3]
+    observed = sorted(spans(redis_base_url, token))
+    assert [label for _, _, label in observed] == ["0", "1", "2", "3"]
+    assert max_overlap(observed) == 1
+    info = client.concurrency_limit(tasks.adjustable.name)
+    assert info.holders == [] and info.parked == []
+
+
+def test_a_delayed_publish_takes_its_slot_when_it_starts(redis_base_url, tasks, client,
+                                                         token) -> None:
+    queue = "limits-delayed"
+    broker = redis.Redis.from_url(f"{redis_base_url}/0")
+    broker.delete(queue)
+    client.set_concurrency_limit(tasks.adjustable.name, 1)
+    first = tasks.adjustable.apply_async((token, 0, 0.1), queue=queue)
+    delayed = tasks.adjustable.apply_async((token, 1, 0.1), queue=queue, countdown=0.5)
+    # The delayed one is on the queue (its slot is not held while it waits for its ETA).
+    assert broker.llen(queue) == 2
+    assert client.concurrency_limit(tasks.adjustable.name).holders == [first.id]
+    with celery_worker(redis_base_url, pool="threads", queue=queue, concurrency=2, name="d1"):
+        assert first.get(timeout=60) == 0 and delayed.get(timeout=60) == 1
+    assert max_overlap(spans(redis_base_url, token)) == 1
+
+
+def test_a_failed_publish_gives_its_slot_back(tasks, client, token, monkeypatch) -> None:
+    from celery import Task
+
+    client.set_concurrency_limit(tasks.adjustable.name, 1)
+
+    def broker_down(*args: object, **kwargs: object) -> None:
+        raise ConnectionError("the broker is unreachable")
+
+    monkeypatch.setattr(Task, "apply_async", broker_down)
+    with pytest.raises(ConnectionError):
+        tasks.adjustable.apply_async((token, 0, 0.1), queue="limits-nowhere")
+    info = client.concurrency_limit(tasks.adjustable.name)
+    assert info.holders == [] and info.parked == []

@@ -142,3 +142,78 @@ def test_a_reaper_that_dies_before_requeueing_is_covered(store: RunStore) -> Non
     # A claim takes a reaper's lease at once (no waiting for the grace) and counts a crash.
     nxt = claim(store, "r8", "n2", owner="w2")
     assert nxt.outcome == "claimed" and nxt.crashes == 1
+
+
+def test_a_reaped_run_keeps_its_canvas_options(store: RunStore) -> None:
+    # The reaper re-publishes a run whose message is gone from the data the record keeps:
+    # the rest of its chain must be in it.
+    canvas = json.dumps({"chain": [{"task": "t.next", "args": [], "kwargs": {}}]})
+    store.create_run("r9", "t.task", "[1]", "{}", "celery", canvas)
+    store.create_run("r10", "t.task", "[1]", "{}", "celery")
+    claim(store, "r9", "n1", owner="dead-worker")
+    claim(store, "r10", "n1", owner="dead-worker")
+    assert store.reap("r9", "dead-worker", "reaper-1")[6] == canvas  # type: ignore[index]
+    assert store.reap("r10", "dead-worker", "reaper-1")[6] == ""  # type: ignore[index]
+    assert not store.client.hexists("t:{r10}:run", "canvas")  # nothing stored without one
+
+
+def index_state(store: RunStore, run_id: str, owner: str = "w1") -> dict[str, object]:
+    """Where the global indexes put ``run_id``: its status indexes, lease, worker set."""
+    statuses = [s.value for s in RunStatus
+                if store.client.zscore(store.keys.status_index(s), run_id) is not None]
+    return {"statuses": statuses,
+            "lease": store.client.zscore(store.keys.leases, run_id),
+            "in_worker_set": bool(store.client.sismember(store.keys.worker_runs(owner),
+                                                         run_id)),
+            "listed": store.client.zscore(store.keys.all_runs, run_id) is not None
+            and store.client.zscore(store.keys.task_index("t.task"), run_id) is not None}
+
+
+def test_claims_and_ends_index_in_the_same_round_trip(store: RunStore) -> None:
+    store.create_run("i1", "t.task", "[]", "{}", "celery")
+    c = claim(store, "i1", "n1")
+    state = index_state(store, "i1")
+    assert state["statuses"] == ["running"] and state["in_worker_set"] and state["listed"]
+    assert state["lease"] == int(store.client.hget("t:{i1}:run", "lease_expires_ms"))
+    store.end_attempt("i1", c.token, RunStatus.COMPLETED, {"type": "run_completed"},
+                      task="t.task", owner="w1")
+    state = index_state(store, "i1")
+    assert state["statuses"] == ["completed"] and state["lease"] is None
+    assert not state["in_worker_set"] and state["listed"]
+
+
+def test_wrong_guesses_of_the_optimistic_index_update_are_repaired(store: RunStore) -> None:
+    # A duplicate delivery finds the run busy: the indexes keep the holder's lease.
+    store.create_run("i2", "t.task", "[]", "{}", "celery")
+    holder = claim(store, "i2", "n1", owner="w1")
+    assert claim(store, "i2", "n2", owner="w2").outcome == "busy"
+    state = index_state(store, "i2", owner="w2")
+    assert state["statuses"] == ["running"] and not state["in_worker_set"]
+    assert state["lease"] == int(store.client.hget("t:{i2}:run", "lease_expires_ms"))
+    assert index_state(store, "i2", owner="w1")["in_worker_set"]
+    # A late copy of the message of an ended run leaves it where it is.
+    store.end_attempt("i2", holder.token, RunStatus.COMPLETED, {"type": "run_completed"},
+                      task="t.task", owner="w1")
+    assert claim(store, "i2", "n3", owner="w3").outcome == "done"
+    state = index_state(store, "i2", owner="w3")
+    assert state["statuses"] == ["completed"] and state["lease"] is None
+    assert not state["in_worker_set"]
+    # A fenced attempt's end does not take the run away from the attempt that owns it now.
+    store.create_run("i3", "t.task", "[]", "{}", "celery")
+    zombie = claim(store, "i3", "n1", owner="w1")
+    store.client.hset("t:{i3}:run", "lease_expires_ms", 1)
+    owner = claim(store, "i3", "n2", owner="w2")
+    assert owner.outcome == "claimed"
+    assert store.end_attempt("i3", zombie.token, RunStatus.COMPLETED,
+                             {"type": "run_completed"}, task="t.task", owner="w1") is None
+    state = index_state(store, "i3", owner="w2")
+    assert state["statuses"] == ["running"] and state["in_worker_set"]
+    assert state["lease"] == int(store.client.hget("t:{i3}:run", "lease_expires_ms"))
+    assert not index_state(store, "i3", owner="w1")["in_worker_set"]
+
+
+def test_a_run_created_by_its_first_claim_is_listed(store: RunStore) -> None:
+    # Published by a producer without celery-durable (send_task by name): no record yet.
+    assert claim(store, "i4", "n1").outcome == "claimed"
+    state = index_state(store, "i4")
+    assert state["statuses"] == ["running"] and state["listed"] and state["in_worker_set"]
