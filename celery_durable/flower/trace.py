@@ -60,7 +60,8 @@ class AttemptRow:
 
 @dataclass(frozen=True, slots=True)
 class WaitRow:
-    """A suspension: a sleep, an event wait or a child wait."""
+    """A suspension (a sleep, an event wait, a child wait) or a wait for a concurrency
+    slot (``reason == "slot"``, ``key`` = the limit, ``detail`` = position and use)."""
 
     at: dt.datetime
     reason: str
@@ -68,6 +69,7 @@ class WaitRow:
     key: str
     until: dt.datetime | None
     child_id: str | None
+    detail: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,6 +95,7 @@ class TraceView:
     attempts: list[AttemptRow] = field(default_factory=list)
     waits: list[WaitRow] = field(default_factory=list)
     current_wait: WaitRow | None = None
+    open_wait: WaitRow | None = None  # the last wait not followed by an attempt
     logs: list[LogRow] = field(default_factory=list)
     events: list[tuple[TraceEvent, dict[str, str]]] = field(default_factory=list)
     events_total: int = 0
@@ -174,11 +177,20 @@ def build_trace(
             state="failed", offset_pct=_clamp((at - start) / span * 100),
             width_pct=MIN_BAR_PCT, duration_ms=None, started_at=failures[0].at, value=None,
             failures=failures))
-    if run.status.value == "suspended" and view.waits:
-        view.current_wait = view.waits[-1]
+    if run.status.value in ("suspended", "pending", "retrying"):
+        view.current_wait = view.open_wait
     view.events_total = len(view.events)
     view.events = view.events[-MAX_EVENTS_SHOWN:]
     return view
+
+
+def _ordinal(zero_based: str) -> str:
+    """``"0"`` -> ``"1st"``: the rank of a parked run (stored 0-based)."""
+    if not zero_based.isdigit():
+        return "?"
+    n = int(zero_based) + 1
+    suffix = "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
+    return f"{n}{suffix}"
 
 
 def _clamp(pct: float) -> float:
@@ -189,6 +201,7 @@ def _collect(view: TraceView, ev: TraceEvent, redactor: Redactor) -> None:
     f = ev.fields
     view.events.append((ev, redactor.fields({k: v for k, v in f.items() if k != "type"})))
     if ev.type == "attempt_started":
+        view.open_wait = None
         view.worker = f.get("worker", "") or view.worker
         view.attempts.append(AttemptRow(attempt=int(f.get("attempt") or 0),
                                         worker=f.get("worker", ""), started_at=ev.at,
@@ -206,6 +219,13 @@ def _collect(view: TraceView, ev: TraceEvent, redactor: Redactor) -> None:
             at=ev.at, reason=f.get("reason", ""), step=f.get("step", ""), key=key,
             until=dt.datetime.fromtimestamp(int(until) / 1000, tz=dt.UTC) if until else None,
             child_id=_child_of(key)))
+        view.open_wait = view.waits[-1]
+    elif ev.type == "slot_denied":
+        view.waits.append(WaitRow(
+            at=ev.at, reason="slot", step="", key=f.get("limit", ""), until=None,
+            child_id=None, detail=f"{_ordinal(f.get('position', ''))} in line, "
+                                  f"{f.get('held', '?')}/{f.get('max', '?')} in use"))
+        view.open_wait = view.waits[-1]
     elif ev.type == "log":
         view.logs.append(LogRow(at=ev.at, level=f.get("level", ""), logger=f.get("logger", ""),
                                 message=f.get("message", ""), step=f.get("step", ""),

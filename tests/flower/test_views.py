@@ -516,6 +516,10 @@ def test_a_paused_limit_shows_its_waiting_run(flower: FlowerServer, flower_worke
         page = flower.get("/durable/limits").body
         assert f'href="/durable/runs/{run_id}"' in page
         assert run_status(flower_app, run_id) != "completed"
+        trace = flower.get(f"/durable/runs/{run_id}").body
+        assert re.search(r'id="durable-current-wait">\s*<strong>Waiting:</strong>\s*for a slot '
+                         r'of concurrency limit <a href="/durable/limits"><code>'
+                         r'task:flower_tests.limited</code></a> \(1st in line, 0/0 in use', trace)
     finally:
         assert flower.post_json("/api/durable/limits", {"name": name, "limit": 3}).status == 200
     wait_for("the run to get its slot", lambda: run_status(flower_app, run_id) == "completed")

@@ -161,3 +161,16 @@ def test_python_m_prints_the_shipped_conf_file() -> None:
                          text=True, timeout=60, check=True).stdout.strip()
     assert out == CONF_PATH
     assert "celery_durable.flower.install()" in Path(out).read_text()
+
+
+@pytest.mark.parametrize(("position", "shown"), [("0", "1st"), ("2", "3rd"), ("10", "11th"),
+                                                 ("21", "22nd"), ("", "?")])
+def test_a_run_parked_for_a_slot_waits_for_it(position: str, shown: str) -> None:
+    run = RunInfo(id="r", task="t", status=RunStatus.PENDING, attempt=0, created_at=_at(0),
+                  updated_at=_at(1), finished_at=None, step_count=0,
+                  events=[TraceEvent(id="1-0", at=_at(1), type="slot_denied",
+                                     fields={"limit": "task:t", "position": position,
+                                             "held": "2", "max": "2"})])
+    wait = build_trace(run, Redactor(()), [], now=_at(5)).current_wait
+    assert wait is not None and wait.reason == "slot" and wait.key == "task:t"
+    assert wait.detail == f"{shown} in line, 2/2 in use"
