@@ -244,6 +244,9 @@ def test_edit_a_limit(flower: FlowerServer) -> None:
     rows = flower.get("/api/durable/limits").json()["limits"]
     row = next(r for r in rows if r["name"] == "task:flower_tests.limited")
     assert (row["coded"], row["runtime"], row["effective"]) == (3, 5, 5)
+    queue = next(r for r in rows if r["name"] == "queue:flower-tests")
+    assert (queue["coded"], queue["key"], queue["waiting"]) == (50, None, 0)
+    assert "queue:flower-tests" in flower.get("/durable/limits").body
     # The page form posts the same change (Flower's XSRF check lets same-origin posts in).
     form = flower.request("/durable/limits", method="POST",
                           data=b"name=task%3Aflower_tests.limited&limit=4",
