@@ -206,7 +206,9 @@ def _collect(view: TraceView, ev: TraceEvent, redactor: Redactor) -> None:
         view.attempts.append(AttemptRow(attempt=int(f.get("attempt") or 0),
                                         worker=f.get("worker", ""), started_at=ev.at,
                                         outcome="running"))
-    elif ev.type in _OUTCOMES and view.attempts:
+    elif ev.type in _OUTCOMES and view.attempts and view.attempts[-1].outcome == "running":
+        # The first event that ends an attempt says how (a later cancel of a suspended
+        # run, say, does not rewrite how its last attempt ended).
         last = view.attempts[-1]
         error = _error(f) if f.get("error_type") else None
         view.attempts[-1] = AttemptRow(attempt=last.attempt, worker=last.worker,
@@ -247,5 +249,4 @@ _OUTCOMES = {
     "attempt_fenced": "fenced out",
     "crash_detected": "worker died",
     "run_reaped": "worker died (reaped)",
-    "slot_denied": "waiting for a slot",
 }

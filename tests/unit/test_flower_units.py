@@ -174,3 +174,20 @@ def test_a_run_parked_for_a_slot_waits_for_it(position: str, shown: str) -> None
     wait = build_trace(run, Redactor(()), [], now=_at(5)).current_wait
     assert wait is not None and wait.reason == "slot" and wait.key == "task:t"
     assert wait.detail == f"{shown} in line, 2/2 in use"
+
+
+def test_each_attempt_ends_the_way_its_first_ending_event_says() -> None:
+    def ev(ms: int, type_: str, **fields: str) -> TraceEvent:
+        return TraceEvent(id=f"{ms}-0", at=_at(ms), type=type_, fields=fields)
+
+    run = RunInfo(id="r", task="t", status=RunStatus.CANCELLED, attempt=2, created_at=_at(0),
+                  updated_at=_at(9), finished_at=_at(9), step_count=0,
+                  events=[ev(1, "attempt_started", attempt="1", worker="w1"),
+                          ev(2, "crash_detected", crashes="1", holder="w1"),
+                          ev(3, "attempt_started", attempt="2", worker="w2"),
+                          ev(4, "run_suspended", reason="sleep", until_ms="9000"),
+                          ev(5, "run_cancelled", reason="by ops")])
+    view = build_trace(run, Redactor(()), [], now=_at(10))
+    assert [a.outcome for a in view.attempts] == ["worker died", "suspended"]
+    assert view.current_wait is None  # a cancelled run waits for nothing
+    assert view.waits[0].until == _at(9000)
