@@ -68,6 +68,8 @@ def fmt_ms(ms: float | None) -> str:
     """A duration given in milliseconds, in the largest unit that keeps it readable."""
     if ms is None:
         return "-"
+    if ms < 1:
+        return "<1 ms"
     if ms < 1000:
         return f"{ms:.0f} ms"
     seconds = ms / 1000
