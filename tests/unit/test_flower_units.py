@@ -191,3 +191,11 @@ def test_each_attempt_ends_the_way_its_first_ending_event_says() -> None:
     assert [a.outcome for a in view.attempts] == ["worker died", "suspended"]
     assert view.current_wait is None  # a cancelled run waits for nothing
     assert view.waits[0].until == _at(9000)
+
+
+def test_durations_and_times_as_shown() -> None:
+    from celery_durable.flower.base import fmt_ms, fmt_time
+
+    assert [fmt_ms(v) for v in (None, 0.2, 12.4, 1500, 90_000, 600_000, 9_000_000)] == [
+        "-", "<1 ms", "12 ms", "1.50 s", "90.00 s", "10.0 min", "2.5 h"]
+    assert fmt_time(_at(1_500)) == "1970-01-01 00:00:01.500 UTC" and fmt_time(None) == "-"
