@@ -30,7 +30,16 @@ from .errors import (
     StoreError,
     WaitTimeout,
 )
-from .models import ErrorInfo, LimitInfo, RunInfo, RunStatus, RunSummary, StepInfo, TraceEvent
+from .models import (
+    ErrorInfo,
+    LimitInfo,
+    LogRecordInfo,
+    RunInfo,
+    RunStatus,
+    RunSummary,
+    StepInfo,
+    TraceEvent,
+)
 from .retry import RetryPolicy
 from .steps import step
 from .task import DurableTask, durable_task
@@ -49,6 +58,7 @@ __all__ = [
     "IdempotencyConflictError",
     "LeaseLostError",
     "LimitInfo",
+    "LogRecordInfo",
     "NonRetryableError",
     "NondeterminismError",
     "NotInRunError",

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 from celery.exceptions import Ignore, Reject, Retry
 
-from . import otel, signals
+from . import logcapture, metrics, otel, signals
 from .children import notify_parent
 from .codec import JsonCodec, Unencodable, describe_unencodable
 from .concurrency import SlotRef, acquire, note_parked, publish_woken, release, slots_for
@@ -28,7 +28,7 @@ from .errors import LeaseLostError, RunCancelled, RunCrashedError, StoreError
 from .identity import current_worker_id
 from .models import RunStatus
 from .payloads import coerce_call
-from .requeue import request_options, resume_info
+from .requeue import encode_options, request_options, resume_info
 from .store import Claim, RunStore, now_ms, store_for
 
 if TYPE_CHECKING:
@@ -88,8 +88,11 @@ def run_attempt(task: DurableTask, args: tuple[Any, ...], kwargs: dict[str, Any]
         _retry(task, exc, delay)
     if claim.outcome in ("crashed", "done"):
         _give_back_slots(task, store, run_id, slots)
+    meters = metrics.meters_for(store.settings, task.name)
     if claim.outcome == "crashed":
         _release_idempotency_key(task, store, run_id)
+        if meters is not None:
+            meters.run_finished("failed")
         raise RunCrashedError(
             f"run {run_id}: its worker died {claim.crashes} times; the run is failed "
             f"(durable_max_crashes={store.settings.max_crashes})",
@@ -99,6 +102,13 @@ def run_attempt(task: DurableTask, args: tuple[Any, ...], kwargs: dict[str, Any]
         return _already_done(run_id, claim)
     if claim.outcome == "busy":
         _defer_duplicate(task, store, run_id, claim, args, kwargs)
+    settings = store.settings
+    if settings.log_capture:
+        logcapture.install()
+    # The previous attempt never ended (its worker or pool process died): a crash resume.
+    recovered = claim.status == RunStatus.RUNNING.value
+    if recovered and meters is not None:
+        meters.crash_resumed()
     ctx = RunContext(
         run_id=run_id,
         attempt=claim.attempt,
@@ -112,10 +122,13 @@ def run_attempt(task: DurableTask, args: tuple[Any, ...], kwargs: dict[str, Any]
         app=task.app,
         deadline_ms=(claim.created_ms + int(task.durable_run_timeout * 1000)
                      if task.durable_run_timeout is not None else None),
+        logs=logcapture.RunLogs(settings, claim.attempt) if settings.log_capture else None,
+        meters=meters,
     )
     bound = bind_context(ctx)
     signals.run_started.send(sender=task.name, run_id=run_id, attempt=ctx.attempt,
-                             resumed=claim.status == RunStatus.SUSPENDED.value)
+                             resumed=claim.status == RunStatus.SUSPENDED.value,
+                             recovered=recovered)
     try:
         with otel.attempt_span(task.name, run_id, ctx.attempt, req.headers) as span:
             ctx.traced = span is not None and span.is_recording()
@@ -133,6 +146,8 @@ def run_attempt(task: DurableTask, args: tuple[Any, ...], kwargs: dict[str, Any]
             otel.set_outcome(span, "completed")
             return value
     finally:
+        # Records logged after the attempt's last write (signal receivers, cleanup).
+        logcapture.flush(ctx)
         unbind_context(bound)
 
 
@@ -154,6 +169,10 @@ def _take_slots(
     publish_woken(task.app, admission.woken)
     if admission.admitted:
         return slots
+    # A run sent by name (no slot taken at publish) may not be recorded yet: record it, so
+    # that it is listed and its trace says why it waits.
+    store.create_run(run_id, task.name, encode_arguments(list(args)), encode_arguments(kwargs),
+                     queue, encode_options(request_options(task.request)))
     note_parked(store, task.name, run_id, admission)
     raise Ignore()
 
@@ -232,6 +251,8 @@ def _run_body(
     except Retry:
         # The task called self.retry() itself: the next message is already published.
         _end(store, ctx, task, RunStatus.RETRYING, {"type": "attempt_retrying"})
+        if ctx.meters is not None:
+            ctx.meters.run_retrying()
         raise
     except Reject as exc:
         requeue = bool(getattr(exc, "requeue", False))
@@ -267,6 +288,8 @@ def _complete(task: DurableTask, store: RunStore, ctx: RunContext, value: Any) -
     _notify_parent(task, store, ctx.id, {"ok": True, "result": value})
     signals.run_completed.send(sender=task.name, run_id=ctx.id, attempt=ctx.attempt,
                                result=value)
+    if ctx.meters is not None:
+        ctx.meters.run_finished("completed")
     return value
 
 
@@ -298,7 +321,8 @@ def _handle_failure(
              **error}
     try:
         ended = store.end_attempt(ctx.id, ctx._token, RunStatus.RETRYING, event, task=task.name,
-                                  owner=ctx.owner, error_json=json.dumps(error))
+                                  owner=ctx.owner, error_json=json.dumps(error),
+                                  logs=ctx.take_logs())
     except StoreError:
         # Redis is unreachable: the retry message still carries the run forward.
         logger.exception("run %s: could not record the failure of attempt %s", ctx.id, ctx.attempt)
@@ -308,6 +332,8 @@ def _handle_failure(
         raise Ignore() from exc
     signals.run_retrying.send(sender=task.name, run_id=ctx.id, attempt=ctx.attempt,
                               exception=exc, delay_s=delay)
+    if ctx.meters is not None:
+        ctx.meters.run_retrying()
     _retry(task, exc, delay)
 
 
@@ -343,6 +369,8 @@ def _park(
         signals.run_retrying.send(sender=task.name, run_id=ctx.id, attempt=ctx.attempt,
                                   exception=None, delay_s=(due_ms or now_ms()) / 1000
                                   - now_ms() / 1000)
+        if ctx.meters is not None:
+            ctx.meters.run_retrying()
     raise Ignore()
 
 
@@ -382,6 +410,8 @@ def _fail(store: RunStore, ctx: RunContext, task: DurableTask, exc: BaseExceptio
         _notify_parent(task, store, ctx.id, {"ok": False, "status": "failed", **error})
         signals.run_failed.send(sender=task.name, run_id=ctx.id, attempt=ctx.attempt,
                                 exception=exc)
+        if ctx.meters is not None:
+            ctx.meters.run_finished("failed")
 
 
 def _release_idempotency_key(task: DurableTask, store: RunStore, run_id: str) -> None:
@@ -410,7 +440,7 @@ def _end(
     try:
         prev = store.end_attempt(ctx.id, ctx._token, status, event, task=task.name,
                                  owner=ctx.owner, result_json=result_json,
-                                 error_json=error_json)
+                                 error_json=error_json, logs=ctx.take_logs())
         if prev is not None:
             # Only the attempt that still owned the run gives its slots back.
             _give_back_slots(task, store, ctx.id, ctx.slots)

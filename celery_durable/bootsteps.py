@@ -8,13 +8,16 @@ thread has its own Redis connections and never touches the worker's event loop.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from typing import Any
 
 from celery import Celery, bootsteps, signals
 
+from . import metrics
 from .checks import run_startup_checks
-from .config import settings_for
+from .config import DurableSettings, settings_for
+from .errors import ConfigurationError
 from .heartbeat import Heartbeat
 from .identity import install_worker_id, new_worker_id
 from .reaper import Reaper
@@ -40,6 +43,10 @@ class DurableWorkerStep(bootsteps.StartStopStep):
         self._draining = threading.Event()
         self._thread: threading.Thread | None = None
         self._heartbeat: Heartbeat | None = None
+        self._exporter: Any = None
+        if metrics.AVAILABLE:
+            # Connected before the pool starts, so that every pool process inherits it.
+            signals.worker_process_shutdown.connect(metrics.mark_dead, weak=False)
 
     def start(self, worker: Any) -> None:
         settings = settings_for(self.app)
@@ -56,6 +63,41 @@ class DurableWorkerStep(bootsteps.StartStopStep):
         signals.worker_shutdown.connect(self._on_worker_shutdown, weak=False)
         logger.info("celery-durable: worker %s heartbeat every %gs", self.worker_id,
                     settings.heartbeat_interval_s)
+        if settings.metrics_port is not None:
+            self._start_exporter(worker, settings)
+
+    def _start_exporter(self, worker: Any, settings: DurableSettings) -> None:
+        """Serve the worker's Prometheus metrics (durable_metrics_port)."""
+        port = settings.metrics_port
+        assert port is not None
+        if not metrics.AVAILABLE:
+            raise ConfigurationError(
+                "durable_metrics_port is set but prometheus_client is not installed: "
+                "pip install 'celery-durable[prometheus]' (or unset durable_metrics_port)")
+        if not settings.metrics:
+            raise ConfigurationError(
+                "durable_metrics_port is set but durable_metrics is False: nothing would be "
+                "recorded; enable durable_metrics or unset durable_metrics_port")
+        directory = metrics.multiprocess_dir()
+        if directory is not None and not os.path.isdir(directory):
+            raise ConfigurationError(
+                f"PROMETHEUS_MULTIPROC_DIR={directory} is not a directory: create it (empty) "
+                "before starting the worker, or unset it")
+        pool = type(getattr(worker, "pool", None)).__module__
+        if "prefork" in pool and directory is None:
+            logger.warning(
+                "celery-durable: durable_metrics_port is set with a prefork pool but "
+                "PROMETHEUS_MULTIPROC_DIR is not: the pool processes' metrics cannot be "
+                "exported. Start the worker with PROMETHEUS_MULTIPROC_DIR=<an empty dir>")
+        try:
+            self._exporter = metrics.start_exporter(port, settings.metrics_addr)
+        except OSError:
+            # The worker runs on without an exporter rather than refuse to start.
+            logger.exception("celery-durable: could not serve metrics on %s:%s",
+                             settings.metrics_addr, port)
+            return
+        logger.info("celery-durable: Prometheus metrics on http://%s:%s/metrics",
+                    settings.metrics_addr, self._exporter.server_port)
 
     def _loop(self, heartbeat: Heartbeat, reaper: Reaper | None, interval: float) -> None:
         while not self._stop.wait(interval):
@@ -88,6 +130,10 @@ class DurableWorkerStep(bootsteps.StartStopStep):
         self._stop.set()
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(timeout=10)
+        exporter, self._exporter = self._exporter, None
+        if exporter is not None:
+            exporter.shutdown()
+            exporter.server_close()
         heartbeat, self._heartbeat = self._heartbeat, None
         if heartbeat is not None:
             try:

@@ -19,7 +19,7 @@ from .checks import server_problems, settings_problems
 from .client import DurableClient
 from .concurrency import limit_base
 from .errors import ConfigurationError, DurableError, StoreError
-from .models import RunInfo, RunStatus
+from .models import LogRecordInfo, RunInfo, RunStatus
 from .task import DurableTask
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -109,7 +109,24 @@ def _describe(run: RunInfo) -> str:
          for s in run.steps])]
     for i, error in enumerate(run.attempt_errors, 1):
         lines += ["", f"error {i}: {error.type}: {error.message}"]
+    if run.logs:
+        lines += ["", f"logs ({len(run.logs)})"]
+        lines += [_log_line(record) for record in run.logs]
     return "\n".join(lines)
+
+
+def _printable(text: str) -> str:
+    """``text`` with control characters (terminal escapes) shown as ``\\xNN``."""
+    return "".join(c if c.isprintable() or c in "\n\t" else f"\\x{ord(c):02x}" for c in text)
+
+
+def _log_line(record: LogRecordInfo) -> str:
+    """One captured record: time, level, attempt, step, logger and the message, whose
+    further lines (a traceback) are indented under it."""
+    head = (f"{record.at.strftime('%H:%M:%S.%f')[:-3]}  {record.level:<8} a{record.attempt}  "
+            f"{record.step or '-'}  {record.logger}: ")
+    message = _printable(record.message).replace("\n", "\n" + " " * 4)
+    return head + message
 
 
 @durable.command(cls=CeleryCommand)

@@ -17,6 +17,7 @@ from .models import (
     TERMINAL_STATUSES,
     ErrorInfo,
     LimitInfo,
+    LogRecordInfo,
     RunInfo,
     RunPage,
     RunStatus,
@@ -82,6 +83,20 @@ def _error_of(fields: Mapping[str, str]) -> ErrorInfo:
                      traceback=fields.get("traceback", ""))
 
 
+def _logs(events: list[TraceEvent]) -> list[LogRecordInfo]:
+    records = []
+    for ev in events:
+        if ev.type != "log":
+            continue
+        f = ev.fields
+        ms = _int(f.get("ms"))
+        records.append(LogRecordInfo(
+            at=ms_to_datetime(ms) if ms is not None else ev.at,  # type: ignore[arg-type]
+            level=f.get("level", ""), logger=f.get("logger", ""), message=f.get("message", ""),
+            step=f.get("step", ""), attempt=_int(f.get("attempt")) or 0))
+    return records
+
+
 def _steps(raw_steps: Mapping[str, str], events: list[TraceEvent]) -> list[StepInfo]:
     failures: dict[str, list[ErrorInfo]] = {}
     for ev in events:
@@ -134,6 +149,7 @@ class DurableClient:
             children=self.store.children_of(run_id),
             forked_from=raw.get("forked_from") or None,
             events=events,
+            logs=_logs(events),
         )
 
     def cancel(self, run_id: str, reason: str = "cancelled by an operator") -> RunStatus:

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from celery import Celery
 
-from . import signals
+from . import metrics, signals
 from .config import DurableSettings
 from .errors import ConfigurationError
 from .requeue import publish_resume
@@ -156,6 +156,9 @@ def note_parked(store: RunStore, task_name: str, run_id: str, admission: Admissi
     assert denied is not None
     signals.slot_denied.send(sender=task_name, run_id=run_id, limit=denied.name,
                              position=admission.position)
+    meters = metrics.meters_for(store.settings, task_name)
+    if meters is not None:
+        meters.slot_waited()
     store.append_event(run_id, "slot_denied", {
         "limit": denied.name, "position": admission.position, "held": admission.held,
         "max": admission.limit})

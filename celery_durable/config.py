@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import re
 import weakref
 from typing import Any, Literal
@@ -46,6 +47,11 @@ DEFAULT_REDIS_SOCKET_TIMEOUT_S = 10.0
 DEFAULT_FLOWER_REDACT = ("password", "passwd", "secret", "token", "api[_-]?key",
                          "authorization", "credential", "private[_-]?key", "cookie")
 
+#: Log records captured into a run's trace per attempt (later ones are counted, not kept).
+DEFAULT_LOG_MAX_RECORDS = 1000
+#: Characters kept of a captured log message (the rest is cut, with a marker).
+DEFAULT_LOG_MAX_CHARS = 4000
+
 _REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
 
 
@@ -78,6 +84,33 @@ class DurableSettings(BaseModel):
     eviction_check: Literal["warn", "error", "ignore"] = "warn"
     flower_redact: tuple[str, ...] = DEFAULT_FLOWER_REDACT
     flower_metrics_interval_s: float = Field(default=15.0, gt=0)
+    #: Capture log records emitted inside a run into its trace (see logcapture.py).
+    log_capture: bool = True
+    #: Lowest level captured (a name such as "INFO" or a number); stored as the number.
+    log_level: int = logging.INFO
+    log_max_records: int = Field(default=DEFAULT_LOG_MAX_RECORDS, ge=0)
+    log_max_chars: int = Field(default=DEFAULT_LOG_MAX_CHARS, ge=100)
+    #: Record Prometheus metrics in workers (needs the ``prometheus`` extra).
+    metrics: bool = True
+    #: Port of the worker's Prometheus exporter (main process); None: no exporter.
+    metrics_port: int | None = Field(default=None, ge=0, le=65535)
+    metrics_addr: str = "0.0.0.0"
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _log_level(cls, value: Any) -> int:
+        if isinstance(value, bool):
+            raise ValueError("must be a level name such as 'INFO' or a number")
+        if isinstance(value, int):
+            if value < 0:
+                raise ValueError("must be >= 0")
+            return value
+        if isinstance(value, str):
+            level = logging.getLevelName(value.strip().upper())
+            if isinstance(level, int):
+                return level
+        raise ValueError(
+            f"unknown log level {value!r}: use DEBUG, INFO, WARNING, ERROR, CRITICAL or a number")
 
     @field_validator("redis_url")
     @classmethod

@@ -38,6 +38,8 @@ from .store import RunStore
 
 if TYPE_CHECKING:
     from .concurrency import SlotRef
+    from .logcapture import RunLogs
+    from .metrics import TaskMeters
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -88,7 +90,7 @@ class RunContext:
     __slots__ = (
         "id", "attempt", "task_name", "owner", "failures", "_token", "_store", "_settings",
         "_committed", "_position", "_occurrences", "_current_step", "replayed", "_keys", "slots",
-        "_last_step_id", "_app", "deadline_ms", "traced",
+        "_last_step_id", "_app", "deadline_ms", "traced", "logs", "meters",
     )
 
     def __init__(
@@ -105,6 +107,8 @@ class RunContext:
         failures: int = 0,
         app: Any = None,
         deadline_ms: int | None = None,
+        logs: RunLogs | None = None,
+        meters: TaskMeters | None = None,
     ) -> None:
         self.id = run_id
         self.attempt = attempt
@@ -132,6 +136,10 @@ class RunContext:
         self.traced = False
         #: Number of steps this attempt answered from checkpoints instead of executing.
         self.replayed = 0
+        #: Log records captured in this attempt and not yet written (None: no capture).
+        self.logs = logs
+        #: This task's Prometheus metrics (None: not recorded).
+        self.meters = meters
 
     # -- public API ------------------------------------------------------------------------
 
@@ -289,6 +297,20 @@ class RunContext:
         return f"{self.id}:{self._current_step}"
 
     @property
+    def current_step(self) -> str | None:
+        """The id of the step executing now (``fetch#2``), or None between steps."""
+        return self._current_step
+
+    @property
+    def store(self) -> RunStore:
+        return self._store
+
+    def take_logs(self) -> list[str]:
+        """The buffered log records (for the next write to the run), emptying the buffer."""
+        logs = self.logs
+        return logs.take() if logs is not None and logs.pending else []
+
+    @property
     def position(self) -> int:
         """How many steps this attempt has passed so far (replayed or executed)."""
         return self._position
@@ -364,6 +386,8 @@ class RunContext:
         value = from_jsonable(record["v"])
         signals.step_replayed.send(sender=self.task_name, run_id=self.id, attempt=self.attempt,
                                    step=step_id, position=position)
+        if self.meters is not None:
+            self.meters.step_replayed()
         return value
 
     def _execute(
@@ -411,12 +435,16 @@ class RunContext:
                 "(S3, a database) and return a reference, or raise the limit",
                 step=step_id, size=len(payload.encode()),
             )
-        code = self._store.commit_step(self._keys, self._token, position, step_id, payload)
+        logs = self.logs
+        code = self._store.commit_step(self._keys, self._token, position, step_id, payload,
+                                       logs.take() if logs is not None and logs.pending else ())
         self._check_code(code, f"commit step {step_id!r}")
         if code == 1:
             signals.step_committed.send(
                 sender=self.task_name, run_id=self.id, attempt=self.attempt, step=step_id,
                 position=position, duration_ms=(finished - started) * 1000)
+            if self.meters is not None:
+                self.meters.step_committed(finished - started)
 
     def _record_step_failure(
         self, position: int, step_id: str, tries: int, exc: Exception
@@ -424,7 +452,8 @@ class RunContext:
         fields = {"step": step_id, "pos": position, "attempt": self.attempt, "try": tries,
                   **describe_error(exc)}
         self._check_code(
-            self._store.append_event(self.id, "step_failed", fields, token=self._token),
+            self._store.append_event(self.id, "step_failed", fields, token=self._token,
+                                     logs=self.take_logs()),
             f"record the failure of step {step_id!r}",
         )
         signals.step_failed.send(sender=self.task_name, run_id=self.id, attempt=self.attempt,

@@ -69,6 +69,17 @@ class TraceEvent(_Record):
     fields: dict[str, str]
 
 
+class LogRecordInfo(_Record):
+    """A log record captured inside a run (a trace event of type ``log``)."""
+
+    at: dt.datetime
+    level: str
+    logger: str
+    message: str
+    step: str
+    attempt: int
+
+
 class LimitInfo(_Record):
     """A concurrency limit as stored: the runtime value (None = the one set in code), the
     runs holding a slot and the runs waiting for one (oldest first)."""
@@ -109,6 +120,7 @@ class RunInfo(RunSummary):
     children: list[str] = []
     forked_from: str | None = None
     events: list[TraceEvent] = []
+    logs: list[LogRecordInfo] = []
 
 
 class RunPage(_Record):

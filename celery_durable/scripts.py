@@ -19,6 +19,7 @@ SCRIPT_NAMES = (
     "create_run", "claim_attempt", "commit_step", "append_event", "end_attempt",
     "renew_lease", "reap_run", "claim_idempotency", "release_idempotency",
     "slots", "cancel_run", "reopen_run", "wait_event", "send_event", "fail_run",
+    "append_logs",
 )
 
 
@@ -47,6 +48,7 @@ class Scripts:
     wait_event: Script
     send_event: Script
     fail_run: Script
+    append_logs: Script
 
     @classmethod
     def register(cls, client: redis.Redis) -> Scripts:

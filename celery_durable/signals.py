@@ -6,7 +6,8 @@ Connect receivers with a module-level function (receivers are held weakly) or
 ``weak=False``. All are sent in the process that executes the attempt (a pool process),
 except ``run_cancelled`` (the process that called ``cancel``). Arguments:
 
-- ``run_started``: sender=task name, run_id, attempt, resumed (bool: from a sleep or wait)
+- ``run_started``: sender=task name, run_id, attempt, resumed (bool: from a sleep or wait),
+  recovered (bool: the previous attempt never ended, its worker died: a crash resume)
 - ``step_committed``: sender=task name, run_id, attempt, step, position, duration_ms
 - ``step_replayed``: sender=task name, run_id, attempt, step, position
 - ``step_failed``: sender=task name, run_id, attempt, step, position, exception, try_number
@@ -23,7 +24,7 @@ from __future__ import annotations
 from celery.utils.dispatch import Signal
 
 run_started = Signal(name="durable_run_started",
-                     providing_args=["run_id", "attempt", "resumed"])
+                     providing_args=["run_id", "attempt", "resumed", "recovered"])
 step_committed = Signal(name="durable_step_committed",
                         providing_args=["run_id", "attempt", "step", "position", "duration_ms"])
 step_replayed = Signal(name="durable_step_replayed",

@@ -186,29 +186,76 @@ class RunStore:
         )
 
     def commit_step(
-        self, keys: RunKeys, token: str, position: int, step_id: str, checkpoint: str
+        self, keys: RunKeys, token: str, position: int, step_id: str, checkpoint: str,
+        logs: Sequence[str] = (),
     ) -> int:
         """Commit a checkpoint: one EVALSHA, the whole per-step cost in Redis. Returns the
         script's code (see commit_step.lua). ``keys`` are the run's keys (built once per
-        attempt by the caller)."""
+        attempt by the caller); buffered ``logs`` ride in the same round trip."""
+        args = (token, position, checkpoint, step_id, time.time_ns() // 1_000_000)
         try:
-            return int(self._commit_script(
-                keys=(keys.run, keys.steps, keys.trace),
-                args=(token, position, checkpoint, step_id, time.time_ns() // 1_000_000)))
+            if logs:
+                return int(self._with_logs(keys, logs, self._commit_script,
+                                           [keys.run, keys.steps, keys.trace], args))
+            return int(self._commit_script(keys=(keys.run, keys.steps, keys.trace), args=args))
         except redis.RedisError as exc:
             raise StoreError(
                 f"celery-durable could not commit step {step_id!r} of {keys.run}: {exc}"
             ) from exc
 
+    def append_logs(self, run_id: str, logs: Sequence[str]) -> int:
+        """Append captured log records (flat values, see append_logs.lua) to the trace."""
+        k = self.keys.run(run_id)
+        with _redis_errors(f"record the logs of run {run_id}"):
+            return int(self.scripts.append_logs([k.run, k.trace],
+                                                [self.settings.trace_maxlen, *logs]))
+
+    def _with_logs(self, keys: RunKeys, logs: Sequence[str], script: Any,
+                   script_keys: Sequence[str], args: Sequence[Any],
+                   then: Callable[[Any], None] | None = None) -> Any:
+        """Run ``script`` with the attempt's buffered log records written just before it,
+        and the commands ``then`` queues (index updates) after it, in the same round trip.
+        Only the script's reply counts: a failed log write is dropped (logs never fail a
+        run). Scripts the server lost are loaded and only the commands that failed are
+        sent again."""
+        calls = [(self.scripts.append_logs, [keys.run, keys.trace],
+                  [self.settings.trace_maxlen, *logs]), (script, script_keys, args)]
+        replies = self._send(calls, then)[:len(calls)]
+        lost = [i for i, r in enumerate(replies) if isinstance(r, NoScriptError)]
+        if lost:
+            self.scripts.load_all(self.client)
+            for i, reply in zip(lost, self._send([calls[i] for i in lost]), strict=True):
+                replies[i] = reply
+        main = replies[-1]
+        if isinstance(main, Exception):
+            raise main
+        return main
+
+    def _send(self, calls: Sequence[tuple[Any, Sequence[str], Sequence[Any]]],
+              then: Callable[[Any], None] | None = None) -> list[Any]:
+        """EVALSHA each call in one pipeline, followed by what ``then`` queues; errors are
+        returned in place, not raised."""
+        with self.client.pipeline(False) as pipe:
+            for script, keys, args in calls:
+                queue_call(pipe, script, keys, args)
+            if then is not None:
+                then(pipe)
+            return list(pipe.execute(raise_on_error=False))
+
     def append_event(
-        self, run_id: str, event_type: str, fields: Mapping[str, Any], token: str = ""
+        self, run_id: str, event_type: str, fields: Mapping[str, Any], token: str = "",
+        logs: Sequence[str] = (),
     ) -> int:
-        """Append a trace event; fenced when ``token`` is given. Returns the script's code."""
+        """Append a trace event; fenced when ``token`` is given. Returns the script's code.
+        Buffered ``logs`` are written before it, in the same round trip."""
         k = self.keys.run(run_id)
         argv: list[Any] = [token, self.settings.trace_maxlen, "type", event_type]
         for name, value in fields.items():
             argv += [name, value]
         with _redis_errors(f"record a {event_type} event of run {run_id}"):
+            if logs:
+                return int(self._with_logs(k, logs, self.scripts.append_event,
+                                           [k.run, k.trace], argv))
             return int(self.scripts.append_event([k.run, k.trace], argv))
 
     def end_attempt(
@@ -222,10 +269,12 @@ class RunStore:
         owner: str = "",
         result_json: str = "",
         error_json: str = "",
+        logs: Sequence[str] = (),
     ) -> str | None:
         """End the attempt holding ``token``: release the lease, set ``status``, record
         ``event`` (a mapping with a ``type``). Returns the previous status, or None if the
-        attempt had been fenced out.
+        attempt had been fenced out. Buffered ``logs`` are written first, in the same round
+        trip.
         """
         s, k, ts = self.settings, self.keys.run(run_id), now_ms()
         terminal = status in TERMINAL_STATUSES
@@ -235,12 +284,19 @@ class RunStore:
         for name, value in event.items():
             argv += [name, value]
 
-        def build(pipe: Any) -> None:
-            queue_call(pipe, self.scripts.end_attempt, k.as_list(), argv)
+        def index(pipe: Any) -> None:
             self.indexes.ended(pipe, run_id, status, ts, task=task, owner=owner or None)
 
+        def build(pipe: Any) -> None:
+            queue_call(pipe, self.scripts.end_attempt, k.as_list(), argv)
+            index(pipe)
+
         with _redis_errors(f"end an attempt of run {run_id}"):
-            prev = self._pipelined(build)[0]
+            if logs:
+                prev = self._with_logs(k, logs, self.scripts.end_attempt, k.as_list(), argv,
+                                       then=index)
+            else:
+                prev = self._pipelined(build)[0]
         if prev == -1 or prev != RunStatus.RUNNING.value:
             self._repair_indexes(run_id, task, owner or None)
         return None if prev == -1 else str(prev)

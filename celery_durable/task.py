@@ -12,7 +12,7 @@ from celery.exceptions import TimeLimitExceeded
 from celery.result import AsyncResult
 from celery.utils import uuid
 
-from . import otel
+from . import metrics, otel
 from .attempt import IDEMPOTENCY_HEADER, encode_arguments, publish_queue, run_attempt
 from .bootsteps import install
 from .concurrency import Admission, acquire, note_parked, publish_woken, release, slots_for
@@ -182,7 +182,11 @@ class DurableTask(Task[Any, Any]):
             error["error_message"] = (f"the attempt exceeded the task's hard time limit "
                                       f"({exc}); raise time_limit or split the work in steps")
             try:
-                store_for(self.app).fail_held_run(task_id, current_worker_id(None), error)
+                store = store_for(self.app)
+                if store.fail_held_run(task_id, current_worker_id(None), error):
+                    meters = metrics.meters_for(store.settings, self.name)
+                    if meters is not None:
+                        meters.run_finished("failed")
             except StoreError:
                 logger.exception("run %s: could not record its time limit", task_id)
         super().on_failure(exc, task_id, args, kwargs, einfo)

@@ -17,7 +17,7 @@ app = Celery(
     "durable_tests",
     broker=f"{BASE_URL}/0",
     backend=f"{BASE_URL}/1",
-    include=["tests.tasks"],
+    include=["tests.tasks", "tests.tasks_obs"],
 )
 # Shared tasks resolve through the current app, which is per thread: make this app the
 # default so tests that call tasks from threads find it.
@@ -45,3 +45,8 @@ if os.environ.get("DURABLE_TEST_VT"):
     }
 if os.environ.get("DURABLE_TEST_QUEUE_LIMITS"):
     app.conf.durable_queue_limits = json.loads(os.environ["DURABLE_TEST_QUEUE_LIMITS"])
+# Observability tests: log capture settings and the worker's metrics exporter.
+for _name, _kind in (("log_level", str), ("log_max_records", int), ("log_max_chars", int),
+                     ("metrics_port", int), ("log_capture", lambda v: v == "1")):
+    if os.environ.get(f"DURABLE_TEST_{_name.upper()}"):
+        app.conf[f"durable_{_name}"] = _kind(os.environ[f"DURABLE_TEST_{_name.upper()}"])

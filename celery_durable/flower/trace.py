@@ -11,7 +11,7 @@ import datetime as dt
 from dataclasses import dataclass, field
 
 from ..children import child_event_key
-from ..models import ErrorInfo, RunInfo, RunSummary, TraceEvent
+from ..models import ErrorInfo, LogRecordInfo, RunInfo, RunSummary, TraceEvent
 from .redaction import Redactor, Shown, show
 
 #: Narrowest bar drawn (percent of the span), so instant steps stay visible.
@@ -72,18 +72,6 @@ class WaitRow:
     detail: str = ""
 
 
-@dataclass(frozen=True, slots=True)
-class LogRow:
-    """A log record captured into the trace (``type == "log"``)."""
-
-    at: dt.datetime
-    level: str
-    logger: str
-    message: str
-    step: str
-    attempt: str
-
-
 @dataclass(slots=True)
 class TraceView:
     run: RunInfo
@@ -96,7 +84,7 @@ class TraceView:
     waits: list[WaitRow] = field(default_factory=list)
     current_wait: WaitRow | None = None
     open_wait: WaitRow | None = None  # the last wait not followed by an attempt
-    logs: list[LogRow] = field(default_factory=list)
+    logs: list[LogRecordInfo] = field(default_factory=list)
     events: list[tuple[TraceEvent, dict[str, str]]] = field(default_factory=list)
     events_total: int = 0
     children: list[tuple[str, RunSummary | None]] = field(default_factory=list)
@@ -147,7 +135,7 @@ def build_trace(
                      elapsed_ms=max(0.0, now_ms - created),
                      queued_ms=max(0.0, start - created) if run.attempt else None,
                      worker=run.lease_owner or "",
-                     children=children,
+                     children=children, logs=list(run.logs),
                      args=show(run.args, redactor), kwargs=show(run.kwargs, redactor),
                      result=show(run.result, redactor) if run.result is not None else None)
     failed: dict[str, list[FailureRow]] = {}
@@ -228,10 +216,6 @@ def _collect(view: TraceView, ev: TraceEvent, redactor: Redactor) -> None:
             child_id=None, detail=f"{_ordinal(f.get('position', ''))} in line, "
                                   f"{f.get('held', '?')}/{f.get('max', '?')} in use"))
         view.open_wait = view.waits[-1]
-    elif ev.type == "log":
-        view.logs.append(LogRow(at=ev.at, level=f.get("level", ""), logger=f.get("logger", ""),
-                                message=f.get("message", ""), step=f.get("step", ""),
-                                attempt=f.get("attempt", "")))
     elif ev.type == "run_forked":
         view.forks.append((f.get("fork", ""), f.get("from_step", "")))
 

@@ -6,6 +6,7 @@ other tests' data never shows up in its pages.
 
 from __future__ import annotations
 
+import logging
 import os
 
 import redis
@@ -25,6 +26,8 @@ app.conf.update(
     durable_queue_limits={"flower-tests": 50},
     durable_flower_redact=("password", "secret", "token", "api_key", "authorization"),
 )
+
+partner_log = logging.getLogger("shop.partner")
 
 #: Set this key plus ":<order id>" (in db 10) to make ``flaky(order_id)`` pass: the browser
 #: test "fixes" the partner, then replays the failed run.
@@ -60,7 +63,9 @@ def prepare() -> str:
 @step(retry=RetryPolicy(max_attempts=2, min_delay=0.05, max_delay=0.05, jitter=False))
 def call_partner(order_id: str) -> str:
     if not _flags().exists(f"{FIXED_KEY}:{order_id}"):
+        partner_log.warning("partner down for %s, will retry", order_id)
         raise ValueError(f"partner rejected {order_id}")
+    partner_log.info("partner accepted %s", order_id)
     return "accepted"
 
 

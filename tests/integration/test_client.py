@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from celery_durable import RunNotFoundError, RunStatus
 
 
 def test_list_runs_filters_and_orders(worker, tasks, client, token) -> None:
-    ok = [tasks.add_one.delay(i) for i in range(3)]
+    ok = []
+    for i in range(3):
+        ok.append(tasks.add_one.delay(i))
+        time.sleep(0.003)  # the index orders by creation time in ms: one run per ms
     bad = tasks.exhausted_task.delay(token)
     for r in ok:
         r.get(timeout=30)

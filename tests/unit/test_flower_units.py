@@ -15,7 +15,14 @@ from celery_durable.flower.params import parse_time, run_query
 from celery_durable.flower.redaction import REDACTED, Redactor, show
 from celery_durable.flower.templating import NAVBAR_ANCHOR, flower_templates, patch_navbar
 from celery_durable.flower.trace import build_trace
-from celery_durable.models import ErrorInfo, RunInfo, RunStatus, StepInfo, TraceEvent
+from celery_durable.models import (
+    ErrorInfo,
+    LogRecordInfo,
+    RunInfo,
+    RunStatus,
+    StepInfo,
+    TraceEvent,
+)
 from celery_durable.queries import RunQuery
 
 
@@ -80,10 +87,10 @@ def test_trace_of_a_run_with_retries_waits_and_logs() -> None:
                 ev(3100, "step_failed", step="charge", attempt="1", **{"try": "1"}, **err),
                 ev(3200, "attempt_failed", attempt="1", retry_in_s="1.000", **err),
                 ev(4000, "attempt_started", attempt="2", worker="w2"),
-                ev(4100, "log", level="INFO", logger="app", message="<b>hi</b>", step="",
-                   attempt="2"),
                 ev(4200, "run_suspended", reason="wait_for_event", key="k", step="approve",
                    until_ms="")],
+        logs=[LogRecordInfo(at=_at(4100), level="INFO", logger="app", message="<b>hi</b>",
+                            step="", attempt=2)],
     )
     view = build_trace(run, Redactor(("token",)), [], now=_at(6000))
     fetch, charge = view.steps

@@ -1,0 +1,22 @@
+-- append_logs.lua: append log records captured during an attempt to the run's trace.
+-- Unfenced: the records of an attempt that was taken over still say what it did. Written
+-- only while the run exists, so the trace never outlives the run (no key without a TTL).
+-- KEYS[1] run hash      P{<run_id>}:run
+-- KEYS[2] trace stream  P{<run_id>}:trace
+-- ARGV[1] trace maxlen
+-- ARGV[2..] six values per record: level name, logger, message, step ('' outside a step),
+--           attempt, logged at (epoch ms)
+-- Returns the number of records appended (0 if the run does not exist).
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+local n = 0
+for i = 2, #ARGV - 5, 6 do
+  redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[1], '*', 'type', 'log', 'level', ARGV[i],
+             'logger', ARGV[i + 1], 'message', ARGV[i + 2], 'step', ARGV[i + 3],
+             'attempt', ARGV[i + 4], 'ms', ARGV[i + 5])
+  n = n + 1
+end
+if n > 0 and redis.call('PTTL', KEYS[2]) == -1 then
+  local ttl = redis.call('PTTL', KEYS[1])
+  if ttl > 0 then redis.call('PEXPIRE', KEYS[2], ttl) end
+end
+return n
