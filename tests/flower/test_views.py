@@ -169,7 +169,9 @@ def test_trace_page(flower: FlowerServer, seeded: Seeded) -> None:
     assert "approve-o-3" in waiting  # the idempotency key in the header
 
 
-def test_captured_logs_are_shown(flower: FlowerServer, seeded: Seeded, flower_app: Any) -> None:
+def test_log_lines_are_shown_as_text(flower: FlowerServer, seeded: Seeded, flower_app: Any) -> None:
+    """A log event as the worker's capture writes it (the browser test sees real ones),
+    with markup in its message."""
     from celery_durable import DurableClient
 
     store = DurableClient(flower_app.app).store
