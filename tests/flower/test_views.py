@@ -183,6 +183,9 @@ def test_log_lines_are_shown_as_text(flower: FlowerServer, seeded: Seeded, flowe
     assert row is not None, "the log line is not in the logs table"
     assert "shop.payments" in row.group(0)
     assert "card &lt;b&gt;declined&lt;/b&gt; for order o-9" in row.group(0)
+    logs = flower.get(f"/api/durable/runs/{seeded.doomed}").json()["logs"]
+    assert {"level": "WARNING", "logger": "shop.payments", "step": "", "attempt": 1,
+            "message": "card <b>declined</b> for order o-9"}.items() <= logs[-1].items()
 
 
 def test_html_in_step_names_and_payloads_is_text(flower: FlowerServer, seeded: Seeded) -> None:
