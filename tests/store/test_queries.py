@@ -87,3 +87,18 @@ def test_a_page_stops_after_the_scan_bound_and_hands_back_a_cursor(
     assert page.runs == [] and page.next_cursor == MAX_SCAN
     last = client.search_runs(RunQuery(queue="nowhere", limit=10, cursor=page.next_cursor))
     assert last.runs == [] and last.next_cursor is None
+
+
+def test_a_keyed_run_claimed_before_it_was_recorded_keeps_its_key(
+        client: DurableClient) -> None:
+    """A keyed run is published before it is recorded: a fast worker's claim can create the
+    run hash first. The publisher's record then still notes the key (and changes nothing
+    else)."""
+    store = client.store
+    claimed = store.claim("fast", owner="w1", nonce="n1", task="t.k", args_json="[1]",
+                          kwargs_json="{}", queue="q")
+    assert claimed.outcome == "claimed"
+    assert store.create_run("fast", "t.k", "[1]", "{}", "q", idempotency_key="order-1") is False
+    run = client.get_run("fast")
+    assert run.idempotency_key == "order-1"
+    assert run.status.value == "running" and run.attempt == 1
