@@ -125,7 +125,11 @@ def start_flower(redis_base_url: str, *extra: str, basic_auth: bool = True) -> F
         except OSError:
             return False
 
-    wait_for("flower to answer /healthcheck", up, timeout=30)
+    try:
+        wait_for("flower to answer /healthcheck", up, timeout=30)
+    except BaseException:
+        stop_process(proc)  # never leave a Flower behind a failed start
+        raise
     return server
 
 
