@@ -77,6 +77,8 @@ class DurableSettings(BaseModel):
     child_recheck_s: float = Field(default=60.0, gt=0)
     max_countdown_s: float = Field(default=10.0, ge=0)
     slot_handoff_s: float = Field(default=60.0, gt=0)
+    #: Waiting runs that one priority rank lets a run overtake (see concurrency.py).
+    priority_step: int = Field(default=10, ge=0)
     trace_maxlen: int = Field(default=DEFAULT_TRACE_MAXLEN, ge=100)
     max_checkpoint_bytes: int = Field(default=DEFAULT_MAX_CHECKPOINT_BYTES, ge=1024)
     redis_socket_timeout_s: float = Field(default=DEFAULT_REDIS_SOCKET_TIMEOUT_S, gt=0)

@@ -593,14 +593,15 @@ class RunStore:
 
     def slot_op(
         self, keys: LimitKeys, op: str, run_id: str, default_limit: int, info_json: str = "",
-        hold_ms: int | None = None,
+        hold_ms: int | None = None, rank: int = 0, fairness_key: str = "",
     ) -> list[Any]:
         """Run slots.lua (see its header for the reply). ``hold_ms``: how long an acquired
-        slot lasts before it must be renewed (default: the lease TTL)."""
+        slot lasts before it must be renewed (default: the lease TTL); ``rank`` and
+        ``fairness_key`` place a run that has to wait."""
         s = self.settings
         argv: list[Any] = [op, run_id, now_ms(), hold_ms or s.lease_ttl_ms, default_limit,
-                           info_json,
-                int(s.slot_handoff_s * 1000), s.active_ttl_ms]
+                           info_json, int(s.slot_handoff_s * 1000), s.active_ttl_ms, rank,
+                           fairness_key, s.priority_step]
         with _redis_errors(f"{op} a concurrency slot"):
             return list(self.scripts.slots(keys.as_list(), argv))
 

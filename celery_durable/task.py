@@ -15,7 +15,16 @@ from celery.utils import uuid
 from . import metrics, otel
 from .attempt import IDEMPOTENCY_HEADER, encode_arguments, publish_queue, run_attempt
 from .bootsteps import install
-from .concurrency import Admission, acquire, note_parked, publish_woken, release, slots_for
+from .concurrency import (
+    Admission,
+    acquire,
+    fairness_key_of,
+    note_parked,
+    priority_rank,
+    publish_woken,
+    release,
+    slots_for,
+)
 from .context import describe_error
 from .errors import ConfigurationError, StoreError
 from .idempotency import check_conflict, check_key, claim_key, fingerprint
@@ -86,6 +95,8 @@ DURABLE_OPTIONS: dict[str, tuple[str, Callable[[Any, str], Any]]] = {
     "concurrency_limit": ("durable_concurrency_limit", _limit),
     "concurrency_key": ("durable_concurrency_key",
                         _function("the key (a tenant, a user) the limit applies to")),
+    "fairness_key": ("durable_fairness_key",
+                     _function("the key (a tenant) waiting runs take turns by")),
 }
 
 
@@ -151,6 +162,8 @@ class DurableTask(Task[Any, Any]):
     durable_concurrency_limit: ClassVar[int | None] = None
     #: Function of the task's arguments giving the key the limit applies to (a tenant).
     durable_concurrency_key: ClassVar[Callable[..., str] | None] = None
+    #: Function of the task's arguments giving the key waiting runs take turns by.
+    durable_fairness_key: ClassVar[Callable[..., str] | None] = None
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -268,7 +281,9 @@ class DurableTask(Task[Any, Any]):
             return super().apply_async(args, kwargs, task_id=run_id, **options), None
         info = resume_info(self.name, args, kwargs, queue, options.get("headers"), options)
         admission = acquire(store, run_id, refs, info,
-                            hold_ms=int(store.settings.slot_handoff_s * 1000))
+                            hold_ms=int(store.settings.slot_handoff_s * 1000),
+                            rank=priority_rank(self.app, options.get("priority", self.priority)),
+                            fairness_key=fairness_key_of(self, args or (), kwargs or {}))
         publish_woken(self.app, admission.woken)
         if not admission.admitted:
             return self.AsyncResult(run_id), admission
