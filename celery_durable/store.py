@@ -103,16 +103,17 @@ class RunStore:
 
     def create_run(
         self, run_id: str, task: str, args_json: str, kwargs_json: str, queue: str,
-        canvas_json: str = "",
+        canvas_json: str = "", idempotency_key: str = "",
     ) -> bool:
         """Record a new pending run (publish side). Returns False if it already existed.
-        ``canvas_json`` holds the publish's canvas options (see requeue.CANVAS_OPTIONS)."""
+        ``canvas_json`` holds the publish's canvas options (see requeue.CANVAS_OPTIONS);
+        ``idempotency_key`` is the call's key, kept on the run for the admin views."""
         s, k, ts = self.settings, self.keys.run(run_id), now_ms()
 
         def build(pipe: Any) -> None:
             queue_call(pipe, self.scripts.create_run, k.as_list(),
                        [ts, task, args_json, kwargs_json, queue, s.active_ttl_ms,
-                        s.trace_maxlen, canvas_json])
+                        s.trace_maxlen, canvas_json, idempotency_key])
             self.indexes.new(pipe, run_id, task, ts)
 
         with _redis_errors(f"record run {run_id}"):
@@ -686,6 +687,41 @@ class RunStore:
         """Run ids of an index, newest first."""
         with _redis_errors("read the run index"):
             return [str(i) for i in self.client.zrevrange(index_key, start, start + count - 1)]
+
+    def index_window(
+        self, index_key: str, min_ms: int | None, max_ms: int | None, start: int, count: int
+    ) -> list[str]:
+        """Run ids of an index scored within ``[min_ms, max_ms]`` (epoch ms, None = open),
+        newest first, from position ``start`` of that window (server-side paging)."""
+        high = "+inf" if max_ms is None else max_ms
+        low = "-inf" if min_ms is None else min_ms
+        with _redis_errors("read the run index"):
+            return [str(i) for i in self.client.zrevrangebyscore(
+                index_key, high, low, start=start, num=count)]
+
+    def status_counts(self) -> dict[str, int]:
+        """The size of every status index, one round trip."""
+        statuses = list(RunStatus)
+        with _redis_errors("count runs"), self.client.pipeline(False) as pipe:
+            for status in statuses:
+                pipe.zcard(self.keys.status_index(status))
+            sizes = pipe.execute()
+        return {st.value: int(n) for st, n in zip(statuses, sizes, strict=True)}
+
+    def waiting_limits(self) -> list[str]:
+        """The registry of limits with waiting runs (members: JSON ``[base, sub, limit]``)."""
+        with _redis_errors("read the registry of limits"):
+            return [str(m) for m in self.client.smembers(self.keys.limits)]
+
+    def idempotency_runs(self, redis_keys: Sequence[str]) -> list[str | None]:
+        """The run each idempotency key names (None where the key does not exist)."""
+        if not redis_keys:
+            return []
+        with _redis_errors("read idempotency keys"), self.client.pipeline(False) as pipe:
+            for key in redis_keys:
+                pipe.get(key)
+            values = pipe.execute()
+        return [str(json.loads(v)["run"]) if v else None for v in values]
 
     def prune_indexes(self, batch: int = 500) -> int:
         """Remove index entries of runs that expired, and status-index entries that no

@@ -296,10 +296,10 @@ class DurableTask(Task[Any, Any]):
         return result
 
     def _record(self, run_id: str, args: Any, kwargs: Any, options: dict[str, Any],
-                queue: str) -> None:
+                queue: str, key: str = "") -> None:
         store_for(self.app).create_run(
             run_id, self.name, encode_arguments(list(args or ())),
-            encode_arguments(dict(kwargs or {})), queue, encode_options(options),
+            encode_arguments(dict(kwargs or {})), queue, encode_options(options), key,
         )
 
     def _admit_and_publish(
@@ -387,7 +387,7 @@ class DurableTask(Task[Any, Any]):
         queue = publish_queue(self, args, kwargs, options)
         result, parked = self._admit_and_publish(args, kwargs, claim.run_id, queue, options)
         try:
-            self._record(claim.run_id, args, kwargs, options, queue)
+            self._record(claim.run_id, args, kwargs, options, queue, key)
         except StoreError:
             logger.warning("run %s: published, but not recorded yet (the worker will)",
                            claim.run_id, exc_info=True)
