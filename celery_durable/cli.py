@@ -20,7 +20,7 @@ from .client import DurableClient
 from .concurrency import limit_base
 from .errors import ConfigurationError, DurableError, StoreError
 from .models import LogRecordInfo, RunInfo, RunStatus
-from .rates import rate_base
+from .rates import known_rates, rate_base
 from .task import DurableTask
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -210,12 +210,10 @@ def limits(ctx: click.Context, name: str | None, limit: int | None, rate: str | 
         click.echo(f"{limit_base(name, app)}: limit set to {limit}")
         return
     coded: dict[str, int] = {}
-    rated: list[str] = []
     for task in app.tasks.values():
         if isinstance(task, DurableTask) and task.durable_concurrency_limit is not None:
             coded[f"task:{task.name}"] = task.durable_concurrency_limit
-        if isinstance(task, DurableTask) and task.durable_rate_limit is not None:
-            rated.append(f"task:{task.name}")
+    rated = known_rates(app)
     coded.update({f"queue:{q}": n for q, n in client.store.settings.queue_limits.items()})
     if name is not None:
         names = [limit_base(name, app)] if name.startswith("queue:") or name in coded or \

@@ -26,6 +26,9 @@ RATE_HEADER = "durable_rate_admitted"
 _UNITS_MS = {"s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
 _RATE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(?:/\s*(\d*)\s*([smhd]))?\s*$")
 RateKey = Callable[..., str]
+#: Rate limits of the steps declared in this process (``step:<name>`` -> coded rate), so
+#: that operators' views (CLI, Flower) can list them.
+STEP_RATES: dict[str, RateSpec] = {}
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,6 +98,14 @@ def rate_ref(base: str, spec: RateSpec | None, key_fn: RateKey | None,
     return RateRef(base, sub, spec)
 
 
+def known_rates(app: Celery) -> list[str]:
+    """Every rate limit set in code that this process knows: its durable tasks' and the
+    steps declared in its imported modules."""
+    names = [f"task:{name}" for name, task in app.tasks.items()
+             if isinstance(getattr(task, "durable_rate_limit", None), RateSpec)]
+    return sorted(names) + sorted(STEP_RATES)
+
+
 def rate_base(name: str, app: Celery) -> str:
     """Normalize a rate limit name given by a user: ``task:<name>``, ``step:<name>`` or the
     name of a registered durable task."""
@@ -108,7 +119,9 @@ def rate_base(name: str, app: Celery) -> str:
 
 
 def coded_rate(base: str, app: Celery) -> RateSpec | None:
-    """The rate set in code for ``base`` (a task's; a step's is not known to the app)."""
+    """The rate set in code for ``base`` (a step's if its module is imported here)."""
+    if base.startswith("step:"):
+        return STEP_RATES.get(base)
     if not base.startswith("task:"):
         return None
     task = app.tasks.get(base[len("task:"):])

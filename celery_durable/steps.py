@@ -8,7 +8,7 @@ from typing import Any, ParamSpec, TypeVar, overload
 
 from .context import get_run_context
 from .errors import ConfigurationError
-from .rates import RateKey, RateSpec, rate_ref
+from .rates import STEP_RATES, RateKey, RateSpec, rate_ref
 from .retry import RetryPolicy
 
 P = ParamSpec("P")
@@ -53,6 +53,8 @@ def _wrap(fn: Callable[P, R], name: str | None, retry: RetryPolicy | None,
         raise ConfigurationError(f"@step must decorate a function, got {fn!r}")
     step_name = name or getattr(fn, "__name__", None) or repr(fn)
     spec, key_fn, mode = rate
+    if spec is not None:
+        STEP_RATES[f"step:{step_name}"] = spec
 
     @functools.wraps(fn)
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
