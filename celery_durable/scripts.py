@@ -19,7 +19,7 @@ SCRIPT_NAMES = (
     "create_run", "claim_attempt", "commit_step", "append_event", "end_attempt",
     "renew_lease", "reap_run", "claim_idempotency", "release_idempotency",
     "slots", "cancel_run", "reopen_run", "wait_event", "send_event", "fail_run",
-    "append_logs", "save_progress", "extend_timeout", "set_version",
+    "append_logs", "debounce", "rate", "save_progress", "extend_timeout", "set_version",
 )
 
 
@@ -52,6 +52,8 @@ class Scripts:
     save_progress: Script
     extend_timeout: Script
     set_version: Script
+    debounce: Script
+    rate: Script
 
     @classmethod
     def register(cls, client: redis.Redis) -> Scripts:
