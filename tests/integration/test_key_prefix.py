@@ -1,10 +1,12 @@
 """Two apps sharing one Redis with different ``durable_key_prefix`` values do not see each
-other: runs, listings, concurrency limits, idempotency keys, worker registries, the CLI."""
+other: runs, listings, concurrency limits, idempotency keys, worker registries, the CLI and
+the Flower API."""
 
 from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -35,6 +37,56 @@ def cli(redis_base_url: str, prefix: str, *args: str) -> subprocess.CompletedPro
            "DURABLE_TEST_KEY_PREFIX": prefix}
     return subprocess.run([sys.executable, "-m", "celery", "-A", "tests.app", "durable", *args],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+
+
+def flower_run_ids(redis_base_url: str, prefix: str, foreign_run: str) -> set[str]:
+    """Start ``celery flower`` for the app with ``prefix``; return the run ids its JSON API
+    lists, after checking that it does not know ``foreign_run``."""
+    import base64
+    import urllib.error
+    import urllib.request
+
+    from celery_durable.flower import CONF_PATH
+    from tests.conftest import free_port
+
+    port = free_port()
+    env = {**os.environ, "DURABLE_TEST_REDIS_URL": redis_base_url, "PYTHONPATH": str(ROOT),
+           "DURABLE_TEST_KEY_PREFIX": prefix}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "celery", "-A", "tests.app", "flower", f"--port={port}",
+         "--address=127.0.0.1", "--basic-auth=ops:prefix-test", f"--conf={CONF_PATH}"],
+        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        start_new_session=True)
+    base = f"http://127.0.0.1:{port}"
+
+    def get(path: str) -> tuple[int, bytes]:
+        request = urllib.request.Request(base + path, headers={
+            "Authorization": "Basic " + base64.b64encode(b"ops:prefix-test").decode()})
+        try:
+            with urllib.request.urlopen(request, timeout=10) as reply:
+                return reply.status, reply.read()
+        except urllib.error.HTTPError as exc:
+            return exc.code, b""
+
+    def up() -> bool:
+        try:
+            return get("/healthcheck")[0] == 200
+        except OSError:
+            return False
+
+    try:
+        wait_for(up, 60, "flower to answer")
+        status, body = get("/api/durable/runs")
+        assert status == 200
+        assert get(f"/api/durable/runs/{foreign_run}")[0] == 404
+        return {run["id"] for run in json.loads(body)["runs"]}
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
 
 
 def test_two_prefixes_on_one_redis_are_isolated(redis_base_url, test_app, tasks, token) -> None:
@@ -98,6 +150,9 @@ def test_two_prefixes_on_one_redis_are_isolated(redis_base_url, test_app, tasks,
         limits_b = json.loads(cli(redis_base_url, pb, "limits", limited, "--json").stdout)
         assert (limits_a["limit"], limits_a["parked"]) == (0, [parked_a.id])
         assert (limits_b["limit"], limits_b["parked"]) == (None, [])
+
+        # Flower of app A shows A's runs only.
+        assert flower_run_ids(redis_base_url, pa, run_b.id) == ids_a
 
         # Resuming A's limit lets its parked run go; B was never involved.
         client_a.set_concurrency_limit(limited, 2)
