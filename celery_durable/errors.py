@@ -19,7 +19,9 @@ The tree::
      ├─ ChildRunFailed                a child run failed or was cancelled
      ├─ RunTimeoutError               the run exceeded its run_timeout
      ├─ WaitTimeout                   wait_for_event reached its timeout
-     └─ RunNotFoundError              an unknown run id
+     ├─ RunNotFoundError              an unknown run id
+     └─ HarnessError                  a celery_durable.testing helper could not do its job
+         └─ RunWaitTimeoutError       a run did not reach the awaited state in time
     RunCancelled(BaseException)       control flow: the run was cancelled (not catchable
                                       with ``except Exception``)
 
@@ -162,6 +164,17 @@ class RunNotFoundError(DurableError):
     retryable = False
 
 
+class HarnessError(DurableError):
+    """A ``celery_durable.testing`` helper could not do its job (no redis-server, a worker
+    that did not start, a crash that could not be caused)."""
+
+    retryable = False
+
+
+class RunWaitTimeoutError(HarnessError, TimeoutError):
+    """A run did not reach the state a test waited for within its deadline."""
+
+
 class RunCancelled(BaseException):
     """The run was cancelled: raised at the next step boundary of a running attempt.
 
@@ -178,6 +191,7 @@ __all__ = [
     "ChildRunFailed",
     "ConfigurationError",
     "DurableError",
+    "HarnessError",
     "IdempotencyConflictError",
     "LeaseLostError",
     "NonRetryableError",
@@ -188,6 +202,7 @@ __all__ = [
     "RunCrashedError",
     "RunNotFoundError",
     "RunTimeoutError",
+    "RunWaitTimeoutError",
     "StoreError",
     "WaitTimeout",
 ]
