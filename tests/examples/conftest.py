@@ -1,0 +1,48 @@
+"""Helpers for the example tests: each example runs as a user runs it, from its own
+directory, with real ``celery -A proj worker`` subprocesses on its own Redis database."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+ROOT = Path(__file__).resolve().parent.parent.parent
+EXAMPLES = ROOT / "examples"
+
+#: One database of the session's redis-server per example (tests.app uses 0, 1 and 3).
+DATABASES = {"orders": 4, "agent": 5, "approval": 6, "fanout": 7, "migration": 8}
+
+
+class Example:
+    """An example directory and the environment its processes get."""
+
+    def __init__(self, name: str, redis_base_url: str) -> None:
+        self.name = name
+        self.dir = EXAMPLES / name
+        self.url = f"{redis_base_url}/{DATABASES[name]}"
+        self.env = {"REDIS_URL": self.url, "PYTHONPATH": str(self.dir)}
+        self.redis = redis.Redis.from_url(self.url, decode_responses=True)
+
+    def run(self, *args: str, cwd: Path | None = None,
+            timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        """Run ``python ARGS`` (or ``celery ...`` as ``-m celery``) in the example's dir."""
+        env = {**os.environ, **self.env}
+        env.pop("DURABLE_TEST_REDIS_URL", None)
+        return subprocess.run([sys.executable, *args], cwd=cwd or self.dir, env=env,
+                              capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture
+def example(request: pytest.FixtureRequest, redis_base_url: str) -> Iterator[Example]:
+    """The example named by the test module (``test_<name>.py``), on a flushed database."""
+    name = Path(str(request.node.fspath)).stem.removeprefix("test_")
+    ex = Example(name, redis_base_url)
+    ex.redis.flushdb()
+    yield ex
+    ex.redis.close()
