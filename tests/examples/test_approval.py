@@ -68,3 +68,17 @@ def test_a_decision_sent_twice_wakes_nothing_the_second_time(example: Example) -
                             "expense:r-twice", "--data", '{"approved": false, "by": "x"}')
         assert "woke 0 run(s) (kept for the next one to wait)" in again.stdout
     assert wait_for_run(app, run_id).result["by"] == "carol"
+
+
+def test_the_cli_tour_runs_every_command(example: Example) -> None:
+    """cli_tour.sh (whose lines docs/cli.md shows) runs every ``durable`` subcommand."""
+    with worker_process("proj", cwd=example.dir, env=example.env, pool="solo"):
+        out = example.run_shell("./cli_tour.sh", timeout=240)
+    assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-4000:]
+    text = out.stdout
+    assert "tasks.expense_approval  suspended" in text
+    assert "woke 1 run(s)" in text and "(kept for the next one to wait)" in text
+    assert "cancelled (was suspended)" in text
+    assert "task:tasks.expense_approval: limit set to 20" in text
+    assert "stale index entr" in text
+    assert "WARN  Redis runs without AOF" in text  # the test server has no AOF
