@@ -68,12 +68,16 @@ def main() -> int:
     parser.add_argument("--crash", action="store_true")
     parser.add_argument("--timeout", type=float, default=60)
     args = parser.parse_args()
-    result = place_order.delay(args.order_id, ITEMS, settle_s=3.0 if args.crash else 0.0)
+    settle_s = 3.0 if args.crash else 0.0
+    result = place_order.delay(args.order_id, ITEMS, settle_s=settle_s)
     print(f"placed order {args.order_id}: run {result.id}", flush=True)
+    again = place_order.delay(args.order_id, ITEMS, settle_s=settle_s)  # "buy", again
+    print(f"placed it again: {'the same run' if again.id == result.id else 'ANOTHER run'}",
+          flush=True)
     if args.crash:
         kill_the_worker_mid_charge(result.id, args.order_id, args.timeout)
     run = wait_for_run(app, result.id, timeout=args.timeout)
-    ok = report(run, args.order_id)
+    ok = report(run, args.order_id) and again.id == result.id
     print("charged exactly once" if ok else "FAILED: see above")
     return 0 if ok else 1
 

@@ -3,7 +3,8 @@
 Each call to a service is a step. A committed step is never executed again for the run; a
 step that was executing when its worker died is executed again by the next attempt, so the
 charge passes ``current_run().step_key`` to the gateway: the same key in every attempt, and
-the gateway charges once.
+the gateway charges once. The task's idempotency key makes a repeated submission of the
+same order return the first run instead of starting a second one.
 """
 
 from __future__ import annotations
@@ -39,7 +40,11 @@ def ship_order(order_id: str, reservation: str) -> str:
     return services.ship(order_id, reservation)
 
 
-@durable_task(retry=RetryPolicy(max_attempts=5, min_delay=1, max_delay=5))
+@durable_task(
+    retry=RetryPolicy(max_attempts=5, min_delay=1, max_delay=5),
+    # A customer who clicks "buy" twice gets one run: the same key gives the same run id.
+    idempotency_key=lambda order_id, *args, **kwargs: f"order:{order_id}",
+)
 def place_order(order_id: str, items: dict[str, int], settle_s: float = 0.0) -> dict[str, Any]:
     """``settle_s``: how long the gateway takes to confirm a charge (seconds)."""
     amount = sum(PRICES_CENTS[sku] * n for sku, n in items.items())

@@ -16,6 +16,7 @@ def test_an_order_without_crash(example: Example) -> None:
         out = example.run("run.py", "o-plain")
     assert out.returncode == 0, out.stdout + out.stderr
     assert "completed after 1 attempt(s)" in out.stdout
+    assert "placed it again: the same run" in out.stdout
     assert example.redis.llen("shop:charges:o-plain") == 1
     assert example.redis.hget("shop:stock", "mug") == "-2"
 
