@@ -22,7 +22,16 @@ from celery.exceptions import Ignore, Reject, Retry
 from . import logcapture, metrics, otel, signals
 from .children import notify_parent
 from .codec import JsonCodec, Unencodable, describe_unencodable
-from .concurrency import SlotRef, acquire, note_parked, publish_woken, release, slots_for
+from .concurrency import (
+    SlotRef,
+    acquire,
+    fairness_key_of,
+    note_parked,
+    priority_rank,
+    publish_woken,
+    release,
+    slots_for,
+)
 from .context import RunContext, SuspendRun, bind_context, describe_error, unbind_context
 from .errors import LeaseLostError, RunCancelled, RunCrashedError, StoreError
 from .identity import current_worker_id
@@ -165,7 +174,9 @@ def _take_slots(
         return []
     info = resume_info(task.name, args, kwargs, queue, task.request.headers,
                        request_options(task.request))
-    admission = acquire(store, run_id, slots, info)
+    priority = (task.request.delivery_info or {}).get("priority")
+    admission = acquire(store, run_id, slots, info, rank=priority_rank(task.app, priority),
+                        fairness_key=fairness_key_of(task, args, kwargs))
     publish_woken(task.app, admission.woken)
     if admission.admitted:
         return slots

@@ -19,12 +19,14 @@ from .models import (
     LimitInfo,
     LogRecordInfo,
     RunInfo,
+    RunPage,
     RunStatus,
     RunSummary,
     StepInfo,
     TraceEvent,
     ms_to_datetime,
 )
+from .queries import RunQuery, search_runs
 from .store import RunStore, store_for
 from .waits import fork_run, publish_run, send_event
 
@@ -66,6 +68,7 @@ def _summary_fields(run_id: str, raw: Mapping[str, str]) -> dict[str, Any]:
         "step_count": int(raw.get("step_count") or 0),
         "queue": raw.get("queue") or None,
         "error": _error(raw.get("error")),
+        "idempotency_key": raw.get("idempotency_key") or None,
     }
 
 
@@ -280,3 +283,22 @@ class DurableClient:
                 if len(found) == limit:
                     break
         return found
+
+    def search_runs(self, query: RunQuery) -> RunPage:
+        """One page of runs matching ``query`` (status, task, queue, creation time window,
+        exact run id or idempotency key), newest first, with the counts per status. Pages
+        are read from the indexes server-side; pass ``next_cursor`` back as ``cursor``."""
+        return search_runs(self.app, self.store, query, _summary)
+
+    def run_counts(self) -> dict[str, int]:
+        """How many runs have each status (index sizes; they may lag by a moment)."""
+        return self.store.status_counts()
+
+    def summaries(self, run_ids: Sequence[str]) -> list[RunSummary | None]:
+        """The summaries of ``run_ids`` in order (None for a run that does not exist)."""
+        raws = self.store.read_summaries(list(run_ids))
+        return [_summary(r, raw) if raw else None for r, raw in zip(run_ids, raws, strict=True)]
+
+
+def _summary(run_id: str, raw: Mapping[str, str]) -> RunSummary:
+    return RunSummary(**_summary_fields(run_id, raw))

@@ -104,6 +104,7 @@ class RunSummary(_Record):
     step_count: int
     queue: str | None = None
     error: ErrorInfo | None = None
+    idempotency_key: str | None = None
 
 
 class RunInfo(RunSummary):
@@ -120,3 +121,13 @@ class RunInfo(RunSummary):
     forked_from: str | None = None
     events: list[TraceEvent] = []
     logs: list[LogRecordInfo] = []
+
+
+class RunPage(_Record):
+    """One page of a run search: the runs (newest first), the cursor of the next page
+    (None on the last one) and the number of runs per status (from the status indexes,
+    which may lag the run records by a moment)."""
+
+    runs: list[RunSummary]
+    next_cursor: int | None
+    counts: dict[str, int]

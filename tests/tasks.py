@@ -451,3 +451,29 @@ def too_slow(token: str) -> str:
     bump(token, "too_slow_body")
     current_run().step("crawl", time.sleep, 10)
     return "never"
+
+
+@durable_task(retry=FAST, concurrency_limit=1,
+              fairness_key=lambda token, tenant, i, seconds: tenant)
+def fair_share(token: str, tenant: str, i: int, seconds: float) -> str:
+    current_run().step("work", record_span, token, f"{tenant}:{i}", seconds)
+    return tenant
+
+
+@durable_task(retry=FAST, debounce=0.8, debounce_key=lambda token, n: token)
+def debounced(token: str, n: int) -> int:
+    bump(token, "runs")
+    return n
+
+
+@durable_task(retry=FAST, debounce=0.8, debounce_key=lambda token, n: token,
+              debounce_mode="first")
+def debounced_first(token: str, n: int) -> int:
+    bump(token, "runs")
+    return n
+
+
+@durable_task(retry=FAST, debounce=0.8, debounce_key=lambda token, n: token, debounce_max=1.0)
+def debounced_bounded(token: str, n: int) -> int:
+    bump(token, "runs")
+    return n
