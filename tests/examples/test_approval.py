@@ -82,3 +82,49 @@ def test_the_cli_tour_runs_every_command(example: Example) -> None:
     assert "task:tasks.expense_approval: limit set to 20" in text
     assert "stale index entr" in text
     assert "WARN  Redis runs without AOF" in text  # the test server has no AOF
+
+
+def test_flower_in_the_example_directory_shows_the_waiting_run(example: Example) -> None:
+    """flowerconfig.py here is the one documented line: Flower started in this directory
+    serves the Runs tab, with the key a waiting run expects."""
+    import base64
+    import subprocess
+    import sys
+    import time
+    import urllib.error
+    import urllib.request
+
+    from celery_durable.testing.redis_server import free_port
+
+    port = free_port()
+    with worker_process("proj", cwd=example.dir, env=example.env, pool="solo"):
+        run_id = submit(example, "r-flower", 700)
+        wait_for_run(Celery("check", broker=example.url), run_id, [RunStatus.SUSPENDED])
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "celery", "-A", "proj", "flower", f"--port={port}",
+             "--address=127.0.0.1", "--basic-auth=ops:secret"],
+            cwd=example.dir, env=example._env(), stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL, start_new_session=True)
+        try:
+            auth = "Basic " + base64.b64encode(b"ops:secret").decode()
+            request = urllib.request.Request(f"http://127.0.0.1:{port}/durable/runs/{run_id}",
+                                             headers={"Authorization": auth})
+            deadline = time.monotonic() + 60
+            while True:
+                try:
+                    with urllib.request.urlopen(request, timeout=5) as reply:
+                        page = reply.read().decode()
+                    break
+                except (urllib.error.URLError, ConnectionError):
+                    assert proc.poll() is None, "flower exited"
+                    assert time.monotonic() < deadline, "flower did not answer"
+                    time.sleep(0.2)
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=10)
+        example.run("run.py", "approve", "r-flower", "--by", "test")
+    assert run_id in page and "expense:r-flower" in page
