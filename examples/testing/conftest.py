@@ -17,7 +17,7 @@ pytest_plugins = ["celery_durable.testing.plugin"]  # the durable_redis_url fixt
 def app(durable_redis_url: str) -> Celery:
     shop.app.conf.update(
         broker_url=f"{durable_redis_url}/0",
-        result_backend=f"{durable_redis_url}/1",
+        result_backend=f"{durable_redis_url}/0",
         worker_prefetch_multiplier=1,
     )
     return shop.app
