@@ -1,5 +1,6 @@
 """Helpers for the example tests: each example runs as a user runs it, from its own
-directory, with real ``celery -A proj worker`` subprocesses on its own Redis database."""
+directory, with real ``celery -A proj worker`` subprocesses, on a redis-server of its own
+(started per test on a free port, so no database is shared with other tests)."""
 
 from __future__ import annotations
 
@@ -7,16 +8,18 @@ import os
 import subprocess
 import sys
 from collections.abc import Iterator
+from contextlib import ExitStack
 from pathlib import Path
 
 import pytest
 import redis
 
+from celery_durable import HarnessError
+from celery_durable.testing import redis_server
+
 ROOT = Path(__file__).resolve().parent.parent.parent
 EXAMPLES = ROOT / "examples"
-
-#: One database of the session's redis-server per example (tests.app uses 0, 1 and 3).
-DATABASES = {"orders": 4, "agent": 5, "approval": 6, "fanout": 7, "migration": 8}
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 
 class Example:
@@ -25,7 +28,7 @@ class Example:
     def __init__(self, name: str, redis_base_url: str) -> None:
         self.name = name
         self.dir = EXAMPLES / name
-        self.url = f"{redis_base_url}/{DATABASES[name]}"
+        self.url = f"{redis_base_url}/0"
         self.env = {"REDIS_URL": self.url, "PYTHONPATH": str(self.dir)}
         self.redis = redis.Redis.from_url(self.url, decode_responses=True)
 
@@ -49,10 +52,16 @@ class Example:
 
 
 @pytest.fixture
-def example(request: pytest.FixtureRequest, redis_base_url: str) -> Iterator[Example]:
-    """The example named by the test module (``test_<name>.py``), on a flushed database."""
+def example(request: pytest.FixtureRequest) -> Iterator[Example]:
+    """The example named by the test module (``test_<name>.py``), on a fresh redis-server."""
     name = Path(str(request.node.fspath)).stem.removeprefix("test_")
-    ex = Example(name, redis_base_url)
-    ex.redis.flushdb()
-    yield ex
-    ex.redis.close()
+    with ExitStack() as stack:
+        try:
+            url = stack.enter_context(redis_server())
+        except HarnessError as exc:
+            if IN_CI:
+                pytest.fail(str(exc))
+            pytest.skip(str(exc))
+        ex = Example(name, url)
+        stack.callback(ex.redis.close)
+        yield ex
