@@ -14,6 +14,7 @@ from celery_durable.testing import (
     fail_step,
     kill_run_worker,
     redis_server,
+    run_and_wait,
     wait_for_run,
     wait_for_step,
     worker_process,
@@ -58,6 +59,15 @@ def test_fail_step_rejects_bad_arguments() -> None:
         pass
 
 
+def test_fail_step_leaves_nothing_behind() -> None:
+    from celery_durable.context import RunContext
+
+    original = RunContext.run_step
+    with fail_step("a"), fail_step("b", times=2):
+        assert RunContext.run_step is not original
+    assert RunContext.run_step is original
+
+
 def test_wait_for_run_names_the_state_it_saw(test_app) -> None:  # type: ignore[no-untyped-def]
     with pytest.raises(RunWaitTimeoutError, match="not found.*is a worker consuming"):
         wait_for_run(test_app, "no-such-run", timeout=0.2)
@@ -86,3 +96,15 @@ def test_a_crash_between_steps_resumes_on_the_other_worker(  # type: ignore[no-u
     assert counts[:2] == [1, 1], counts
     assert all(c in (1, 2) for c in counts[2:]), counts
     assert any(e.type == "crash_detected" for e in run.events)
+
+
+def test_injected_failures_count_against_the_step_policy(  # type: ignore[no-untyped-def]
+        worker, test_app, tasks, token) -> None:
+    """step_with_policy retries itself up to 4 times inside the attempt: two injected
+    failures are absorbed there, and the function runs once."""
+    with fail_step("step_with_policy", times=2) as fault:
+        run = run_and_wait(tasks.step_policy_task, token, 0, app=test_app)
+    assert run.status is RunStatus.COMPLETED and run.attempt == 1
+    assert fault.calls == 3 and fault.failed == 2
+    assert tasks.count(token, "policy") == 1
+    assert [len(s.failures) for s in run.steps] == [2]
