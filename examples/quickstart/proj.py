@@ -4,8 +4,6 @@ Redis comes from ``REDIS_URL`` (default ``redis://127.0.0.1:6379``): database 0 
 and the checkpoint store, database 1 the result backend. ``REDIS_BROKER_DB``,
 ``REDIS_RESULT_DB`` and ``DURABLE_KEY_PREFIX`` move the example elsewhere on a shared server
 (``scripts/demo`` uses databases 10 and 11 and the prefix ``durable-demo:``).
-``BROKER_URL`` (e.g. ``amqp://guest:guest@rabbitmq:5672//``) replaces the Redis broker; the
-checkpoints stay in Redis database ``REDIS_BROKER_DB``.
 """
 
 from __future__ import annotations
@@ -23,16 +21,13 @@ def redis_db_url(base: str, db: int | str) -> str:
 
 
 REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379")
-CHECKPOINT_URL = redis_db_url(REDIS_URL, os.environ.get("REDIS_BROKER_DB", "0"))
-# BROKER_URL=amqp://... runs the example on RabbitMQ; the checkpoints stay in Redis.
-BROKER_URL = os.environ.get("BROKER_URL") or CHECKPOINT_URL
+BROKER_URL = redis_db_url(REDIS_URL, os.environ.get("REDIS_BROKER_DB", "0"))
 RESULT_URL = redis_db_url(REDIS_URL, os.environ.get("REDIS_RESULT_DB", "1"))
 
 app = Celery("proj", broker=BROKER_URL, backend=RESULT_URL, include=["tasks"])
 app.conf.update(
-    # Checkpoints live in Redis (next to the broker's data when Redis is the broker), under
-    # their own key prefix.
-    durable_redis_url=CHECKPOINT_URL,
+    # Checkpoints live next to the broker's data, under their own key prefix.
+    durable_redis_url=BROKER_URL,
     durable_key_prefix=os.environ.get("DURABLE_KEY_PREFIX", "durable:"),
     # The steps print what they do: show it in the worker log as INFO, not WARNING.
     worker_redirect_stdouts_level="INFO",
