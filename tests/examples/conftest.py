@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import redis
+from celery import Celery
 
 from celery_durable import HarnessError
 from celery_durable.testing import redis_server
@@ -31,6 +32,10 @@ class Example:
         self.url = f"{redis_base_url}/0"
         self.env = {"REDIS_URL": self.url, "PYTHONPATH": str(self.dir)}
         self.redis = redis.Redis.from_url(self.url, decode_responses=True)
+        # An app of this test's own to read the example's runs and results. Not the current
+        # app: shared tasks of other tests must not resolve to it.
+        self.app = Celery(f"check-{name}", broker=self.url, backend=self.url,
+                          set_as_current=False)
 
     def run(self, *args: str, cwd: Path | None = None,
             timeout: float = 120) -> subprocess.CompletedProcess[str]:

@@ -8,7 +8,6 @@ import json
 import re
 
 import pytest
-from celery import Celery
 
 from celery_durable import RunStatus
 from celery_durable.testing import wait_for_run, worker_process
@@ -26,7 +25,7 @@ def submit(example: Example, request_id: str, amount: int) -> str:
 
 
 def test_decisions_from_the_cli_and_the_client(example: Example) -> None:
-    app = Celery("check", broker=example.url)  # reads the example's runs
+    app = example.app  # reads the example's runs
     # One solo worker: the three runs can only all wait at once if waiting frees it.
     with worker_process("proj", cwd=example.dir, env=example.env, pool="solo"):
         runs = {rid: submit(example, rid, amount)
@@ -58,7 +57,7 @@ def test_decisions_from_the_cli_and_the_client(example: Example) -> None:
 
 def test_a_decision_sent_twice_wakes_nothing_the_second_time(example: Example) -> None:
     with worker_process("proj", cwd=example.dir, env=example.env, pool="solo"):
-        app = Celery("check", broker=example.url)
+        app = example.app
         run_id = submit(example, "r-twice", 500)
         wait_for_run(app, run_id, [RunStatus.SUSPENDED])
         first = example.run("run.py", "approve", "r-twice", "--by", "carol")
@@ -99,7 +98,7 @@ def test_flower_in_the_example_directory_shows_the_waiting_run(example: Example)
     port = free_port()
     with worker_process("proj", cwd=example.dir, env=example.env, pool="solo"):
         run_id = submit(example, "r-flower", 700)
-        wait_for_run(Celery("check", broker=example.url), run_id, [RunStatus.SUSPENDED])
+        wait_for_run(example.app, run_id, [RunStatus.SUSPENDED])
         proc = subprocess.Popen(
             [sys.executable, "-m", "celery", "-A", "proj", "flower", f"--port={port}",
              "--address=127.0.0.1", "--basic-auth=ops:secret"],

@@ -8,7 +8,6 @@ import difflib
 import re
 
 import pytest
-from celery import Celery
 
 from celery_durable.testing import worker_process
 from tests.examples.conftest import Example
@@ -40,7 +39,7 @@ def test_a_retry_before_and_after(example: Example, version: str,
                                   calls: dict[str, int]) -> None:
     cwd = example.dir / version
     env = {**example.env, "PYTHONPATH": str(cwd)}
-    results = Celery("check", broker=example.url, backend=example.url)
+    results = example.app
     with worker_process("proj", cwd=cwd, env=env, pool="solo"):
         sent = example.run("-m", "celery", "-A", "proj", "call", "tasks.sync_customer",
                            "--args", '["c-1"]', cwd=cwd)

@@ -60,7 +60,7 @@ def test_redis_conf_persists_and_never_evicts(configured_redis: str) -> None:
 
 
 def test_celeryconfig_is_valid_and_fits_durable_runs() -> None:
-    app = Celery("ops")
+    app = Celery("ops", set_as_current=False)
     sys.path.insert(0, str(HERE))
     try:
         app.config_from_object("celeryconfig")
