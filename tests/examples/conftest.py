@@ -40,16 +40,16 @@ class Example:
     def run(self, *args: str, cwd: Path | None = None,
             timeout: float = 120) -> subprocess.CompletedProcess[str]:
         """Run ``python ARGS`` (or ``celery ...`` as ``-m celery``) in the example's dir."""
-        return subprocess.run([sys.executable, *args], cwd=cwd or self.dir, env=self._env(),
+        return subprocess.run([sys.executable, *args], cwd=cwd or self.dir, env=self.process_env(),
                               capture_output=True, text=True, timeout=timeout)
 
     def run_shell(self, script: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
         """Run a shell script of the example, with this venv's ``celery`` and ``python``
         first on PATH."""
-        return subprocess.run(["bash", script], cwd=self.dir, env=self._env(),
+        return subprocess.run(["bash", script], cwd=self.dir, env=self.process_env(),
                               capture_output=True, text=True, timeout=timeout)
 
-    def _env(self) -> dict[str, str]:
+    def process_env(self) -> dict[str, str]:
         env = {**os.environ, **self.env}
         env.pop("DURABLE_TEST_REDIS_URL", None)
         env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"

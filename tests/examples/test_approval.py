@@ -102,7 +102,7 @@ def test_flower_in_the_example_directory_shows_the_waiting_run(example: Example)
         proc = subprocess.Popen(
             [sys.executable, "-m", "celery", "-A", "proj", "flower", f"--port={port}",
              "--address=127.0.0.1", "--basic-auth=ops:secret"],
-            cwd=example.dir, env=example._env(), stdout=subprocess.DEVNULL,
+            cwd=example.dir, env=example.process_env(), stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL, start_new_session=True)
         try:
             auth = "Basic " + base64.b64encode(b"ops:secret").decode()
