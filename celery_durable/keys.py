@@ -37,6 +37,14 @@ Concurrency limits (one Cluster slot per limit, tagged by its base name: "task:<
                                           waiting runs (for the safety sweep)
     (all TTL'd: durable_active_ttl_s, refreshed on use)
 
+Rate limits (one Cluster slot per limit, tagged by its base name: "task:<task>" or
+"step:<step>"; <sub> is the rate key, "_" for none)::
+
+    Prate:{<base>}:config     hash    "count", "period_ms", "burst": runtime override of the
+                                      coded rate; no TTL (set by an operator, deleted by one)
+    Prate:{<base>}:<sub>      string  GCRA theoretical arrival time (ms, when the limit is
+                                      idle again); TTL: until then + one period
+
 Debounce (one Cluster slot per task and debounce key)::
 
     Pdebounce:{<task>:<key>}  hash  the open burst: "run" (its run id), "due" (when it may
@@ -125,6 +133,12 @@ class KeySpace:
         return LimitKeys(config=f"{tag}:config", holders=f"{tag}:{sub}:holders",
                          parked=f"{tag}:{sub}:parked", woken=f"{tag}:{sub}:woken",
                          info=f"{tag}:{sub}:info", fair=f"{tag}:{sub}:fair")
+
+    def rate(self, base: str, sub: str) -> list[str]:
+        """Config hash and state of rate limit ``base`` for rate key ``sub`` (the order
+        rate.lua takes them)."""
+        tag = f"{self.prefix}rate:{{{base}}}"
+        return [f"{tag}:config", f"{tag}:{sub}"]
 
     @property
     def limits(self) -> str:

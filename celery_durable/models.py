@@ -91,6 +91,18 @@ class LimitInfo(_Record):
     parked: list[str]
 
 
+class RateLimitInfo(_Record):
+    """A rate limit as stored: the coded rate, the runtime one (None = the coded one
+    applies), the starts it would allow right now and when the next turn is free."""
+
+    name: str
+    key: str | None
+    coded: str | None
+    runtime: str | None
+    available_now: int
+    next_turn_in_ms: int
+
+
 class RunSummary(_Record):
     """The fields of a run shown in lists."""
 

@@ -19,7 +19,7 @@ SCRIPT_NAMES = (
     "create_run", "claim_attempt", "commit_step", "append_event", "end_attempt",
     "renew_lease", "reap_run", "claim_idempotency", "release_idempotency",
     "slots", "cancel_run", "reopen_run", "wait_event", "send_event", "fail_run",
-    "append_logs", "debounce",
+    "append_logs", "debounce", "rate",
 )
 
 
@@ -50,6 +50,7 @@ class Scripts:
     fail_run: Script
     append_logs: Script
     debounce: Script
+    rate: Script
 
     @classmethod
     def register(cls, client: redis.Redis) -> Scripts:

@@ -652,6 +652,31 @@ class RunStore:
         with _redis_errors(f"{op} a concurrency slot"):
             return list(self.scripts.slots(keys.as_list(), argv))
 
+    def rate_reserve(self, keys: Sequence[str], count: float, period_ms: int, burst: int,
+                     mode: str) -> int:
+        """Run rate.lua: the epoch ms the caller may start at, or -1 (lossy, over the rate)."""
+        with _redis_errors("take a turn of a rate limit"):
+            reply = self.scripts.rate(list(keys), [now_ms(), count, period_ms, burst, mode])
+        return int(reply[0])
+
+    def set_rate_config(self, config_key: str, count: float | None, period_ms: int = 0,
+                        burst: int = 1) -> None:
+        """Write a runtime rate (or, with ``count`` None, go back to the coded one)."""
+        with _redis_errors("change a rate limit"):
+            if count is None:
+                self.client.delete(config_key)
+            else:
+                self.client.hset(config_key, mapping={"count": count, "period_ms": period_ms,
+                                                      "burst": burst})
+
+    def rate_state(self, keys: Sequence[str]) -> tuple[dict[str, str], float]:
+        """A rate limit's runtime config and its theoretical arrival time (ms, 0: idle)."""
+        with _redis_errors("read a rate limit"), self.client.pipeline(False) as pipe:
+            pipe.hgetall(keys[0])
+            pipe.get(keys[1])
+            config, tat = pipe.execute()
+        return {str(k): str(v) for k, v in config.items()}, float(tat or 0)
+
     def renew_slots(self, holders: Sequence[tuple[str, str]]) -> None:
         """Extend slot leases: ``(holders key, run id)`` pairs, one round trip."""
         if not holders:

@@ -477,3 +477,51 @@ def debounced_first(token: str, n: int) -> int:
 def debounced_bounded(token: str, n: int) -> int:
     bump(token, "runs")
     return n
+
+
+def note_time(token: str, what: str, label: str) -> None:
+    import json
+    import time
+
+    counters.rpush(f"{token}:{what}", json.dumps([time.time(), label]))
+
+
+@durable_task(retry=FAST, rate_limit="10/s", rate_burst=2)
+def rated(token: str, i: int) -> int:
+    note_time(token, "starts", str(i))
+    return i
+
+
+@durable_task(retry=FAST, rate_limit="1/m", rate_mode="drop",
+              rate_key=lambda token, i: token)
+def rated_lossy(token: str, i: int) -> int:
+    bump(token, "runs")
+    return i
+
+
+@step(rate_limit="5/s")
+def throttled_call(token: str, i: int) -> int:
+    note_time(token, "throttled", str(i))
+    return i
+
+
+@step
+def free_call(token: str, i: int) -> int:
+    note_time(token, "free", str(i))
+    return i
+
+
+@durable_task(retry=FAST)
+def step_throttled(token: str, n: int) -> list[int]:
+    return [free_call(token, i) + throttled_call(token, i) for i in range(n)]
+
+
+@step(rate_limit="1/m", rate_mode="drop", rate_key=lambda token: token)
+def lossy_call(token: str) -> str:
+    bump(token, "lossy")
+    return "called"
+
+
+@durable_task(retry=FAST)
+def lossy_steps(token: str) -> list[str | None]:
+    return [lossy_call(token), lossy_call(token)]

@@ -77,8 +77,19 @@ def run_action(client: DurableClient, run_id: str, action: str, get: Getter) -> 
 
 
 def set_limit(client: DurableClient, get: Getter) -> Outcome:
-    """Change a concurrency limit (``name``, ``limit``) at runtime."""
+    """Change a concurrency limit (``name``, ``limit``), or a rate limit (``name``,
+    ``rate``, optional ``burst``; ``rate`` "coded" goes back to the coded one), at runtime."""
     name = _required(get, "name", "setting a limit")
+    rate = get("rate")
+    if rate is not None:
+        burst_text = get("burst") or None
+        try:
+            burst = int(burst_text) if burst_text else None
+        except ValueError:
+            raise ConfigurationError(f"burst={burst_text!r} is not an integer") from None
+        client.set_rate_limit(name, None if rate.strip() in ("", "coded") else rate, burst)
+        return Outcome(f"rate limit {name} set to {rate}", "",
+                       {"name": name, "rate": rate, "burst": burst})
     text = _required(get, "limit", "setting a limit")
     try:
         limit = int(text)

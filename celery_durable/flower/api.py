@@ -16,7 +16,7 @@ from ..client import DurableClient
 from ..models import RunInfo
 from .actions import Outcome, run_action, set_limit
 from .base import DurableApi
-from .limits import limit_rows
+from .limits import limit_rows, rate_rows
 from .params import run_query
 from .redaction import Redactor
 
@@ -37,6 +37,10 @@ def _limits_json(client: DurableClient) -> list[dict[str, Any]]:
     return [{"name": r.name, "key": r.key, "coded": r.coded, "runtime": r.runtime,
              "effective": r.effective, "in_use": len(r.holders), "holders": r.holders,
              "waiting": len(r.parked), "parked": r.parked} for r in limit_rows(client)]
+
+
+def _rates_json(client: DurableClient) -> list[dict[str, Any]]:
+    return [r.model_dump() for r in rate_rows(client)]
 
 
 class RunsApi(DurableApi):
@@ -92,11 +96,13 @@ def _text(value: Any) -> str | None:
 
 
 class LimitsApi(DurableApi):
-    """``/api/durable/limits``: GET the limits, POST ``{"name", "limit"}`` to change one."""
+    """``/api/durable/limits``: GET the limits and rate limits, POST ``{"name", "limit"}``
+    or ``{"name", "rate", "burst"}`` to change one."""
 
     @tornado.web.authenticated
     async def get(self) -> None:
-        self.write_json({"limits": await self.blocking(_limits_json, self.client())})
+        self.write_json({"limits": await self.blocking(_limits_json, self.client()),
+                         "rates": await self.blocking(_rates_json, self.client())})
 
     @tornado.web.authenticated
     async def post(self) -> None:

@@ -14,11 +14,11 @@ import tornado.web
 
 from ..client import DurableClient
 from ..errors import DurableError
-from ..models import RunPage, RunStatus, RunSummary
+from ..models import RateLimitInfo, RunPage, RunStatus, RunSummary
 from ..queries import RunQuery
 from .actions import Outcome, run_action, set_limit
 from .base import DurablePage, http_message
-from .limits import LimitRow, limit_rows
+from .limits import LimitRow, limit_rows, rate_rows
 from .params import run_query
 from .redaction import Redactor
 from .trace import TraceView, build_trace
@@ -108,7 +108,8 @@ class LimitsView(DurablePage):
     @tornado.web.authenticated
     async def get(self) -> None:
         rows: list[LimitRow] = await self.blocking(limit_rows, self.client())
-        self.render_page("durable_limits.html", active_tab="limits", rows=rows)
+        rates: list[RateLimitInfo] = await self.blocking(rate_rows, self.client())
+        self.render_page("durable_limits.html", active_tab="limits", rows=rows, rates=rates)
 
     @tornado.web.authenticated
     async def post(self) -> None:

@@ -13,7 +13,9 @@ from dataclasses import dataclass
 
 from ..client import DurableClient
 from ..concurrency import NO_KEY, SlotRef
+from ..models import RateLimitInfo
 from ..queries import durable_task_names
+from ..rates import known_rates
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,3 +61,9 @@ def limit_rows(client: DurableClient) -> list[LimitRow]:
                              coded=coded.get(base), runtime=info.limit,
                              holders=info.holders, parked=info.parked))
     return rows
+
+
+def rate_rows(client: DurableClient) -> list[RateLimitInfo]:
+    """Every rate limit set in code that the Flower process knows (its durable tasks', and
+    the steps of the task modules it imported), with its runtime rate and free turns."""
+    return [client.rate_limit(base) for base in known_rates(client.app)]

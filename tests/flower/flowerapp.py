@@ -121,3 +121,13 @@ def second_time() -> int:
     if current_run().attempt == 1:
         raise ConnectionError("upstream hung up")
     return current_run().attempt
+
+
+@step(rate_limit="30/m")
+def call_api(n: int) -> int:
+    return n
+
+
+@durable_task(name="flower_tests.rated", rate_limit="10/s", rate_burst=2)
+def rated(n: int) -> int:
+    return call_api(n)

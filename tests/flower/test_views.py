@@ -266,6 +266,29 @@ def test_edit_a_limit(flower: FlowerServer) -> None:
     assert bad.status == 400 and "must be an int >= 0" in bad.json()["error"]
 
 
+def test_rate_limits_are_shown_and_edited(flower: FlowerServer) -> None:
+    rates = {r["name"]: r for r in flower.get("/api/durable/limits").json()["rates"]}
+    assert rates["task:flower_tests.rated"]["coded"] == "10/s"
+    assert rates["step:call_api"]["coded"] == "30/m"
+    assert rates["task:flower_tests.rated"]["available_now"] == 2  # the burst, idle
+    changed = flower.post_json("/api/durable/limits",
+                               {"name": "task:flower_tests.rated", "rate": "20/s", "burst": 4})
+    assert changed.status == 200, changed.body
+    try:
+        rates = {r["name"]: r for r in flower.get("/api/durable/limits").json()["rates"]}
+        assert rates["task:flower_tests.rated"]["runtime"] == "20/s"
+        page = flower.get("/durable/limits").body
+        assert 'data-rate="task:flower_tests.rated"' in page and "<td>20/s</td>" in page
+        bad = flower.post_json("/api/durable/limits",
+                               {"name": "task:flower_tests.rated", "rate": "lots"})
+        assert bad.status == 400 and "'100/m'" in bad.json()["error"]
+    finally:
+        flower.post_json("/api/durable/limits",
+                         {"name": "task:flower_tests.rated", "rate": "coded"})
+    rates = {r["name"]: r for r in flower.get("/api/durable/limits").json()["rates"]}
+    assert rates["task:flower_tests.rated"]["runtime"] is None
+
+
 def test_cross_site_posts_are_refused(flower: FlowerServer, seeded: Seeded) -> None:
     for path in (f"/durable/runs/{seeded.waiting}/cancel",
                  f"/api/durable/runs/{seeded.waiting}/cancel"):
