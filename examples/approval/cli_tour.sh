@@ -50,10 +50,13 @@ celery -A proj durable replay "$fork"
 wait_status "$fork" suspended
 celery -A proj durable cancel "$fork"
 
-# Concurrency limits: all of them, then one changed at runtime (0 pauses it).
+# Concurrency and rate limits: all of them, then one changed at runtime (0 pauses it).
 celery -A proj durable limits tasks.expense_approval 20
 celery -A proj durable limits
 celery -A proj durable limits tasks.expense_approval --json
+# A rate limit changed at runtime, then back to the rate in code.
+celery -A proj durable limits step:notify_approver --rate 240/m --burst 40
+celery -A proj durable limits step:notify_approver --rate coded
 
 # Housekeeping: drop index entries of expired runs; check Redis and the settings.
 celery -A proj durable gc

@@ -22,7 +22,8 @@ class Decision(BaseModel):
     note: str = ""
 
 
-@step
+# The approvers' chat API takes 120 messages a minute, whichever worker sends them.
+@step(rate_limit="120/m", rate_burst=20)
 def notify_approver(request_id: str, amount_cents: int) -> str:
     print(f"expense {request_id} ({amount_cents} cents) waits for a decision:\n"
           f"  celery -A proj durable send-event expense:{request_id} "

@@ -50,8 +50,9 @@ def test_decisions_from_the_cli_and_the_client(example: Example) -> None:
     assert done["r-no"].result == {"request": "r-no", "status": "rejected", "by": "bob",
                                    "note": "too much"}
     assert all(r.status is RunStatus.COMPLETED for r in done.values())
-    # The waits were steps: the decision is in the trace of the run.
-    assert [s.name for s in done["r-cli"].steps] == ["notify_approver", "decision", "pay_out"]
+    # The rate turn and the wait were steps: the decision is in the trace of the run.
+    assert [s.name for s in done["r-cli"].steps] == [
+        "notify_approver~rate", "notify_approver", "decision", "pay_out"]
     assert json.loads(status.stdout.splitlines()[1])["status"] == "rejected"
 
 
@@ -79,6 +80,8 @@ def test_the_cli_tour_runs_every_command(example: Example) -> None:
     assert "woke 1 run(s)" in text and "(kept for the next one to wait)" in text
     assert "cancelled (was suspended)" in text
     assert "task:tasks.expense_approval: limit set to 20" in text
+    assert "step:notify_approver: rate limit set to 240/m" in text
+    assert "step:notify_approver: rate limit set to coded" in text
     assert "stale index entr" in text
     assert "WARN  Redis runs without AOF" in text  # the test server has no AOF
 
