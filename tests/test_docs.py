@@ -162,3 +162,17 @@ def test_cli_documents_every_command_and_option(name: str) -> None:
     assert f"durable {name}" in "\n".join(
         "\n".join(body) for _, _, body in code_blocks(DOCS / "cli.md")), (
         f"durable {name}: no example in a code block (include it from cli_tour.sh)")
+
+
+def test_the_include_check_catches_a_block_that_drifted(tmp_path: Path) -> None:
+    """The checker itself: a copied block passes, an edited or unmarked one does not."""
+    source = (ROOT / "examples" / "orders" / "tasks.py").read_text().splitlines()
+    page = tmp_path / "page.md"
+    page.write_text("\n".join([
+        "<!-- include: examples/orders/tasks.py -->", "```python", *source[20:23], "```", "",
+        "<!-- include: examples/orders/tasks.py -->", "```python", source[20] + " # edited",
+        "```", "", "```python", "x = 1", "```", ""]))
+    blocks = list(code_blocks(page))
+    assert [b[1] for b in blocks] == ["examples/orders/tasks.py"] * 2 + [None]
+    assert is_excerpt(blocks[0][2], source)
+    assert not is_excerpt(blocks[1][2], source)
