@@ -22,7 +22,9 @@ The tree::
      ├─ StepTimeoutError              a step overran its @step(timeout=...)
      ├─ VersionMismatchError          a run resumed on code of another version
      ├─ WaitTimeout                   wait_for_event reached its timeout
-     └─ RunNotFoundError              an unknown run id
+     ├─ RunNotFoundError              an unknown run id
+     └─ HarnessError                  a celery_durable.testing helper could not do its job
+         └─ RunWaitTimeoutError       a run did not reach the awaited state in time
     RunCancelled(BaseException)       control flow: the run was cancelled (not catchable
                                       with ``except Exception``)
 
@@ -183,6 +185,17 @@ class RunNotFoundError(DurableError):
     retryable = False
 
 
+class HarnessError(DurableError):
+    """A ``celery_durable.testing`` helper could not do its job (no redis-server, a worker
+    that did not start, a crash that could not be caused)."""
+
+    retryable = False
+
+
+class RunWaitTimeoutError(HarnessError, TimeoutError):
+    """A run did not reach the state a test waited for within its deadline."""
+
+
 class RunCancelled(BaseException):
     """The run was cancelled: raised at the next step boundary of a running attempt.
 
@@ -199,6 +212,7 @@ __all__ = [
     "ChildRunFailed",
     "ConfigurationError",
     "DurableError",
+    "HarnessError",
     "IdempotencyConflictError",
     "LeaseLostError",
     "NonRetryableError",
@@ -210,6 +224,7 @@ __all__ = [
     "RunCrashedError",
     "RunNotFoundError",
     "RunTimeoutError",
+    "RunWaitTimeoutError",
     "StepTimeoutError",
     "StoreError",
     "VersionMismatchError",
