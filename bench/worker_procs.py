@@ -81,7 +81,8 @@ class WorkerSet:
         log = tempfile.NamedTemporaryFile(prefix=f"bench-{self.label}{self._count}-",
                                           suffix=".log", delete=False)
         cmd = [sys.executable, "-m", "celery", "-A", self.app_ref, "worker", "-P", self.pool,
-               "-c", str(self.concurrency), "-Q", self.queue, "-n", name, f"--loglevel={self.loglevel}",
+               "-c", str(self.concurrency), "-Q", self.queue, "-n", name,
+               f"--loglevel={self.loglevel}",
                "--without-gossip", "--without-mingle", "--without-heartbeat"]
         env = {**os.environ, "PYTHONPATH": str(ROOT), **self.env}
         try:

@@ -173,7 +173,6 @@ class RunStore:
                          holder_pid=int(reply[3] or 0))
         if outcome == "crashed":
             return Claim("crashed", status=RunStatus.FAILED.value, crashes=int(reply[1]))
-        flat = reply[7:]
         return Claim(
             "claimed",
             token=str(reply[1]),
@@ -182,7 +181,8 @@ class RunStore:
             crashes=int(reply[4]),
             failures=int(reply[5]),
             created_ms=int(reply[6]),
-            checkpoints=dict(zip(flat[::2], flat[1::2], strict=True)),
+            # {"<pos>": "<payload>"} in one string (claim_attempt.lua); payloads undecoded
+            checkpoints=json.loads(reply[7]),
         )
 
     def commit_step(
