@@ -136,6 +136,7 @@ def run_attempt(task: DurableTask, args: tuple[Any, ...], kwargs: dict[str, Any]
                      if task.durable_run_timeout is not None else None),
         logs=logcapture.RunLogs(settings, claim.attempt) if settings.log_capture else None,
         meters=meters,
+        durability=task.durable_commit_durability,
     )
     bound = bind_context(ctx)
     signals.run_started.send(sender=task.name, run_id=run_id, attempt=ctx.attempt,

@@ -99,7 +99,7 @@ class RunContext:
     __slots__ = (
         "id", "attempt", "task_name", "owner", "failures", "_token", "_store", "_settings",
         "_committed", "_position", "_occurrences", "_current_step", "replayed", "_keys", "slots",
-        "_last_step_id", "_app", "deadline_ms", "traced", "logs", "meters",
+        "_last_step_id", "_app", "deadline_ms", "traced", "logs", "meters", "durability",
     )
 
     def __init__(
@@ -118,6 +118,7 @@ class RunContext:
         deadline_ms: int | None = None,
         logs: RunLogs | None = None,
         meters: TaskMeters | None = None,
+        durability: str | None = None,
     ) -> None:
         self.id = run_id
         self.attempt = attempt
@@ -149,6 +150,8 @@ class RunContext:
         self.logs = logs
         #: This task's Prometheus metrics (None: not recorded).
         self.meters = meters
+        #: The task's commit durability (None: durable_commit_durability).
+        self.durability = durability
 
     # -- public API ------------------------------------------------------------------------
 
@@ -472,7 +475,8 @@ class RunContext:
             )
         logs = self.logs
         code = self._store.commit_step(self._keys, self._token, position, step_id, payload,
-                                       logs.take() if logs is not None and logs.pending else ())
+                                       logs.take() if logs is not None and logs.pending else (),
+                                       self.durability)
         self._check_code(code, f"commit step {step_id!r}")
         if code == 1:
             signals.step_committed.send(

@@ -24,8 +24,9 @@ from redis.backoff import ExponentialBackoff
 from redis.exceptions import NoScriptError
 from redis.retry import Retry
 
+from . import durability
 from .config import DurableSettings, settings_for
-from .errors import StoreError
+from .errors import DurabilityError, StoreError
 from .indexes import RunIndexes
 from .keys import KeySpace, LimitKeys, RunKeys
 from .models import TERMINAL_STATUSES, RunStatus
@@ -98,6 +99,8 @@ class RunStore:
         self.scripts = Scripts.register(self.client)
         self._commit_script = self.scripts.commit_step
         self.indexes = RunIndexes(self.keys, settings)
+        #: What commits wait for, per durability mode (detected on first use).
+        self._commit_waits: dict[str, durability.CommitWait | None] = {}
 
     # -- attempt lifecycle (workers) -------------------------------------------------------
 
@@ -187,12 +190,17 @@ class RunStore:
 
     def commit_step(
         self, keys: RunKeys, token: str, position: int, step_id: str, checkpoint: str,
-        logs: Sequence[str] = (),
+        logs: Sequence[str] = (), durability_mode: str | None = None,
     ) -> int:
         """Commit a checkpoint: one EVALSHA, the whole per-step cost in Redis. Returns the
         script's code (see commit_step.lua). ``keys`` are the run's keys (built once per
-        attempt by the caller); buffered ``logs`` ride in the same round trip."""
+        attempt by the caller); buffered ``logs`` ride in the same round trip.
+        ``durability_mode`` (default ``durable_commit_durability``) other than ``"none"``
+        makes the same round trip wait for the AOF or replica acknowledgement."""
         args = (token, position, checkpoint, step_id, time.time_ns() // 1_000_000)
+        mode = durability_mode or self.settings.commit_durability
+        if mode != "none":
+            return self._commit_waiting(keys, mode, args, step_id, logs)
         try:
             if logs:
                 return int(self._with_logs(keys, logs, self._commit_script,
@@ -202,6 +210,49 @@ class RunStore:
             raise StoreError(
                 f"celery-durable could not commit step {step_id!r} of {keys.run}: {exc}"
             ) from exc
+
+    def commit_wait(self, mode: str) -> durability.CommitWait | None:
+        """What commits in ``mode`` wait for on this store's server (detected once).
+
+        Raises:
+            DurabilityError: the server cannot honour ``mode``.
+        """
+        if mode not in self._commit_waits:
+            with _redis_errors(f"detect whether Redis can honour commit durability {mode!r}"):
+                caps = durability.detect(self.client)
+            s = self.settings
+            self._commit_waits[mode] = durability.plan(mode, caps, s.commit_replicas,
+                                                       s.commit_wait_timeout_ms)
+        return self._commit_waits[mode]
+
+    def _commit_waiting(self, keys: RunKeys, mode: str, args: Sequence[Any], step_id: str,
+                        logs: Sequence[str]) -> int:
+        """commit_step followed, in the same pipeline (WAIT and WAITAOF cover their own
+        connection's writes only), by the wait of ``mode``."""
+        what = f"step {step_id!r} of {keys.run}"
+        try:
+            wait = self.commit_wait(mode)
+            calls: list[tuple[Any, Sequence[str], Sequence[Any]]] = []
+            if logs:
+                calls.append((self.scripts.append_logs, [keys.run, keys.trace],
+                              [self.settings.trace_maxlen, *logs]))
+            calls.append((self._commit_script, [keys.run, keys.steps, keys.trace], args))
+            then = wait.queue if wait is not None and wait.sends_command else None
+            replies = self._send(calls, then)
+            if any(isinstance(r, NoScriptError) for r in replies):
+                self.scripts.load_all(self.client)
+                replies = self._send(calls[-1:], then)  # the commit is idempotent
+            code = replies[len(replies) - (2 if then else 1)]
+            if isinstance(code, Exception):
+                raise code
+            if then is not None and wait is not None:
+                wait.check(replies[-1], what)
+            return int(code)
+        except DurabilityError:
+            self._commit_waits.pop(mode, None)  # detect again: replicas come and go
+            raise
+        except redis.RedisError as exc:
+            raise StoreError(f"celery-durable could not commit {what}: {exc}") from exc
 
     def append_logs(self, run_id: str, logs: Sequence[str]) -> int:
         """Append captured log records (flat values, see append_logs.lua) to the trace."""
