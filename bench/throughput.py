@@ -8,9 +8,9 @@ Usage (from the repository root)::
 Starts a throwaway redis-server and, per pool, one real ``celery -A bench.throughput_app:app
 worker`` subprocess (``--loglevel=WARNING --without-gossip --without-mingle
 --without-heartbeat``, results on) that runs both the plain and the durable task, so the
-flags are the same for both. A drain: the worker stops consuming (``cancel_consumer``),
-``--tasks`` tasks of one kind are published, the worker consumes again (``add_consumer``),
-and the drain is over when every result is stored. Throughput = tasks / (last body end -
+flags are the same for both. A drain: ``--tasks`` tasks of one kind are published to a new
+queue, the worker starts consuming it (``add_consumer``), and the drain is over when every
+result is stored. Throughput = tasks / (last body end -
 first body start). Kinds (plain / durable x 1 / 10 steps) are rotated within each repeat;
 ratios durable / plain are taken within a repeat. Then the latency of ``apply_async().get()``
 (plain and durable, one step, interleaved) on the warm worker. Writes
@@ -25,6 +25,7 @@ import socket
 import statistics
 import sys
 import time
+import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -72,23 +73,28 @@ def task_name(kind: str) -> str:
 
 def drain(app: Celery, producer: Celery, results: redis.Redis, node: str, kind: str, steps: int,
           count: int, timeout_s: float) -> dict[str, float]:
-    """Pre-enqueue ``count`` tasks with the worker not consuming, let it drain them; returns
-    tasks/s over the bodies' span and the wall time from ``add_consumer`` to the last result.
+    """Pre-enqueue ``count`` tasks on a new queue, make the worker consume it, let it drain
+    them; returns tasks/s over the bodies' span and the wall time from ``add_consumer`` to
+    the last result.
 
+    A new queue per drain rather than pausing the worker's queue: a ``cancel_consumer``
+    racing kombu's pending BRPOP can leave a message unacked until the visibility timeout.
     ``producer`` has no result backend, so publishing does not subscribe to result channels;
     the worker stores every result (results on) in the db that ``results`` reads."""
-    app.control.cancel_consumer(ta.QUEUE, destination=[node], reply=True, timeout=10)
+    queue = f"drain-{uuid.uuid4().hex[:8]}"
     results.flushdb()
-    ids = [producer.send_task(task_name(kind), args=(steps,), queue=ta.QUEUE).id
+    ids = [producer.send_task(task_name(kind), args=(steps,), queue=queue).id
            for _ in range(count)]
     started = time.monotonic()
-    app.control.add_consumer(ta.QUEUE, destination=[node], reply=True, timeout=10)
+    app.control.add_consumer(queue, destination=[node], reply=True, timeout=10)
     deadline = started + timeout_s
     while results.dbsize() < count:
         if time.monotonic() > deadline:
-            raise RuntimeError(f"{kind}({steps}) drain of {count} not done after {timeout_s} s")
+            raise RuntimeError(f"{kind}({steps}) drain of {count} not done after {timeout_s} s"
+                               f" ({results.dbsize()} results)")
         time.sleep(POLL_S)
     wall = time.monotonic() - started
+    app.control.cancel_consumer(queue, destination=[node], reply=True, timeout=10)
     metas = [json.loads(raw) for raw in results.mget([f"celery-task-meta-{i}" for i in ids])]
     failed = [m for m in metas if m["status"] != "SUCCESS"]
     if failed:
