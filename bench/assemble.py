@@ -8,7 +8,6 @@ listed as not run; nothing is measured here.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from collections.abc import Mapping
