@@ -45,7 +45,8 @@ CONFIGS = (("none, no persistence", "plain", "none"),
            ("aof → replica fallback, AOF everysec", "master", "aof"))
 SERVERS = {"plain": (), "everysec": ("--appendonly", "yes", "--appendfsync", "everysec"),
            "always": ("--appendonly", "yes", "--appendfsync", "always"),
-           "master": ("--appendonly", "yes", "--appendfsync", "everysec")}
+           "master": ("--appendonly", "yes", "--appendfsync", "everysec",
+                      "--repl-diskless-sync-delay", "0")}
 PAYLOAD = json.dumps({"id": "step", "v": "x" * 160, "t0": 1, "t1": 2, "a": 1})
 
 

@@ -422,8 +422,9 @@ class RunContext:
             )
         self.replayed += 1
         value = from_jsonable(record["v"])
-        signals.step_replayed.send(sender=self.task_name, run_id=self.id, attempt=self.attempt,
-                                   step=step_id, position=position)
+        if signals.step_replayed.receivers:  # a resume replays many steps: skip when unheard
+            signals.step_replayed.send(sender=self.task_name, run_id=self.id,
+                                       attempt=self.attempt, step=step_id, position=position)
         if self.meters is not None:
             self.meters.step_replayed()
         return value

@@ -72,6 +72,17 @@ class Claim:
     holder_pid: int = 0
 
 
+def _checkpoints(fmt: str, data: str) -> dict[str, str]:
+    """Position -> undecoded payload, from claim_attempt.lua's one-string form."""
+    if fmt == "j":
+        loaded: dict[str, str] = json.loads(data)
+        return loaded
+    if not data:
+        return {}
+    flat = data.split("\n")
+    return dict(zip(flat[::2], flat[1::2], strict=True))
+
+
 def make_client(settings: DurableSettings) -> redis.Redis:
     """A Redis client with explicit timeouts, bounded retries and RESP2 replies.
 
@@ -184,8 +195,7 @@ class RunStore:
             crashes=int(reply[4]),
             failures=int(reply[5]),
             created_ms=int(reply[6]),
-            # {"<pos>": "<payload>"} in one string (claim_attempt.lua); payloads undecoded
-            checkpoints=json.loads(reply[7]),
+            checkpoints=_checkpoints(reply[7], reply[8]),
         )
 
     def commit_step(

@@ -18,10 +18,12 @@
 --   {'busy', owner, lease_expires_ms, pid}    another attempt holds a live lease
 --   {'crashed', crashes}                      too many crashes: the run is now failed
 --   {'claimed', token, attempt, prev_status ('new' if this claim created the run), crashes,
---    failures, created_ms, checkpoints}
---   checkpoints: the steps hash as one JSON object string {"<pos>": "<payload>", ...}:
---   one bulk reply instead of two per step, so a resume of 1,000 steps is not dominated by
---   the client parsing 2,000 replies; the payloads stay undecoded strings
+--    failures, created_ms, format, checkpoints}
+--   checkpoints: the steps hash in one bulk string instead of two replies per step, so a
+--   resume of 1,000 steps is not dominated by the client parsing 2,000 replies; payloads
+--   stay undecoded. format 'n': "pos1\npayload1\npos2\n..." (compact JSON never holds a
+--   raw newline); 'j' (some payload does: not ours, kept as is): a JSON object
+--   {"<pos>": "<payload>"}
 --   (failures: attempts that ended in an error, which the retry policy counts)
 local run = KEYS[1]
 local now = tonumber(ARGV[1])
@@ -86,7 +88,15 @@ local extra = redis.call('HMGET', run, 'failures', 'created_ms')
 local reply = {'claimed', token, attempt, status, crashes, tonumber(extra[1] or '0'),
                tonumber(extra[2] or ARGV[1])}
 local steps = redis.call('HGETALL', KEYS[2])
-local byPos = {}
-for i = 1, #steps, 2 do byPos[steps[i]] = steps[i + 1] end
-reply[8] = cjson.encode(byPos)  -- an empty table encodes as {}
+for i = 2, #steps, 2 do
+  if string.find(steps[i], '\n', 1, true) then
+    local byPos = {}
+    for j = 1, #steps, 2 do byPos[steps[j]] = steps[j + 1] end
+    reply[8] = 'j'
+    reply[9] = cjson.encode(byPos)  -- an empty table encodes as {}
+    return reply
+  end
+end
+reply[8] = 'n'
+reply[9] = table.concat(steps, '\n')
 return reply

@@ -55,7 +55,7 @@ def _wait_for(predicate: Any, timeout_s: float, what: str) -> None:
 @pytest.fixture
 def replicated() -> Iterator[tuple[str, str]]:
     """A master (AOF on, everysec) and one replica in sync with it: their URLs."""
-    mproc, murl, mdir = start_redis_server("--appendonly", "yes")
+    mproc, murl, mdir = start_redis_server("--appendonly", "yes", "--repl-diskless-sync-delay", "0")
     mport = murl.rsplit(":", 1)[1]
     rproc, rurl, rdir = start_redis_server("--replicaof", "127.0.0.1", mport)
     master, replica = redis.Redis.from_url(murl), redis.Redis.from_url(rurl)
