@@ -90,14 +90,20 @@ def limits_targets(data: Mapping[str, Any]) -> list[dict[str, Any]]:
 
 
 def _demote(markdown: str) -> str:
-    """Each section one heading level below the document's title and ``##`` sections."""
+    """A section whose first heading is level 2 (``##``), its other headings shifted by as
+    much (never above level 2)."""
+    def level(line: str) -> int:
+        return len(line) - len(line.lstrip("#"))
+
+    lines = markdown.strip().splitlines()
+    first = next((level(line) for line in lines if line.startswith("#")), 2)
     out = []
-    for line in markdown.splitlines():
+    for line in lines:
         if line.startswith("#"):
-            level = len(line) - len(line.lstrip("#"))
-            line = "#" * max(level, 2) + ("#" if level < 2 else "") + line[level:]
+            n = level(line)
+            line = "#" * max(2, n + 2 - first) + line[n:]
         out.append(line)
-    return "\n".join(out).strip()
+    return "\n".join(out)
 
 
 def _goal(t: Mapping[str, Any]) -> str:

@@ -46,7 +46,7 @@ def test_quick_suite_writes_results_and_the_assembled_page(tmp_path: Path) -> No
     assert "## Targets:" in page and "Not run in this suite run: `bench.limits`" in page
     for heading in ("## Throughput and `apply_async().get()` latency",
                     "## Resume cost", "## Redis memory per completed run",
-                    "## Commit durability modes", "### celery-durable per-step overhead"):
+                    "## Commit durability modes", "## celery-durable per-step overhead"):
         assert heading in page
     throughput = json.loads((tmp_path / "throughput.json").read_text())
     assert [p["pool"] for p in throughput["pools"]] == ["solo"]
