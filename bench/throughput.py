@@ -80,11 +80,13 @@ def drain(app: Celery, producer: Celery, results: redis.Redis, node: str, kind: 
     A new queue per drain rather than pausing the worker's queue: a ``cancel_consumer``
     racing kombu's pending BRPOP can leave a message unacked until the visibility timeout.
     ``producer`` has no result backend, so publishing does not subscribe to result channels;
-    the worker stores every result (results on) in the db that ``results`` reads."""
+    the worker stores every result (results on) in the db that ``results`` reads. Durable
+    tasks are published through ``DurableTask.apply_async``, which records each run (as
+    an application does), before the drain starts."""
     queue = f"drain-{uuid.uuid4().hex[:8]}"
     results.flushdb()
-    ids = [producer.send_task(task_name(kind), args=(steps,), queue=queue).id
-           for _ in range(count)]
+    task = producer.tasks[task_name(kind)]  # DurableTask.apply_async records the run first
+    ids = [task.apply_async((steps,), queue=queue).id for _ in range(count)]
     started = time.monotonic()
     app.control.add_consumer(queue, destination=[node], reply=True, timeout=10)
     deadline = started + timeout_s
@@ -111,7 +113,7 @@ def latency(app: Celery, calls: int) -> dict[str, dict[str, float]]:
     for _ in range(calls):
         for kind in samples:
             t0 = time.perf_counter()
-            app.send_task(task_name(kind), args=(1,), queue=ta.QUEUE).get(timeout=30)
+            app.tasks[task_name(kind)].apply_async((1,), queue=ta.QUEUE).get(timeout=30)
             samples[kind].append((time.perf_counter() - t0) * 1e6)
     out: dict[str, dict[str, float]] = {}
     for kind, values in samples.items():
@@ -133,7 +135,7 @@ def pool_run(app: Celery, producer: Celery, results: redis.Redis, server_url: st
         node = worker.name.replace("%h", socket.gethostname())
         for kind, steps in KINDS:  # warm up: imports, connections, scripts
             for _ in range(5):
-                app.send_task(task_name(kind), args=(steps,), queue=ta.QUEUE).get(timeout=30)
+                app.tasks[task_name(kind)].apply_async((steps,), queue=ta.QUEUE).get(timeout=30)
         repeats = []
         for r in range(args.repeats):
             order = KINDS[r % len(KINDS):] + KINDS[:r % len(KINDS)]
@@ -160,8 +162,7 @@ def pool_run(app: Celery, producer: Celery, results: redis.Redis, server_url: st
 def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
     with common.bench_redis(args.redis_server) as (server, info):
         app = ta.make_app(server.url)
-        producer = Celery("bench_throughput_producer", broker=app.conf.broker_url,
-                          set_as_current=False)
+        producer = ta.make_app(server.url, results=False)
         results = redis.Redis.from_url(f"{server.url}/{ta.BACKEND_DB}")
         try:
             pools = [pool_run(app, producer, results, server.url, pool, args)

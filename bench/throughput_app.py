@@ -56,10 +56,13 @@ def durable(n: int) -> list[float]:
     return [started, time.time()]
 
 
-def make_app(base_url: str) -> Celery:
-    """The app on the server at ``base_url`` (no db number)."""
-    app = Celery("bench_throughput", broker=f"{base_url}/{BROKER_DB}",
-                 backend=f"{base_url}/{BACKEND_DB}", set_as_current=False)
+def make_app(base_url: str, results: bool = True) -> Celery:
+    """The app on the server at ``base_url`` (no db number); without ``results``, a
+    producer whose publishing does not subscribe to result channels (the workers still
+    store every result)."""
+    backend = f"{base_url}/{BACKEND_DB}" if results else "disabled"
+    app = Celery("bench_throughput", broker=f"{base_url}/{BROKER_DB}", backend=backend,
+                 set_as_current=False)
     app.conf.update(
         task_default_queue=QUEUE,
         worker_hijack_root_logger=False,
