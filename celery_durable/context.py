@@ -360,8 +360,11 @@ class RunContext:
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
         policy: RetryPolicy | None,
+        durability: str | None = None,
     ) -> R:
-        """Replay or execute one step; ``policy`` retries it inside this attempt."""
+        """Replay or execute one step; ``policy`` retries it inside this attempt;
+        ``durability`` (the step's ``@step(durability=...)``) overrides the task's for its
+        commit."""
         if self._current_step is not None:
             # A step called from inside a step is part of the outer step's work.
             return fn(*args, **kwargs)
@@ -376,7 +379,7 @@ class RunContext:
             if stored is not None:
                 return self._replay(position, step_id, stored)  # type: ignore[no-any-return]
             self.check_deadline(f"before step {step_id!r}")
-            return self._execute(position, step_id, fn, args, kwargs, policy)
+            return self._execute(position, step_id, fn, args, kwargs, policy, durability)
         with otel.step_span(self.id, step_id, position, self.attempt,
                             stored is not None) as span:
             try:
@@ -384,7 +387,8 @@ class RunContext:
                     value = self._replay(position, step_id, stored)
                 else:
                     self.check_deadline(f"before step {step_id!r}")
-                    value = self._execute(position, step_id, fn, args, kwargs, policy)
+                    value = self._execute(position, step_id, fn, args, kwargs, policy,
+                                          durability)
             except SuspendRun:
                 otel.set_outcome(span, "suspended")
                 raise
@@ -437,6 +441,7 @@ class RunContext:
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
         policy: RetryPolicy | None,
+        durability: str | None = None,
     ) -> R:
         tries = 0
         while True:
@@ -454,11 +459,12 @@ class RunContext:
                 raise
             finally:
                 self._current_step = None
-            self._commit(position, step_id, value, started, time.time())
+            self._commit(position, step_id, value, started, time.time(), durability)
             return value
 
     def _commit(
-        self, position: int, step_id: str, value: Any, started: float, finished: float
+        self, position: int, step_id: str, value: Any, started: float, finished: float,
+        durability: str | None = None,
     ) -> None:
         try:
             record = {"id": step_id, "v": to_jsonable(value), "t0": int(started * 1000),
@@ -477,7 +483,7 @@ class RunContext:
         logs = self.logs
         code = self._store.commit_step(self._keys, self._token, position, step_id, payload,
                                        logs.take() if logs is not None and logs.pending else (),
-                                       self.durability)
+                                       durability or self.durability)
         self._check_code(code, f"commit step {step_id!r}")
         if code == 1:
             signals.step_committed.send(

@@ -7,6 +7,7 @@ from collections.abc import Callable
 from typing import Any, ParamSpec, TypeVar, overload
 
 from .context import get_run_context
+from .durability import MODES
 from .errors import ConfigurationError
 from .rates import STEP_RATES, RateKey, RateSpec, rate_ref
 from .retry import RetryPolicy
@@ -15,7 +16,11 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 
-def _validate(name: str | None, retry: RetryPolicy | None) -> None:
+def _validate(name: str | None, retry: RetryPolicy | None, durability: str | None) -> None:
+    if durability is not None and durability not in MODES:
+        raise ConfigurationError(
+            f"@step(durability=...) must be one of {', '.join(repr(m) for m in MODES)} (what "
+            f"the step's commit waits for), got {durability!r}")
     if name is not None and (not isinstance(name, str) or not name or "#" in name):
         raise ConfigurationError(
             f"@step(name=...) must be a non-empty str without '#' (used for occurrence "
@@ -48,7 +53,7 @@ def _step_rate(rate_limit: Any, rate_key: Any, rate_burst: Any,
 
 def _wrap(fn: Callable[P, R], name: str | None, retry: RetryPolicy | None,
           rate: tuple[RateSpec | None, RateKey | None, str] = (None, None, "wait"),
-          ) -> Callable[P, R]:
+          durability: str | None = None) -> Callable[P, R]:
     if not callable(fn):
         raise ConfigurationError(f"@step must decorate a function, got {fn!r}")
     step_name = name or getattr(fn, "__name__", None) or repr(fn)
@@ -64,7 +69,7 @@ def _wrap(fn: Callable[P, R], name: str | None, retry: RetryPolicy | None,
         ref = rate_ref(f"step:{step_name}", spec, key_fn, args, kwargs)
         if ref is not None and not ctx.take_turn(step_name, ref, mode):
             return None  # type: ignore[return-value]  # a lossy rate limit skipped it
-        return ctx.run_step(step_name, fn, args, kwargs, retry)
+        return ctx.run_step(step_name, fn, args, kwargs, retry, durability)
 
     wrapper.__durable_step__ = step_name  # type: ignore[attr-defined]
     return wrapper
@@ -78,7 +83,7 @@ def step(fn: Callable[P, R], /) -> Callable[P, R]: ...
 def step(
     *, name: str | None = None, retry: RetryPolicy | None = None,
     rate_limit: str | float | None = None, rate_key: RateKey | None = None,
-    rate_burst: int | None = None, rate_mode: str = "wait",
+    rate_burst: int | None = None, rate_mode: str = "wait", durability: str | None = None,
 ) -> Callable[[Callable[P, R]], Callable[P, R]]: ...
 
 
@@ -92,6 +97,7 @@ def step(
     rate_key: RateKey | None = None,
     rate_burst: int | None = None,
     rate_mode: str = "wait",
+    durability: str | None = None,
 ) -> Callable[P, R] | Callable[[Callable[P, R]], Callable[P, R]]:
     """Checkpoint each call of the decorated function inside a durable run.
 
@@ -110,14 +116,17 @@ def step(
             A step over the rate waits for its turn (in place, or suspended if the turn is
             more than ``durable_inline_sleep_s`` away); with ``rate_mode="drop"`` it is
             skipped instead: not executed, it returns None, and the trace says why.
+        durability: what this step's commit waits for (``"none"``, ``"replica"``,
+            ``"aof"``), overriding the task's ``commit_durability`` and
+            ``durable_commit_durability`` (see durability.py).
     """
-    _validate(name, retry)
+    _validate(name, retry, durability)
     rate = _step_rate(rate_limit, rate_key, rate_burst, rate_mode)
     if fn is not None:
-        return _wrap(fn, name, retry, rate)
+        return _wrap(fn, name, retry, rate, durability)
 
     def decorate(func: Callable[P, R]) -> Callable[P, R]:
-        return _wrap(func, name, retry, rate)
+        return _wrap(func, name, retry, rate, durability)
 
     return decorate
 

@@ -200,3 +200,39 @@ def test_a_task_option_makes_a_real_worker_wait_for_the_replica(
     replica.close()
     store.client.close()
     app.close()
+
+
+@step(name="strict_piece", durability="aof")
+def strict_piece(i: int) -> int:
+    return i
+
+
+@step(name="lax_piece", durability="none")
+def lax_piece(i: int) -> int:
+    return i
+
+
+def test_a_step_option_overrides_the_task_and_the_setting(aof_everysec: str) -> None:
+    from celery_durable.context import RunContext, bind_context, unbind_context
+
+    version = redis.Redis.from_url(aof_everysec).info("server")["redis_version"]
+    if tuple(int(p) for p in version.split(".")[:2]) >= (7, 2):
+        pytest.skip(f"Redis {version} has WAITAOF: the aof mode is honoured")
+    store = make_store(aof_everysec, "none")
+    for task_mode, call, fails in ((None, strict_piece, True), (None, durable_piece, False),
+                                   ("aof", durable_piece, True), ("aof", lax_piece, False)):
+        run_id = f"r-{task_mode}-{call.__name__}"
+        token = start_run(store, run_id)
+        ctx = RunContext(run_id=run_id, attempt=1, task_name="t.task", token=token,
+                         owner="w1", store=store, checkpoints={}, durability=task_mode)
+        bound = bind_context(ctx)
+        try:
+            if fails:
+                with pytest.raises(DurabilityError, match="cannot be honoured"):
+                    call(1)
+            else:
+                assert call(1) == (2 if call is durable_piece else 1)
+                assert store.client.hlen(store.keys.run(run_id).steps) == 1
+        finally:
+            unbind_context(bound)
+    store.client.close()

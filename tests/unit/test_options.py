@@ -110,3 +110,9 @@ def test_commit_durability_option_and_setting_are_validated() -> None:
     assert DurableSettings(redis_url="redis://x").commit_durability == "none"
     with pytest.raises(ValueError):
         DurableSettings(redis_url="redis://x", commit_durability="disk")  # type: ignore[arg-type]
+
+
+def test_step_durability_option_is_validated() -> None:
+    with pytest.raises(ConfigurationError, match=r"@step\(durability=...\) must be one of"):
+        step(durability="fsync")
+    assert step(durability="replica")(lambda: 1)() == 1  # outside a run: a plain call
