@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 import redis
-from celery import Celery
+from celery import Celery, current_app
 from celery.contrib.testing.worker import start_worker
 
 from celery_durable import DurabilityError, DurableTask, step
@@ -189,10 +189,14 @@ def test_a_task_option_makes_a_real_worker_wait_for_the_replica(
     task = app.task(base=DurableTask, name="t.replicated", shared=False,
                     durable_commit_durability="replica")(body)
     replica = redis.Redis.from_url(f"{rurl}/0", decode_responses=True)
-    with start_worker(app, pool="solo", perform_ping_check=False, loglevel="WARNING",
-                      shutdown_timeout=10):
-        result = task.apply_async((4,))
-        assert result.get(timeout=30) == 12
+    previous = current_app._get_current_object()  # start_worker makes its app current
+    try:
+        with start_worker(app, pool="solo", perform_ping_check=False, loglevel="WARNING",
+                          shutdown_timeout=10):
+            result = task.apply_async((4,))
+            assert result.get(timeout=30) == 12
+    finally:
+        previous.set_current()
     store = RunStore(DurableSettings(redis_url=f"{murl}/0"))
     steps_key = store.keys.run(result.id).steps
     _wait_for(lambda: replica.hlen(steps_key) == 4, 10, "the replica to hold 4 checkpoints")
