@@ -44,10 +44,11 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _spawn(exe: str, port: int, workdir: Path) -> subprocess.Popen[bytes]:
+def _spawn(exe: str, port: int, workdir: Path, extra: tuple[str, ...] = ()
+           ) -> subprocess.Popen[bytes]:
     args = [exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
             "--dir", str(workdir), "--logfile", str(workdir / "redis.log"),
-            "--maxmemory-policy", "noeviction", "--daemonize", "no"]
+            "--maxmemory-policy", "noeviction", "--daemonize", "no", *extra]
     return subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
@@ -66,15 +67,17 @@ def _wait_ready(proc: subprocess.Popen[bytes], url: str, timeout_s: float) -> bo
         client.close()
 
 
-def start_redis_server(exe: str = "redis-server", attempts: int = 3) -> RedisServer:
-    """Start redis-server without persistence on a free port (retried if the port was taken)."""
+def start_redis_server(exe: str = "redis-server", attempts: int = 3,
+                       extra: tuple[str, ...] = ()) -> RedisServer:
+    """Start redis-server without persistence on a free port (retried if the port was taken);
+    ``extra`` arguments override the defaults (e.g. ``("--appendonly", "yes")``)."""
     path = shutil.which(exe)
     if path is None:
         raise RuntimeError(f"{exe} not found: install redis-server (apt-get install redis-server)")
     for _ in range(attempts):
         workdir = Path(tempfile.mkdtemp(prefix="durable-bench-redis-"))
         port = free_port()
-        server = RedisServer(_spawn(path, port, workdir), port, workdir)
+        server = RedisServer(_spawn(path, port, workdir, extra), port, workdir)
         if _wait_ready(server.proc, server.url, START_TIMEOUT_S):
             return server
         stop_redis_server(server)
@@ -94,9 +97,10 @@ def stop_redis_server(server: RedisServer) -> None:
 
 
 @contextmanager
-def throwaway_redis(exe: str = "redis-server") -> Iterator[RedisServer]:
+def throwaway_redis(exe: str = "redis-server", extra: tuple[str, ...] = ()
+                    ) -> Iterator[RedisServer]:
     """A running throwaway server for the duration of the ``with`` block (stopped on error)."""
-    server = start_redis_server(exe)
+    server = start_redis_server(exe, extra=extra)
     try:
         yield server
     finally:

@@ -68,6 +68,9 @@ class WorkerSet:
     pool: str = "prefork"
     concurrency: int = 1  # of the workers started from now on
     keep_logs: bool = False
+    #: ``--loglevel`` of the workers; below INFO, the app must log ``ready_line`` itself.
+    loglevel: str = "INFO"
+    ready_line: str = " ready."
     workers: list[Worker] = field(default_factory=list)
     _count: int = 0
 
@@ -78,7 +81,8 @@ class WorkerSet:
         log = tempfile.NamedTemporaryFile(prefix=f"bench-{self.label}{self._count}-",
                                           suffix=".log", delete=False)
         cmd = [sys.executable, "-m", "celery", "-A", self.app_ref, "worker", "-P", self.pool,
-               "-c", str(self.concurrency), "-Q", self.queue, "-n", name, "--loglevel=INFO",
+               "-c", str(self.concurrency), "-Q", self.queue, "-n", name,
+               f"--loglevel={self.loglevel}",
                "--without-gossip", "--without-mingle", "--without-heartbeat"]
         env = {**os.environ, "PYTHONPATH": str(ROOT), **self.env}
         try:
@@ -95,7 +99,7 @@ class WorkerSet:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             worker.check_running()
-            if worker.log_contains(" ready."):
+            if worker.log_contains(self.ready_line):
                 worker.ready_at = time.time()
                 return
             time.sleep(0.05)

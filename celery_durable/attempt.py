@@ -142,6 +142,7 @@ def run_attempt(task: DurableTask, args: tuple[Any, ...], kwargs: dict[str, Any]
         meters=meters,
         code_version=code_version(task),
         recorded_version=claim.version,
+        durability=task.durable_commit_durability,
     )
     bound = bind_context(ctx)
     signals.run_started.send(sender=task.name, run_id=run_id, attempt=ctx.attempt,

@@ -101,6 +101,12 @@ class DurableSettings(BaseModel):
     #: Port of the worker's Prometheus exporter (main process); None: no exporter.
     metrics_port: int | None = Field(default=None, ge=0, le=65535)
     metrics_addr: str = "0.0.0.0"
+    #: What a step's commit waits for: "none" (Redis applied it), "replica" (WAIT for
+    #: ``commit_replicas`` replicas) or "aof" (fsynced to the AOF); see durability.py.
+    commit_durability: Literal["none", "replica", "aof"] = "none"
+    commit_replicas: int = Field(default=1, ge=1)
+    #: How long (seconds) a commit waits for its acknowledgement before DurabilityError.
+    commit_wait_timeout_s: float = Field(default=1.0, gt=0)
 
     @field_validator("log_level", mode="before")
     @classmethod
@@ -171,6 +177,10 @@ class DurableSettings(BaseModel):
     @property
     def active_ttl_ms(self) -> int:
         return int(self.active_ttl_s * 1000)
+
+    @property
+    def commit_wait_timeout_ms(self) -> int:
+        return max(1, int(self.commit_wait_timeout_s * 1000))
 
     @property
     def lease_ttl_ms(self) -> int:

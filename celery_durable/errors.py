@@ -86,6 +86,11 @@ class StoreError(DurableError):
     """Redis could not be reached or a script failed; the redis error is the ``__cause__``."""
 
 
+class DurabilityError(StoreError):
+    """A commit could not be made as durable as ``durable_commit_durability`` asks: the
+    server cannot acknowledge that mode, or the acknowledgement did not come in time."""
+
+
 class LeaseLostError(StoreError):
     """A newer attempt took over this run's lease; this attempt must stop without committing."""
 

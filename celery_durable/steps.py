@@ -8,6 +8,7 @@ from datetime import timedelta
 from typing import Any, ParamSpec, TypeVar, overload
 
 from .context import get_run_context
+from .durability import MODES
 from .errors import ConfigurationError
 from .rates import STEP_RATES, RateKey, RateSpec, rate_ref
 from .retry import RetryPolicy, to_seconds
@@ -17,8 +18,12 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 
-def _validate(name: str | None, retry: RetryPolicy | None) -> None:
+def _validate(name: str | None, retry: RetryPolicy | None, durability: str | None) -> None:
     """Check the options of @step (raises ConfigurationError naming the option)."""
+    if durability is not None and durability not in MODES:
+        raise ConfigurationError(
+            f"@step(durability=...) must be one of {', '.join(repr(m) for m in MODES)} (what "
+            f"the step's commit waits for), got {durability!r}")
     if name is not None and (not isinstance(name, str) or not name or "#" in name):
         raise ConfigurationError(
             f"@step(name=...) must be a non-empty str without '#' (used for occurrence "
@@ -60,7 +65,7 @@ def _step_rate(rate_limit: Any, rate_key: Any, rate_burst: Any,
 
 def _wrap(fn: Callable[P, R], name: str | None, retry: RetryPolicy | None,
           rate: tuple[RateSpec | None, RateKey | None, str] = (None, None, "wait"),
-          timeout: float | None = None) -> Callable[P, R]:
+          timeout: float | None = None, durability: str | None = None) -> Callable[P, R]:
     if not callable(fn):
         raise ConfigurationError(f"@step must decorate a function, got {fn!r}")
     step_name = name or getattr(fn, "__name__", None) or repr(fn)
@@ -80,7 +85,7 @@ def _wrap(fn: Callable[P, R], name: str | None, retry: RetryPolicy | None,
         if timeout is not None and ctx.current_step is None:
             body = with_timeout(fn, timeout,
                                 lambda: f"step {ctx.current_step!r} of run {ctx.id}")
-        return ctx.run_step(step_name, body, args, kwargs, retry)
+        return ctx.run_step(step_name, body, args, kwargs, retry, durability)
 
     wrapper.__durable_step__ = step_name  # type: ignore[attr-defined]
     return wrapper
@@ -95,7 +100,7 @@ def step(
     *, name: str | None = None, retry: RetryPolicy | None = None,
     rate_limit: str | float | None = None, rate_key: RateKey | None = None,
     rate_burst: int | None = None, rate_mode: str = "wait",
-    timeout: float | timedelta | None = None,
+    timeout: float | timedelta | None = None, durability: str | None = None,
 ) -> Callable[[Callable[P, R]], Callable[P, R]]: ...
 
 
@@ -110,6 +115,7 @@ def step(
     rate_burst: int | None = None,
     rate_mode: str = "wait",
     timeout: float | timedelta | None = None,
+    durability: str | None = None,
 ) -> Callable[P, R] | Callable[[Callable[P, R]], Callable[P, R]]:
     """Checkpoint each call of the decorated function inside a durable run.
 
@@ -131,15 +137,18 @@ def step(
         timeout: seconds (or a timedelta) one execution of the step may take; an overrun
             interrupts it with StepTimeoutError, which the retry policies then handle.
             See ``celery_durable.timeouts`` for how (and its limits in C calls).
+        durability: what this step's commit waits for (``"none"``, ``"replica"``,
+            ``"aof"``), overriding the task's ``commit_durability`` and
+            ``durable_commit_durability`` (see durability.py).
     """
-    _validate(name, retry)
+    _validate(name, retry, durability)
     rate = _step_rate(rate_limit, rate_key, rate_burst, rate_mode)
     seconds = _timeout(timeout)
     if fn is not None:
-        return _wrap(fn, name, retry, rate, seconds)
+        return _wrap(fn, name, retry, rate, seconds, durability)
 
     def decorate(func: Callable[P, R]) -> Callable[P, R]:
-        return _wrap(func, name, retry, rate, seconds)
+        return _wrap(func, name, retry, rate, seconds, durability)
 
     return decorate
 

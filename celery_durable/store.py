@@ -24,8 +24,9 @@ from redis.backoff import ExponentialBackoff
 from redis.exceptions import NoScriptError
 from redis.retry import Retry
 
+from . import durability
 from .config import DurableSettings, settings_for
-from .errors import StoreError
+from .errors import DurabilityError, StoreError
 from .indexes import RunIndexes
 from .keys import KeySpace, LimitKeys, RunKeys
 from .models import TERMINAL_STATUSES, RunStatus
@@ -75,6 +76,17 @@ class Claim:
     version: str = ""
 
 
+def _checkpoints(fmt: str, data: str) -> dict[str, str]:
+    """Position -> undecoded payload, from claim_attempt.lua's one-string form."""
+    if fmt == "j":
+        loaded: dict[str, str] = json.loads(data)
+        return loaded
+    if not data:
+        return {}
+    flat = data.split("\n")
+    return dict(zip(flat[::2], flat[1::2], strict=True))
+
+
 def make_client(settings: DurableSettings) -> redis.Redis:
     """A Redis client with explicit timeouts, bounded retries and RESP2 replies.
 
@@ -102,6 +114,8 @@ class RunStore:
         self.scripts = Scripts.register(self.client)
         self._commit_script = self.scripts.commit_step
         self.indexes = RunIndexes(self.keys, settings)
+        #: What commits wait for, per durability mode (detected on first use).
+        self._commit_waits: dict[str, durability.CommitWait | None] = {}
 
     # -- attempt lifecycle (workers) -------------------------------------------------------
 
@@ -178,7 +192,6 @@ class RunStore:
                          holder_pid=int(reply[3] or 0))
         if outcome == "crashed":
             return Claim("crashed", status=RunStatus.FAILED.value, crashes=int(reply[1]))
-        flat = reply[9:]
         return Claim(
             "claimed",
             token=str(reply[1]),
@@ -189,7 +202,7 @@ class RunStore:
             created_ms=int(reply[6]),
             deadline_ms=int(reply[7] or 0),
             version=str(reply[8] or ""),
-            checkpoints=dict(zip(flat[::2], flat[1::2], strict=True)),
+            checkpoints=_checkpoints(reply[9], reply[10]),
         )
 
     def commit_step(
@@ -197,16 +210,22 @@ class RunStore:
         logs: Sequence[str] = (),
         *,
         blob: str | None = None,
+        durability_mode: str | None = None,
     ) -> int:
         """Commit a checkpoint: one EVALSHA, the whole per-step cost in Redis. Returns the
         script's code (see commit_step.lua). ``keys`` are the run's keys (built once per
         attempt by the caller); buffered ``logs`` ride in the same round trip; ``blob`` is a
-        result offloaded to the run's blobs hash (written by the same script call)."""
+        result offloaded to the run's blobs hash (written by the same script call).
+        ``durability_mode`` (default ``durable_commit_durability``) other than ``"none"``
+        makes the same round trip wait for the AOF or replica acknowledgement."""
         args: tuple[Any, ...] = (token, position, checkpoint, step_id,
                                  time.time_ns() // 1_000_000)
         script_keys = [keys.run, keys.steps, keys.trace]
         if blob is not None:
             args, script_keys = (*args, blob), [*script_keys, keys.blobs]
+        mode = durability_mode or self.settings.commit_durability
+        if mode != "none":
+            return self._commit_waiting(keys, mode, args, step_id, logs, script_keys)
         try:
             if logs:
                 return int(self._with_logs(keys, logs, self._commit_script, script_keys, args))
@@ -215,6 +234,49 @@ class RunStore:
             raise StoreError(
                 f"celery-durable could not commit step {step_id!r} of {keys.run}: {exc}"
             ) from exc
+
+    def commit_wait(self, mode: str) -> durability.CommitWait | None:
+        """What commits in ``mode`` wait for on this store's server (detected once).
+
+        Raises:
+            DurabilityError: the server cannot honour ``mode``.
+        """
+        if mode not in self._commit_waits:
+            with _redis_errors(f"detect whether Redis can honour commit durability {mode!r}"):
+                caps = durability.detect(self.client)
+            s = self.settings
+            self._commit_waits[mode] = durability.plan(mode, caps, s.commit_replicas,
+                                                       s.commit_wait_timeout_ms)
+        return self._commit_waits[mode]
+
+    def _commit_waiting(self, keys: RunKeys, mode: str, args: Sequence[Any], step_id: str,
+                        logs: Sequence[str], script_keys: Sequence[str]) -> int:
+        """commit_step followed, in the same pipeline (WAIT and WAITAOF cover their own
+        connection's writes only), by the wait of ``mode``."""
+        what = f"step {step_id!r} of {keys.run}"
+        try:
+            wait = self.commit_wait(mode)
+            calls: list[tuple[Any, Sequence[str], Sequence[Any]]] = []
+            if logs:
+                calls.append((self.scripts.append_logs, [keys.run, keys.trace],
+                              [self.settings.trace_maxlen, *logs]))
+            calls.append((self._commit_script, script_keys, args))
+            then = wait.queue if wait is not None and wait.sends_command else None
+            replies = self._send(calls, then)
+            if any(isinstance(r, NoScriptError) for r in replies):
+                self.scripts.load_all(self.client)
+                replies = self._send(calls[-1:], then)  # the commit is idempotent
+            code = replies[len(replies) - (2 if then else 1)]
+            if isinstance(code, Exception):
+                raise code
+            if then is not None and wait is not None:
+                wait.check(replies[-1], what)
+            return int(code)
+        except DurabilityError:
+            self._commit_waits.pop(mode, None)  # detect again: replicas come and go
+            raise
+        except redis.RedisError as exc:
+            raise StoreError(f"celery-durable could not commit {what}: {exc}") from exc
 
     def append_logs(self, run_id: str, logs: Sequence[str]) -> int:
         """Append captured log records (flat values, see append_logs.lua) to the trace."""

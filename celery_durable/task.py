@@ -17,6 +17,7 @@ from .admission import After, admit_and_publish
 from .attempt import IDEMPOTENCY_HEADER, encode_arguments, publish_queue, run_attempt
 from .bootsteps import install
 from .context import describe_error
+from .durability import MODES
 from .errors import ConfigurationError, StoreError
 from .idempotency import check_conflict, check_key, claim_key, fingerprint
 from .identity import current_worker_id
@@ -105,6 +106,14 @@ def _rate_mode(value: Any, where: str) -> str:
     return str(value)
 
 
+def _durability(value: Any, where: str) -> str:
+    if value not in MODES:
+        raise ConfigurationError(
+            f"{where} must be one of {', '.join(repr(m) for m in MODES)} (what a step's "
+            f"commit waits for: nothing, replicas, the AOF fsync), got {value!r}")
+    return str(value)
+
+
 def _limit(value: Any, where: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise ConfigurationError(f"{where} must be an int >= 0, got {value!r}")
@@ -136,6 +145,7 @@ DURABLE_OPTIONS: dict[str, tuple[str, Callable[[Any, str], Any]]] = {
                      _function("the key calls are debounced by (a user, a document)")),
     "debounce_mode": ("durable_debounce_mode", _debounce_mode),
     "debounce_max": ("durable_debounce_max", _positive_seconds),
+    "commit_durability": ("durable_commit_durability", _durability),
 }
 
 
@@ -237,6 +247,8 @@ class DurableTask(Task[Any, Any]):
     durable_debounce_mode: ClassVar[str] = "last"
     #: Longest wait (seconds) from a burst's first call to its run; None = no bound.
     durable_debounce_max: ClassVar[float | None] = None
+    #: What this task's step commits wait for (None: ``durable_commit_durability``).
+    durable_commit_durability: ClassVar[str | None] = None
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)

@@ -88,15 +88,15 @@ def _install() -> None:
     _original = original
 
     def run_step(self: RunContext, name: str, fn: Callable[..., Any], args: tuple[Any, ...],
-                 kwargs: dict[str, Any], policy: Any) -> Any:
+                 kwargs: dict[str, Any], policy: Any, *more: Any) -> Any:
         if self.current_step is None:  # a nested call belongs to its outer step
             for fault in list(_active):
                 if fault.name == name:
                     fn = fault.wrap(fn)
                     break
-        return original(self, name, fn, args, kwargs, policy)
+        return original(self, name, fn, args, kwargs, policy, *more)
 
-    RunContext.run_step = run_step  # type: ignore[method-assign]
+    RunContext.run_step = run_step  # type: ignore[method-assign,assignment]
 
 
 def _uninstall() -> None:

@@ -217,3 +217,23 @@ def test_a_run_created_by_its_first_claim_is_listed(store: RunStore) -> None:
     assert claim(store, "i4", "n1").outcome == "claimed"
     state = index_state(store, "i4")
     assert state["statuses"] == ["running"] and state["listed"] and state["in_worker_set"]
+
+
+def test_claim_returns_every_checkpoint_undecoded_even_with_newlines(store: RunStore) -> None:
+    store.create_run("rn", "t.task", "[]", "{}", "celery")
+    c = claim(store, "rn", "n1")
+    keys = store.keys.run("rn")
+    payloads = [checkpoint(f"s{i}", {"text": "a\nb", "i": i}) for i in range(3)]
+    for pos, payload in enumerate(payloads):
+        assert store.commit_step(keys, c.token, pos, f"s{pos}", payload) == 1
+    store.end_attempt("rn", c.token, RunStatus.RETRYING, {"type": "attempt_retrying"},
+                      task="t.task")
+    again = claim(store, "rn", "n2")
+    assert dict(again.checkpoints or {}) == {str(i): p for i, p in enumerate(payloads)}
+    # A payload holding a raw newline (not written by celery-durable) comes back intact too.
+    store.client.hset(keys.steps, "1", "not\njson")
+    store.end_attempt("rn", again.token, RunStatus.RETRYING, {"type": "attempt_retrying"},
+                      task="t.task")
+    third = claim(store, "rn", "n3")
+    assert dict(third.checkpoints or {}) == {"0": payloads[0], "1": "not\njson",
+                                             "2": payloads[2]}

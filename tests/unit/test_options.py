@@ -92,3 +92,27 @@ def test_current_run_outside_a_run() -> None:
 
     with pytest.raises(NotInRunError, match="outside a durable run"):
         current_run()
+
+
+def test_commit_durability_option_and_setting_are_validated() -> None:
+    from celery_durable import ConfigurationError, durable_task
+    from celery_durable.config import DurableSettings
+
+    with pytest.raises(ConfigurationError, match=r"commit_durability=...\) must be one of"):
+        durable_task(commit_durability="disk")(lambda: None)
+    app = Celery("opts-durability", broker="redis://127.0.0.1:1/0", set_as_current=False)
+
+    @durable_task(commit_durability="aof", name="opts.aof")
+    def aof_task() -> None:
+        return None
+
+    assert app.tasks["opts.aof"].durable_commit_durability == "aof"
+    assert DurableSettings(redis_url="redis://x").commit_durability == "none"
+    with pytest.raises(ValueError):
+        DurableSettings(redis_url="redis://x", commit_durability="disk")  # type: ignore[arg-type]
+
+
+def test_step_durability_option_is_validated() -> None:
+    with pytest.raises(ConfigurationError, match=r"@step\(durability=...\) must be one of"):
+        step(durability="fsync")
+    assert step(durability="replica")(lambda: 1)() == 1  # outside a run: a plain call
