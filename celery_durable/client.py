@@ -116,6 +116,7 @@ def _steps(raw_steps: Mapping[str, str], events: list[TraceEvent],
             duration_ms=(t1 - t0) if t0 is not None and t1 is not None else None,
             value=_decode(blobs.get(pos) if "o" in rec else json.dumps(rec.get("v"))),
             failures=failures.get(rec["id"], []), offloaded_bytes=rec.get("o"),
+            inputs=_decode(json.dumps(rec["in"])) if "in" in rec else None,
         ))
     return steps
 

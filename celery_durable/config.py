@@ -79,6 +79,8 @@ class DurableSettings(BaseModel):
     child_recheck_s: float = Field(default=60.0, gt=0)
     max_countdown_s: float = Field(default=10.0, ge=0)
     slot_handoff_s: float = Field(default=60.0, gt=0)
+    #: Keep each step's arguments with its checkpoint, for the trace views (bytes per step).
+    record_step_inputs: bool = False
     #: Waiting runs that one priority rank lets a run overtake (see concurrency.py).
     priority_step: int = Field(default=10, ge=0)
     trace_maxlen: int = Field(default=DEFAULT_TRACE_MAXLEN, ge=100)

@@ -76,6 +76,23 @@ class SuspendRun(BaseException):
         self.details = details
 
 
+#: Largest encoded step input kept with a checkpoint (``durable_record_step_inputs``);
+#: larger ones are noted by size only, so recording inputs never fails a step.
+MAX_INPUT_BYTES = 4096
+
+
+def _inputs_record(inputs: tuple[tuple[Any, ...], dict[str, Any]]) -> Any:
+    """A step's arguments as kept for the trace views: their JSON form, a repr when they
+    cannot be encoded, or only their size when they are large."""
+    args, kwargs = inputs
+    try:
+        value: Any = to_jsonable({"args": list(args), "kwargs": kwargs})
+    except Unencodable:
+        value = {"repr": repr((args, kwargs))[:1000]}
+    size = len(_encoder.encode(value))
+    return value if size <= MAX_INPUT_BYTES else {"omitted_bytes": size}
+
+
 def _rate_turn(store: RunStore, ref: RateRef, mode: str) -> dict[str, Any]:
     start = reserve(store, ref, mode)
     return {"dropped": True} if start is None else {"at": start}
@@ -176,7 +193,7 @@ class RunContext:
         If this run already committed the step, return the stored value without calling
         ``fn``. Otherwise call it, commit its result (one Redis round trip), and return it.
         """
-        return self.run_step(name, fn, args, kwargs, None)
+        return self.run_step(name, fn, args, kwargs, None, record_inputs=True)
 
     def sleep(self, name: str, seconds: float | timedelta) -> None:
         """Sleep durably: the attempt ends and frees its worker, and a Redis timer publishes
@@ -482,6 +499,8 @@ class RunContext:
         kwargs: dict[str, Any],
         policy: RetryPolicy | None,
         durability: str | None = None,
+        *,
+        record_inputs: bool = False,
     ) -> R:
         """Replay or execute one step; ``policy`` retries it inside this attempt;
         ``durability`` (the step's ``@step(durability=...)``) overrides the task's for its
@@ -500,7 +519,8 @@ class RunContext:
             if stored is not None:
                 return self._replay(position, step_id, stored)  # type: ignore[no-any-return]
             self.check_deadline(f"before step {step_id!r}")
-            return self._execute(position, step_id, fn, args, kwargs, policy, durability)
+            return self._execute(position, step_id, fn, args, kwargs, policy, durability,
+                                 record_inputs)
         with otel.step_span(self.id, step_id, position, self.attempt,
                             stored is not None) as span:
             try:
@@ -509,7 +529,7 @@ class RunContext:
                 else:
                     self.check_deadline(f"before step {step_id!r}")
                     value = self._execute(position, step_id, fn, args, kwargs, policy,
-                                          durability)
+                                          durability, record_inputs)
             except SuspendRun:
                 otel.set_outcome(span, "suspended")
                 raise
@@ -573,6 +593,7 @@ class RunContext:
         kwargs: dict[str, Any],
         policy: RetryPolicy | None,
         durability: str | None = None,
+        record_inputs: bool = False,
     ) -> R:
         tries = 0
         while True:
@@ -590,18 +611,23 @@ class RunContext:
                 raise
             finally:
                 self._current_step = None
-            self._commit(position, step_id, value, started, time.time(), durability)
+            inputs = (args, kwargs) if record_inputs and self._settings.record_step_inputs \
+                else None
+            self._commit(position, step_id, value, started, time.time(), durability, inputs)
             return value
 
     def _commit(
         self, position: int, step_id: str, value: Any, started: float, finished: float,
         durability: str | None = None,
+        inputs: tuple[tuple[Any, ...], dict[str, Any]] | None = None,
     ) -> None:
         try:
             record = {"id": step_id, "v": to_jsonable(value), "t0": int(started * 1000),
                       "t1": int(finished * 1000), "a": self.attempt}
         except Unencodable as err:
             raise describe_unencodable(err, f"step {step_id!r} of run {self.id}") from None
+        if inputs is not None:
+            record["in"] = _inputs_record(inputs)
         payload = _encoder.encode(record)
         limit = self._settings.max_checkpoint_bytes
         if len(payload) > limit // 4 and len(payload.encode()) > limit:

@@ -58,6 +58,9 @@ class StepInfo(_Record):
     duration_ms: float | None
     value: Any = None
     failures: list[ErrorInfo] = []
+    #: The step's arguments, ``{"args": [...], "kwargs": {...}}``, when
+    #: ``durable_record_step_inputs`` is on (else None).
+    inputs: Any = None
     #: Size of the encoded result if it was offloaded out of the checkpoint (bytes).
     offloaded_bytes: int | None = None
 

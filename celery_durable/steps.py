@@ -85,7 +85,8 @@ def _wrap(fn: Callable[P, R], name: str | None, retry: RetryPolicy | None,
         if timeout is not None and ctx.current_step is None:
             body = with_timeout(fn, timeout,
                                 lambda: f"step {ctx.current_step!r} of run {ctx.id}")
-        return ctx.run_step(step_name, body, args, kwargs, retry, durability)
+        return ctx.run_step(step_name, body, args, kwargs, retry, durability,
+                            record_inputs=True)
 
     wrapper.__durable_step__ = step_name  # type: ignore[attr-defined]
     return wrapper

@@ -28,6 +28,7 @@ def run_json(run: RunInfo, redactor: Redactor) -> dict[str, Any]:
         data[name] = redactor.value(data[name])
     for step in data["steps"]:
         step["value"] = redactor.value(step["value"])
+        step["inputs"] = redactor.value(step.get("inputs"))
     for event in data["events"]:
         event["fields"] = redactor.fields(event["fields"])
     return data

@@ -44,6 +44,8 @@ class StepRow:
     started_at: dt.datetime | None
     value: Shown | None
     failures: list[FailureRow]
+    #: The step's arguments, when ``durable_record_step_inputs`` kept them.
+    inputs: Shown | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,7 +154,8 @@ def build_trace(
             position=step.position, name=step.name, attempt=step.attempt, state="committed",
             offset_pct=_clamp(offset), width_pct=max(MIN_BAR_PCT, min(width, 100 - offset)),
             duration_ms=step.duration_ms, started_at=step.started_at,
-            value=show(step.value, redactor), failures=failed.get(step.name, [])))
+            value=show(step.value, redactor), failures=failed.get(step.name, []),
+            inputs=show(step.inputs, redactor) if step.inputs is not None else None))
     for ev in run.events:
         _collect(view, ev, redactor)
     committed = {s.name for s in run.steps}

@@ -24,6 +24,7 @@ app.conf.update(
     broker_connection_retry_on_startup=True,
     durable_flower_metrics_interval_s=1.0,
     durable_queue_limits={"flower-tests": 50},
+    durable_record_step_inputs=True,
     durable_flower_redact=("password", "secret", "token", "api_key", "authorization"),
 )
 
