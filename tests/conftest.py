@@ -4,6 +4,9 @@ Set ``DURABLE_TEST_REDIS_URL=redis://host:port`` to use an existing server inste
 databases 0, 1 and 3 are flushed). Without redis-server the suite is skipped, or fails
 under ``CI=true``.
 
+``DURABLE_TEST_BROKER=rabbitmq`` makes RabbitMQ (``DURABLE_TEST_AMQP_URL``, default
+guest@127.0.0.1:5672) the broker, with this run's queues under unique names (tests/brokers.py);
+the session is skipped when RabbitMQ does not answer, and fails under ``CI=true``.
 ``DURABLE_TEST_STORE=cluster`` puts the checkpoint store on a real 3-master Redis Cluster
 started for the session (the broker and result backend stay on the plain server); tests
 that build their own store use :func:`store_url` and :func:`wipe_store`.
@@ -27,6 +30,8 @@ import redis
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 #: Where the checkpoint store lives: "redis" (the session's server) or "cluster".
 STORE_KIND = os.environ.get("DURABLE_TEST_STORE", "redis")
+#: The broker of the test app: "redis" (the session's server) or "rabbitmq".
+BROKER_KIND = os.environ.get("DURABLE_TEST_BROKER", "redis")
 
 
 def free_port() -> int:
@@ -125,13 +130,38 @@ def wipe_store(client: Any, prefix: str) -> None:
 
 
 @pytest.fixture(scope="session")
-def test_app(redis_base_url: str, cluster_url: str | None):  # type: ignore[no-untyped-def]
+def broker_url() -> Iterator[str | None]:
+    """The RabbitMQ URL under ``DURABLE_TEST_BROKER=rabbitmq`` (None: the Redis broker)."""
+    if BROKER_KIND != "rabbitmq":
+        yield None
+        return
+    from tests.brokers import DEFAULT_AMQP_URL, RUN_ENV, amqp_problem
+
+    url = os.environ.get("DURABLE_TEST_AMQP_URL", DEFAULT_AMQP_URL)
+    problem = amqp_problem(url)
+    if problem:
+        if IN_CI:
+            pytest.fail(f"{problem}: CI runs the suite on RabbitMQ too")
+        pytest.skip(f"{problem}: start RabbitMQ or unset DURABLE_TEST_BROKER")
+    os.environ["DURABLE_TEST_BROKER_URL"] = url
+    os.environ[RUN_ENV] = f"t{os.getpid()}x{time.time_ns() % 10**9}"
+    yield url
+
+
+@pytest.fixture(scope="session")
+def test_app(redis_base_url: str, cluster_url: str | None,  # type: ignore[no-untyped-def]
+             broker_url: str | None):
     for db in (0, 1, 3):
         redis.Redis.from_url(f"{redis_base_url}/{db}").flushdb()
     from tests.app import app
 
     app.loader.import_default_modules()
     yield app
+    if broker_url is not None:
+        from tests.brokers import delete_run_queues
+        from tests.workers import QUEUES_USED
+
+        delete_run_queues(app, set(app.amqp.queues.aliases) | QUEUES_USED)
     # Results still referenced by finished tests unsubscribe when collected: do it while
     # Redis is still up.
     gc.collect()

@@ -12,6 +12,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+#: Every queue a worker of this session consumed (RabbitMQ runs delete them at the end).
+QUEUES_USED: set[str] = set()
 
 
 def spawn_worker(
@@ -20,6 +22,7 @@ def spawn_worker(
 ) -> subprocess.Popen[bytes]:
     """Start ``celery -A tests.app worker`` consuming ``queue`` (stop it with stop_worker).
     Its output goes to a temporary file whose path is ``proc.log_path``."""
+    QUEUES_USED.add(queue)
     env = {**os.environ, "DURABLE_TEST_REDIS_URL": redis_base_url, "DURABLE_TEST_QUEUE": queue,
            "PYTHONPATH": str(ROOT), **(extra_env or {})}
     log = tempfile.NamedTemporaryFile(prefix=f"worker-{name or pool}-", suffix=".log",
