@@ -2,8 +2,8 @@
 rabbitmq``), and broker-neutral helpers for tests that look at a queue.
 
 On RabbitMQ, queues outlive the test run, so every queue of a run gets a unique name without
-a vhost: the logical queue ``q`` becomes the queue and exchange ``q.<run id>``, bound with
-routing key ``q``. Celery code (and celery-durable, which reads a message's queue from its
+a vhost: the logical queue ``q`` becomes the queue and (topic) exchange ``q.<run id>``, bound
+with routing key ``q``. Celery code (and celery-durable, which reads a message's queue from its
 routing key) still sees ``q``; the session deletes the queues it created at the end.
 """
 
@@ -25,7 +25,9 @@ RUN_ENV = "DURABLE_TEST_QUEUE_RUN"
 def run_queue(name: str, run: str) -> Queue:
     """The queue the logical queue ``name`` is in this run."""
     unique = f"{name}.{run}"
-    return Queue(unique, Exchange(unique, "direct"), routing_key=name, alias=name)
+    # A topic exchange: Celery publishes to a direct one through the default exchange with
+    # the queue's (unique) name as routing key, and the worker would see that name.
+    return Queue(unique, Exchange(unique, "topic"), routing_key=name, alias=name)
 
 
 class RunQueues(Queues):  # type: ignore[misc]
