@@ -6,8 +6,8 @@ Usage (from the repository root)::
 
 Starts a throwaway redis-server (no persistence) on a free loopback port, measures
 
-1. the enqueue rate of ``apply_async`` with a fresh idempotency key, without one, and of a
-   plain Celery task (no worker consumes their queue);
+1. the enqueue rate of ``apply_async`` with a fresh idempotency key, under a rate limit,
+   without either, and of a plain Celery task (no worker consumes their queue);
 2. the throughput of a ``concurrency_limit=4`` task whose body takes 50 ms, run by worker
    subprocesses with more threads than slots, as a share of the ideal 4 / 0.05 s;
 3. the Redis commands per second while runs are parked on a paused limit, at several

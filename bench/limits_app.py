@@ -46,6 +46,7 @@ REF_QUEUE = "bench-limits-ref"
 BROKER_DB, BACKEND_DB, RECORDS_DB = 0, 1, 3
 ENQUEUE_DURABLE = "bench.limits.enqueue_durable"
 ENQUEUE_PLAIN = "bench.limits.enqueue_plain"
+ENQUEUE_RATED = "bench.limits.enqueue_rated"
 LIMITED = "bench.limits.limited"
 BLOCKER = "bench.limits.blocker"
 REF_PLAIN = "bench.limits.reference_plain"
@@ -108,6 +109,13 @@ def _records() -> redis.Redis:
 @durable(name=ENQUEUE_DURABLE)
 def enqueue_durable(i: int) -> int:
     """Published, never executed (its queue has no consumer)."""
+    return i
+
+
+@durable(name=ENQUEUE_RATED, rate_limit="1000000/s", rate_burst=1000000)
+def enqueue_rated(i: int) -> int:
+    """Published, never executed: under a rate limit it never reaches (every call takes its
+    turn at once), so only the turn's cost is measured."""
     return i
 
 

@@ -27,6 +27,7 @@ from .limits_app import (
     BROKER_DB,
     ENQUEUE_DURABLE,
     ENQUEUE_PLAIN,
+    ENQUEUE_RATED,
     LIMIT,
     LIMITED,
     REF_DURABLE,
@@ -41,11 +42,12 @@ from .limits_app import (
 from .limits_redis import Window, observe
 
 #: The three ways of publishing measurement 1 compares (in this order in the tables).
-KINDS = ("celery", "durable", "keyed")
+KINDS = ("celery", "durable", "keyed", "rated")
 KIND_LABELS = {
     "celery": "plain Celery `@app.task` `apply_async`",
     "durable": "durable `apply_async` (no key)",
     "keyed": "durable `apply_async(idempotency_key=<fresh>)`",
+    "rated": "durable `apply_async` under a rate limit (a turn, no wait)",
 }
 Span = tuple[float, float, int, int]  # body start, body end (time.time()), index, pid
 
@@ -97,6 +99,9 @@ def publisher(kind: str) -> Callable[[int], object]:
     durable = cast(DurableTask, app.tasks[ENQUEUE_DURABLE])
     if kind == "durable":
         return lambda i: durable.apply_async((i,), queue=SINK_QUEUE)
+    if kind == "rated":
+        rated = cast(DurableTask, app.tasks[ENQUEUE_RATED])
+        return lambda i: rated.apply_async((i,), queue=SINK_QUEUE)
     prefix = uuid.uuid4().hex
     return lambda i: durable.apply_async((i,), queue=SINK_QUEUE,
                                          idempotency_key=f"{prefix}:{next(_keys)}")
@@ -117,12 +122,14 @@ def clean_sink(broker: redis.Redis) -> None:
 
 
 RATIOS = {"keyed_over_durable": ("keyed", "durable"),
+          "rated_over_durable": ("rated", "durable"),
           "keyed_over_celery": ("keyed", "celery"),
           "durable_over_celery": ("durable", "celery")}
 
 
 #: What one kind of call adds to another: (the more expensive kind, the cheaper one).
-EXTRA_COSTS = {"key_cost": ("keyed", "durable"), "record_cost": ("durable", "celery")}
+EXTRA_COSTS = {"key_cost": ("keyed", "durable"), "record_cost": ("durable", "celery"),
+               "rate_cost": ("rated", "durable")}
 
 
 def enqueue_repeat(broker: redis.Redis, rounds: int, size: int) -> dict[str, Any]:
@@ -133,7 +140,7 @@ def enqueue_repeat(broker: redis.Redis, rounds: int, size: int) -> dict[str, Any
     calls = {k: publisher(k) for k in KINDS}
     client = store_for(app).client
     for r in range(rounds):
-        for kind in KINDS[r % 3:] + KINDS[:r % 3]:
+        for kind in KINDS[r % len(KINDS):] + KINDS[:r % len(KINDS)]:
             batches[kind].append(time_batch(calls[kind], size))
             clean_sink(broker)
         batches["ping"].append(time_batch(lambda i: client.ping(), size))

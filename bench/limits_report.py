@@ -58,7 +58,11 @@ def enqueue_section(e: Mapping[str, Any], config: Mapping[str, Any]) -> list[str
         _row("what recording the run adds: plain durable − plain Celery", s["record_cost_us"],
              "µs", 0),
         _row("  the same in PING round trips", s["record_cost_per_ping"], "×", 2),
+        _row("what a rate turn adds: rated − plain durable, per call", s["rate_cost_us"],
+             "µs", 0),
+        _row("  the same in PING round trips", s["rate_cost_per_ping"], "×", 2),
         _row("**keyed / plain durable**", s["keyed_over_durable"], "×", 2),
+        _row("rated / plain durable", s["rated_over_durable"], "×", 2),
         _row("**keyed / plain Celery**", s["keyed_over_celery"], "×", 2),
         _row("plain durable / plain Celery", s["durable_over_celery"], "×", 2),
         "",
@@ -68,6 +72,9 @@ def enqueue_section(e: Mapping[str, Any], config: Mapping[str, Any]) -> list[str
         f"{_met(s['keyed_over_durable']['median'] >= TARGET_KEYED_RATIO)}. Against plain "
         f"Celery: median {s['keyed_over_celery']['median']:.2f}×: "
         f"{_met(s['keyed_over_celery']['median'] >= TARGET_KEYED_RATIO)}.",
+        "",
+        "A rate limit's admission is one more round trip (`evalsha:rate` below); target: one "
+        f"extra round trip, {_met(_one_rate_call(e))}.",
         "",
         "Redis commands per call (one batch of each kind under MONITOR; *sent* = commands the "
         "producer sends, a pipeline sends several in one round trip; *in script* = commands "
@@ -84,6 +91,15 @@ def enqueue_section(e: Mapping[str, Any], config: Mapping[str, Any]) -> list[str
                            if k.startswith("in script "))
         lines.append(f"| {KIND_LABELS[kind]} | {sent} | {nested or '–'} |")
     return lines
+
+
+def _one_rate_call(e: Mapping[str, Any]) -> bool:
+    """Whether a rated call sends exactly one command more than a plain durable one, and
+    that command is rate.lua."""
+    rated, plain = e["commands_per_call"]["rated"], e["commands_per_call"]["durable"]
+    extra = {k: v - plain.get(k, 0) for k, v in rated.items() if k.startswith("sent ")}
+    extra = {k: v for k, v in extra.items() if abs(v) > 0.05}
+    return set(extra) == {"sent evalsha:rate"} and abs(extra["sent evalsha:rate"] - 1) < 0.05
 
 
 def _optional_rows(s: Mapping[str, Any]) -> list[str]:

@@ -20,9 +20,19 @@ from typing import TYPE_CHECKING, Any, NoReturn
 from celery.exceptions import Ignore, Reject, Retry
 
 from . import logcapture, metrics, otel, signals
+from .admission import take_turn_in_worker
 from .children import notify_parent
 from .codec import JsonCodec, Unencodable, describe_unencodable
-from .concurrency import SlotRef, acquire, note_parked, publish_woken, release, slots_for
+from .concurrency import (
+    SlotRef,
+    acquire,
+    fairness_key_of,
+    note_parked,
+    priority_rank,
+    publish_woken,
+    release,
+    slots_for,
+)
 from .context import RunContext, SuspendRun, bind_context, describe_error, unbind_context
 from .errors import LeaseLostError, RunCancelled, RunCrashedError, StoreError
 from .identity import current_worker_id
@@ -79,6 +89,8 @@ def run_attempt(task: DurableTask, args: tuple[Any, ...], kwargs: dict[str, Any]
     properties = req.properties or {}
     queue = queue_of(task, {"delivery_info": req.delivery_info or {}})
     try:
+        take_turn_in_worker(task, store, run_id, args, kwargs, queue,
+                            lambda: _record_if_missing(task, store, run_id, args, kwargs, queue))
         slots = _take_slots(task, store, run_id, args, kwargs, queue)
         claim = _claim(task, store, run_id, owner, args, kwargs, properties)
     except StoreError as exc:
@@ -165,16 +177,24 @@ def _take_slots(
         return []
     info = resume_info(task.name, args, kwargs, queue, task.request.headers,
                        request_options(task.request))
-    admission = acquire(store, run_id, slots, info)
+    priority = (task.request.delivery_info or {}).get("priority")
+    admission = acquire(store, run_id, slots, info, rank=priority_rank(task.app, priority),
+                        fairness_key=fairness_key_of(task, args, kwargs))
     publish_woken(task.app, admission.woken)
     if admission.admitted:
         return slots
-    # A run sent by name (no slot taken at publish) may not be recorded yet: record it, so
-    # that it is listed and its trace says why it waits.
-    store.create_run(run_id, task.name, encode_arguments(list(args)), encode_arguments(kwargs),
-                     queue, encode_options(request_options(task.request)))
+    _record_if_missing(task, store, run_id, args, kwargs, queue)
     note_parked(store, task.name, run_id, admission)
     raise Ignore()
+
+
+def _record_if_missing(task: DurableTask, store: RunStore, run_id: str,
+                       args: tuple[Any, ...], kwargs: dict[str, Any], queue: str) -> None:
+    """Record a run that waits before its first attempt: one sent by name (no slot or rate
+    turn taken at publish) may not be recorded yet, and must be listed, with a trace that
+    says why it waits."""
+    store.create_run(run_id, task.name, encode_arguments(list(args)), encode_arguments(kwargs),
+                     queue, encode_options(request_options(task.request)))
 
 
 def _give_back_slots(

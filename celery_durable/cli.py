@@ -20,6 +20,7 @@ from .client import DurableClient
 from .concurrency import limit_base
 from .errors import ConfigurationError, DurableError, StoreError
 from .models import LogRecordInfo, RunInfo, RunStatus
+from .rates import known_rates, rate_base
 from .task import DurableTask
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -188,13 +189,22 @@ def send_event(ctx: click.Context, key: str, data: str | None, data_file: Path |
 @durable.command(cls=CeleryCommand)
 @click.argument("name", required=False)
 @click.argument("limit", required=False, type=click.IntRange(min=0))
+@click.option("--rate", help="Set NAME's rate limit at runtime, e.g. 100/m ('coded' goes back "
+              "to the one in code).")
+@click.option("--burst", type=click.IntRange(min=1), help="Starts allowed at once (with --rate).")
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
 @_fail_clearly
-def limits(ctx: click.Context, name: str | None, limit: int | None, as_json: bool) -> None:
-    """Show concurrency limits; with NAME LIMIT, change one at runtime (0 pauses it)."""
+def limits(ctx: click.Context, name: str | None, limit: int | None, rate: str | None,
+           burst: int | None, as_json: bool) -> None:
+    """Show concurrency and rate limits; with NAME LIMIT, change a concurrency limit at
+    runtime (0 pauses it); with NAME --rate R, change a rate limit."""
     client = _client(ctx)
     app = ctx.obj.app
+    if name is not None and rate is not None:
+        client.set_rate_limit(name, None if rate == "coded" else rate, burst)
+        click.echo(f"{rate_base(name, app)}: rate limit set to {rate}")
+        return
     if name is not None and limit is not None:
         client.set_concurrency_limit(name, limit)
         click.echo(f"{limit_base(name, app)}: limit set to {limit}")
@@ -203,16 +213,32 @@ def limits(ctx: click.Context, name: str | None, limit: int | None, as_json: boo
     for task in app.tasks.values():
         if isinstance(task, DurableTask) and task.durable_concurrency_limit is not None:
             coded[f"task:{task.name}"] = task.durable_concurrency_limit
+    rated = known_rates(app)
     coded.update({f"queue:{q}": n for q, n in client.store.settings.queue_limits.items()})
-    names = [limit_base(name, app)] if name is not None else sorted(coded)
+    if name is not None:
+        names = [limit_base(name, app)] if name.startswith("queue:") or name in coded or \
+            f"task:{name}" in coded else []
+        rated = [rate_base(name, app)] if name.startswith("step:") or \
+            f"task:{name}" in rated or name in rated else []
+    else:
+        names = sorted(coded)
     infos = [client.concurrency_limit(n) for n in names]
+    rates = [client.rate_limit(n) for n in sorted(rated)]
     if as_json:
         for info in infos:
-            click.echo(json.dumps({**info.model_dump(), "coded": coded.get(info.name)}))
+            click.echo(json.dumps({"kind": "concurrency", **info.model_dump(),
+                                   "coded": coded.get(info.name)}))
+        for r in rates:
+            click.echo(json.dumps({"kind": "rate", **r.model_dump()}))
         return
-    click.echo(_table(["limit", "in code", "runtime", "in use", "waiting"], [
-        [i.name, str(coded.get(i.name, "-")), str(i.limit if i.limit is not None else "-"),
-         str(len(i.holders)), str(len(i.parked))] for i in infos]))
+    if infos or not rates:
+        click.echo(_table(["limit", "in code", "runtime", "in use", "waiting"], [
+            [i.name, str(coded.get(i.name, "-")), str(i.limit if i.limit is not None else "-"),
+             str(len(i.holders)), str(len(i.parked))] for i in infos]))
+    if rates:
+        click.echo(_table(["rate limit", "in code", "runtime", "free now", "next turn in"], [
+            [r.name, r.coded or "-", r.runtime or "-", str(r.available_now),
+             f"{r.next_turn_in_ms / 1000:.1f} s"] for r in rates]))
 
 
 @durable.command(cls=CeleryCommand)

@@ -18,14 +18,18 @@ from .models import (
     ErrorInfo,
     LimitInfo,
     LogRecordInfo,
+    RateLimitInfo,
     RunInfo,
+    RunPage,
     RunStatus,
     RunSummary,
     StepInfo,
     TraceEvent,
     ms_to_datetime,
 )
-from .store import RunStore, store_for
+from .queries import RunQuery, search_runs
+from .rates import RateSpec, coded_rate, rate_base
+from .store import RunStore, now_ms, store_for
 from .waits import fork_run, publish_run, send_event
 
 _codec = JsonCodec()
@@ -66,6 +70,7 @@ def _summary_fields(run_id: str, raw: Mapping[str, str]) -> dict[str, Any]:
         "step_count": int(raw.get("step_count") or 0),
         "queue": raw.get("queue") or None,
         "error": _error(raw.get("error")),
+        "idempotency_key": raw.get("idempotency_key") or None,
     }
 
 
@@ -236,6 +241,42 @@ class DurableClient:
         return LimitInfo(name=base, key=key, limit=int(override) if override else None,
                          holders=[str(h) for h in holders], parked=[str(p) for p in parked])
 
+    def set_rate_limit(self, name: str, rate: str | float | None,
+                       burst: int | None = None) -> None:
+        """Change a rate limit at runtime (no worker restart): ``name`` is a task name (or
+        ``task:<name>``) or ``step:<step name>``; ``rate`` as in code (``"100/m"``), or None
+        to go back to the coded one. For a per-key limit it applies to every key.
+
+        Raises:
+            ConfigurationError: an unknown name or an invalid rate.
+        """
+        base = rate_base(name, self.app)
+        config = self.store.keys.rate(base, "_")[0]
+        if rate is None:
+            self.store.set_rate_config(config, None)
+            return
+        spec = RateSpec.parse(rate, burst if burst is not None else 1, where="rate")
+        self.store.set_rate_config(config, spec.count, spec.period_ms, spec.burst)
+
+    def rate_limit(self, name: str, key: str | None = None) -> RateLimitInfo:
+        """The state of a rate limit: coded and runtime rate, starts allowed right now,
+        and when the next turn is free."""
+        base = rate_base(name, self.app)
+        coded = coded_rate(base, self.app)
+        config, tat = self.store.rate_state(self.store.keys.rate(base, key or "_"))
+        runtime = (RateSpec(float(config["count"]), int(config["period_ms"]),
+                            int(config.get("burst") or 1)) if config.get("count") else None)
+        spec = runtime or coded
+        available, wait = (0, 0)
+        if spec is not None:
+            interval = spec.period_ms / spec.count
+            ahead = max(0.0, tat - now_ms())  # how far the limit is booked ahead
+            available = max(0, int((interval * spec.burst - ahead) // interval))
+            wait = 0 if available else int(ahead - interval * (spec.burst - 1))
+        return RateLimitInfo(name=base, key=key, coded=str(coded) if coded else None,
+                             runtime=str(runtime) if runtime else None,
+                             available_now=available, next_turn_in_ms=max(0, wait))
+
     def reset_idempotency_key(self, task: str, key: str) -> bool:
         """Forget ``key`` of ``task``: the next call with it creates a new run. Returns
         whether the key existed."""
@@ -280,3 +321,22 @@ class DurableClient:
                 if len(found) == limit:
                     break
         return found
+
+    def search_runs(self, query: RunQuery) -> RunPage:
+        """One page of runs matching ``query`` (status, task, queue, creation time window,
+        exact run id or idempotency key), newest first, with the counts per status. Pages
+        are read from the indexes server-side; pass ``next_cursor`` back as ``cursor``."""
+        return search_runs(self.app, self.store, query, _summary)
+
+    def run_counts(self) -> dict[str, int]:
+        """How many runs have each status (index sizes; they may lag by a moment)."""
+        return self.store.status_counts()
+
+    def summaries(self, run_ids: Sequence[str]) -> list[RunSummary | None]:
+        """The summaries of ``run_ids`` in order (None for a run that does not exist)."""
+        raws = self.store.read_summaries(list(run_ids))
+        return [_summary(r, raw) if raw else None for r, raw in zip(run_ids, raws, strict=True)]
+
+
+def _summary(run_id: str, raw: Mapping[str, str]) -> RunSummary:
+    return RunSummary(**_summary_fields(run_id, raw))

@@ -104,18 +104,46 @@ def _woken(reply: Sequence[Any]) -> Woken:
     return [(str(r), str(i)) for r, i in zip(flat[::2], flat[1::2], strict=True)]
 
 
+def priority_rank(app: Celery, priority: Any) -> int:
+    """The rank (higher goes first) of a Celery message priority among waiting runs.
+
+    It follows the broker's own convention, so ``apply_async(priority=...)`` means the same
+    to the queue and to a limit: with AMQP brokers (RabbitMQ) a higher number goes first;
+    with kombu's virtual transports (Redis, SQS, ...) 0 goes first, 9 last."""
+    if priority is None or isinstance(priority, bool):
+        return 0
+    try:
+        value = int(priority)
+    except (TypeError, ValueError):
+        return 0
+    url = str(app.conf.broker_url or "")
+    if url.startswith(("amqp", "pyamqp", "librabbitmq")):
+        return max(0, min(value, 255))
+    return 9 - max(0, min(value, 9))
+
+
+def fairness_key_of(task: DurableTask, args: Sequence[Any], kwargs: dict[str, Any]) -> str:
+    """The key waiting runs of ``task`` take turns by ('' = one line, first come first
+    served)."""
+    fn = task.durable_fairness_key
+    return "" if fn is None else str(fn(*args, **kwargs))
+
+
 def acquire(store: RunStore, run_id: str, refs: Sequence[SlotRef], info: str,
-            hold_ms: int | None = None) -> Admission:
+            hold_ms: int | None = None, rank: int = 0, fairness_key: str = "") -> Admission:
     """Take a slot of every limit in ``refs``, or park the run on the first full one.
 
     ``hold_ms`` is how long the slot is held before it must be renewed: the lease TTL for
     an attempt that starts now (the default), the hand-over time for a run admitted when it
-    is published (its message may wait in the queue; its first attempt renews the slot)."""
+    is published (its message may wait in the queue; its first attempt renews the slot).
+    A parked run waits behind runs parked before it, unless ``rank`` (its priority) lets it
+    overtake up to ``rank × durable_priority_step`` of them; with a ``fairness_key``, keys
+    take turns, so one key's backlog does not hold back another key's first run."""
     taken: list[SlotRef] = []
     woken: Woken = []
     for ref in refs:
         reply = store.slot_op(store.keys.limit(ref.base, ref.sub), "acquire", run_id,
-                              ref.default, info, hold_ms)
+                              ref.default, info, hold_ms, rank, fairness_key)
         woken += _woken(reply)
         if int(reply[0]) != 1:
             woken += release(store, run_id, taken)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import weakref
 from typing import Any, Literal
 
@@ -41,6 +42,10 @@ DEFAULT_IDEMPOTENCY_TTL_S = 24 * 3600
 DEFAULT_KEY_PREFIX = "durable:"
 #: Socket timeout (seconds) of the store's Redis client; no command of ours blocks longer.
 DEFAULT_REDIS_SOCKET_TIMEOUT_S = 10.0
+#: Regular expressions (case-insensitive, searched in a key name) whose values the Flower
+#: views and JSON API show as redacted.
+DEFAULT_FLOWER_REDACT = ("password", "passwd", "secret", "token", "api[_-]?key",
+                         "authorization", "credential", "private[_-]?key", "cookie")
 
 #: Log records captured into a run's trace per attempt (later ones are counted, not kept).
 DEFAULT_LOG_MAX_RECORDS = 1000
@@ -81,11 +86,15 @@ class DurableSettings(BaseModel):
     child_recheck_s: float = Field(default=60.0, gt=0)
     max_countdown_s: float = Field(default=10.0, ge=0)
     slot_handoff_s: float = Field(default=60.0, gt=0)
+    #: Waiting runs that one priority rank lets a run overtake (see concurrency.py).
+    priority_step: int = Field(default=10, ge=0)
     trace_maxlen: int = Field(default=DEFAULT_TRACE_MAXLEN, ge=100)
     max_checkpoint_bytes: int = Field(default=DEFAULT_MAX_CHECKPOINT_BYTES, ge=1024)
     redis_socket_timeout_s: float = Field(default=DEFAULT_REDIS_SOCKET_TIMEOUT_S, gt=0)
     default_retry: RetryPolicy = Field(default_factory=RetryPolicy)
     eviction_check: Literal["warn", "error", "ignore"] = "warn"
+    flower_redact: tuple[str, ...] = DEFAULT_FLOWER_REDACT
+    flower_metrics_interval_s: float = Field(default=15.0, gt=0)
     #: Capture log records emitted inside a run into its trace (see logcapture.py).
     log_capture: bool = True
     #: Lowest level captured (a name such as "INFO" or a number); stored as the number.
@@ -147,6 +156,16 @@ class DurableSettings(BaseModel):
         for queue, limit in value.items():
             if limit < 0:
                 raise ValueError(f"the limit of queue {queue!r} must be >= 0, got {limit}")
+        return value
+
+    @field_validator("flower_redact")
+    @classmethod
+    def _redact_patterns(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for pattern in value:
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise ValueError(f"{pattern!r} is not a regular expression: {exc}") from None
         return value
 
     @model_validator(mode="after")

@@ -33,6 +33,7 @@ from .errors import (
     StoreError,
     WaitTimeout,
 )
+from .rates import RateRef, reserve
 from .retry import RetryPolicy, to_seconds
 from .store import RunStore
 
@@ -64,6 +65,11 @@ class SuspendRun(BaseException):
         self.due_ms = due_ms
         self.reason = reason
         self.details = details
+
+
+def _rate_turn(store: RunStore, ref: RateRef, mode: str) -> dict[str, Any]:
+    start = reserve(store, ref, mode)
+    return {"dropped": True} if start is None else {"at": start}
 
 
 def _sleep_record(seconds: float) -> dict[str, int]:
@@ -168,6 +174,30 @@ class RunContext:
             time.sleep(remaining_ms / 1000)
             return
         raise SuspendRun(int(record["until"]), "sleep", step=self._last_step_id)
+
+    def take_turn(self, name: str, ref: RateRef, mode: str) -> bool:
+        """Wait for step ``name``'s turn of its rate limit ``ref`` before it executes.
+
+        The turn is itself recorded as a step (``<name>~rate``), so a resumed run neither
+        takes a second turn nor waits again. A near turn is waited for in place, a far one
+        suspends the run (its worker is free) until it comes. Returns False if a lossy
+        limit (``mode="drop"``) skipped the step: it is then not executed at all."""
+        record = self.run_step(f"{name}~rate", _rate_turn, (self._store, ref, mode), {}, None)
+        if record.get("dropped"):
+            self._store.append_event(self.id, "step_skipped", {
+                "step": name, "reason": f"over the rate limit {ref.name} ({ref.spec})"},
+                token=self._token)
+            signals.step_skipped.send(sender=self.task_name, run_id=self.id,
+                                      attempt=self.attempt, step=name,
+                                      reason=f"rate limit {ref.name}")
+            return False
+        remaining_ms = int(record["at"]) - time.time_ns() // 1_000_000
+        if remaining_ms <= 0:
+            return True
+        if remaining_ms <= self._settings.inline_sleep_s * 1000:
+            time.sleep(remaining_ms / 1000)
+            return True
+        raise SuspendRun(int(record["at"]), "rate_limit", step=self._last_step_id)
 
     def wait_for_event(
         self,

@@ -25,15 +25,34 @@ Idempotency keys (scoped per task)::
 Concurrency limits (one Cluster slot per limit, tagged by its base name: "task:<task>" or
 "queue:<queue>"; <sub> is the concurrency key, "_" for none)::
 
-    Plimit:{<base>}:config          hash  "limit" -> runtime override of the coded limit,
-                                          "seq" -> counter numbering parked runs
+    Plimit:{<base>}:config          hash  "limit" -> runtime override of the coded limit
     Plimit:{<base>}:<sub>:holders   zset  run id -> slot lease expiry (ms)
-    Plimit:{<base>}:<sub>:parked    zset  run id -> queue order (the "seq" counter); FIFO
+    Plimit:{<base>}:<sub>:parked    zset  run id -> queue order: order number (fair across
+                                          fairness keys) minus the priority boost
     Plimit:{<base>}:<sub>:woken     zset  run id -> hand-over expiry (ms)
     Plimit:{<base>}:<sub>:info      hash  run id -> JSON needed to re-publish a parked run
+    Plimit:{<base>}:<sub>:fair      hash  virtual time, last order number per fairness key,
+                                          order number and key of each parked run
     Plimits                         set   JSON [base, sub, default limit] of limits with
                                           waiting runs (for the safety sweep)
     (all TTL'd: durable_active_ttl_s, refreshed on use)
+
+Rate limits (one Cluster slot per limit, tagged by its base name: "task:<task>" or
+"step:<step>"; <sub> is the rate key, "_" for none)::
+
+    Prate:{<base>}:config     hash    "count", "period_ms", "burst": runtime override of the
+                                      coded rate; no TTL (set by an operator, deleted by one)
+    Prate:{<base>}:<sub>      string  GCRA theoretical arrival time (ms, when the limit is
+                                      idle again); TTL: until then + one period
+
+Debounce (one Cluster slot per task and debounce key)::
+
+    Pdebounce:{<task>:<key>}  hash  the open burst: "run" (its run id), "due" (when it may
+                                    start, ms), "first" (first call, ms), "info" (resume
+                                    data of the last call, or the first), "calls"; deleted
+                                    when the run starts; TTL: due + durable_active_ttl_s
+    Pdebounce-timers          zset  debounce hash key -> when to look at it again (ms);
+                                    taken with ZREM by exactly one dispatcher
 
 Durable waits::
 
@@ -80,9 +99,10 @@ class LimitKeys:
     parked: str
     woken: str
     info: str
+    fair: str
 
     def as_list(self) -> list[str]:
-        return [self.config, self.holders, self.parked, self.woken, self.info]
+        return [self.config, self.holders, self.parked, self.woken, self.info, self.fair]
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,11 +132,25 @@ class KeySpace:
         tag = f"{self.prefix}limit:{{{base}}}"
         return LimitKeys(config=f"{tag}:config", holders=f"{tag}:{sub}:holders",
                          parked=f"{tag}:{sub}:parked", woken=f"{tag}:{sub}:woken",
-                         info=f"{tag}:{sub}:info")
+                         info=f"{tag}:{sub}:info", fair=f"{tag}:{sub}:fair")
+
+    def rate(self, base: str, sub: str) -> list[str]:
+        """Config hash and state of rate limit ``base`` for rate key ``sub`` (the order
+        rate.lua takes them)."""
+        tag = f"{self.prefix}rate:{{{base}}}"
+        return [f"{tag}:config", f"{tag}:{sub}"]
 
     @property
     def limits(self) -> str:
         return f"{self.prefix}limits"
+
+    def debounce(self, task_name: str, key: str) -> str:
+        """The open burst of calls of ``task_name`` with debounce key ``key``."""
+        return f"{self.prefix}debounce:{{{task_name}:{key}}}"
+
+    @property
+    def debounce_timers(self) -> str:
+        return f"{self.prefix}debounce-timers"
 
     def idempotency(self, task_name: str, key: str) -> str:
         return f"{self.prefix}idem:{task_name}:{key}"

@@ -91,6 +91,18 @@ class LimitInfo(_Record):
     parked: list[str]
 
 
+class RateLimitInfo(_Record):
+    """A rate limit as stored: the coded rate, the runtime one (None = the coded one
+    applies), the starts it would allow right now and when the next turn is free."""
+
+    name: str
+    key: str | None
+    coded: str | None
+    runtime: str | None
+    available_now: int
+    next_turn_in_ms: int
+
+
 class RunSummary(_Record):
     """The fields of a run shown in lists."""
 
@@ -104,6 +116,7 @@ class RunSummary(_Record):
     step_count: int
     queue: str | None = None
     error: ErrorInfo | None = None
+    idempotency_key: str | None = None
 
 
 class RunInfo(RunSummary):
@@ -120,3 +133,13 @@ class RunInfo(RunSummary):
     forked_from: str | None = None
     events: list[TraceEvent] = []
     logs: list[LogRecordInfo] = []
+
+
+class RunPage(_Record):
+    """One page of a run search: the runs (newest first), the cursor of the next page
+    (None on the last one) and the number of runs per status (from the status indexes,
+    which may lag the run records by a moment)."""
+
+    runs: list[RunSummary]
+    next_cursor: int | None
+    counts: dict[str, int]

@@ -18,7 +18,7 @@ from .concurrency import publish_woken, sweep
 from .errors import DurableError
 from .requeue import broker_is_redis, requeue_run, restore_stale_messages
 from .store import RunStore
-from .waits import dispatch_timer
+from .waits import dispatch_debounce, dispatch_timer
 
 logger = logging.getLogger("celery_durable.reaper")
 #: Reaper sweeps (heartbeats) between two safety sweeps of the concurrency limits.
@@ -81,13 +81,18 @@ class Reaper:
         for run_id in self.store.expired_leases():
             resumed += self._resume(run_id, "")
         return (resumed + self.restore_orphaned_messages() + self.wake_parked()
-                + self.dispatch_timers())
+                + self.dispatch_timers() + self.dispatch_debounces())
 
     def dispatch_timers(self) -> int:
         """Publish the runs whose timer is due (sleeps, wait timeouts, long backoffs).
         ``take_timer`` lets exactly one worker dispatch each."""
         return sum(dispatch_timer(self.app, self.store, run_id)
                    for run_id in self.store.due_timers())
+
+    def dispatch_debounces(self) -> int:
+        """Start the runs of debounced bursts whose calls have paused long enough."""
+        return sum(dispatch_debounce(self.app, self.store, key)
+                   for key in self.store.due_debounces())
 
     def wake_parked(self) -> int:
         """The safety net of concurrency limits, every ``SLOT_SWEEP_EVERY`` sweeps: hand

@@ -20,7 +20,7 @@ SCRIPT_NAMES = (
     "create_run", "claim_attempt", "commit_step", "append_event", "end_attempt",
     "renew_lease", "reap_run", "claim_idempotency", "release_idempotency",
     "slots", "cancel_run", "reopen_run", "wait_event", "send_event", "fail_run",
-    "append_logs",
+    "append_logs", "debounce", "rate",
 )
 
 
@@ -50,6 +50,8 @@ class Scripts:
     send_event: Script
     fail_run: Script
     append_logs: Script
+    debounce: Script
+    rate: Script
 
     @classmethod
     def register(cls, client: redis.Redis | RedisCluster) -> Scripts:

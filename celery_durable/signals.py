@@ -4,7 +4,9 @@ Durability never depends on a receiver: Celery's ``Signal.send`` logs and swallo
 receiver's exception, and every signal is sent after the state it reports is stored.
 Connect receivers with a module-level function (receivers are held weakly) or
 ``weak=False``. All are sent in the process that executes the attempt (a pool process),
-except ``run_cancelled`` (the process that called ``cancel``). Arguments:
+except ``run_cancelled`` (the process that called ``cancel``), and ``slot_denied`` and
+``rate_limited`` (the process that published the run, or the worker that received it).
+Arguments:
 
 - ``run_started``: sender=task name, run_id, attempt, resumed (bool: from a sleep or wait),
   recovered (bool: the previous attempt never ended, its worker died: a crash resume)
@@ -17,6 +19,9 @@ except ``run_cancelled`` (the process that called ``cancel``). Arguments:
 - ``run_failed``: sender=task name, run_id, attempt, exception
 - ``run_cancelled``: sender=None, run_id, reason
 - ``slot_denied``: sender=task name, run_id, limit, position
+- ``rate_limited``: sender=task name, run_id, limit, start_ms (when its turn comes; None:
+  a lossy limit dropped the run)
+- ``step_skipped``: sender=task name, run_id, attempt, step, reason (a lossy step rate limit)
 """
 
 from __future__ import annotations
@@ -43,8 +48,13 @@ run_failed = Signal(name="durable_run_failed",
 run_cancelled = Signal(name="durable_run_cancelled", providing_args=["run_id", "reason"])
 slot_denied = Signal(name="durable_slot_denied",
                      providing_args=["run_id", "limit", "position"])
+rate_limited = Signal(name="durable_rate_limited",
+                     providing_args=["run_id", "limit", "start_ms"])
+step_skipped = Signal(name="durable_step_skipped",
+                      providing_args=["run_id", "attempt", "step", "reason"])
 
 __all__ = [
+    "rate_limited",
     "run_cancelled",
     "run_completed",
     "run_failed",
@@ -55,4 +65,5 @@ __all__ = [
     "step_committed",
     "step_failed",
     "step_replayed",
+    "step_skipped",
 ]

@@ -8,6 +8,7 @@ from typing import Any, ParamSpec, TypeVar, overload
 
 from .context import get_run_context
 from .errors import ConfigurationError
+from .rates import STEP_RATES, RateKey, RateSpec, rate_ref
 from .retry import RetryPolicy
 
 P = ParamSpec("P")
@@ -26,16 +27,43 @@ def _validate(name: str | None, retry: RetryPolicy | None) -> None:
         )
 
 
-def _wrap(fn: Callable[P, R], name: str | None, retry: RetryPolicy | None) -> Callable[P, R]:
+def _step_rate(rate_limit: Any, rate_key: Any, rate_burst: Any,
+               rate_mode: Any) -> tuple[RateSpec | None, RateKey | None, str]:
+    if rate_limit is None:
+        if rate_key is not None or rate_burst is not None or rate_mode != "wait":
+            raise ConfigurationError(
+                "@step(rate_key=/rate_burst=/rate_mode=...) needs rate_limit='<starts>/"
+                "<period>', e.g. rate_limit='60/m'")
+        return None, None, "wait"
+    spec = RateSpec.parse(rate_limit, rate_burst, where="@step(rate_limit=...)")
+    if rate_key is not None and not callable(rate_key):
+        raise ConfigurationError("@step(rate_key=...) must be a function of the step's "
+                                 "arguments returning the key the rate applies to")
+    if rate_mode not in ("wait", "drop"):
+        raise ConfigurationError(
+            f"@step(rate_mode=...) must be 'wait' (the step waits for its turn) or 'drop' "
+            f"(it is skipped and returns None), got {rate_mode!r}")
+    return spec, rate_key, str(rate_mode)
+
+
+def _wrap(fn: Callable[P, R], name: str | None, retry: RetryPolicy | None,
+          rate: tuple[RateSpec | None, RateKey | None, str] = (None, None, "wait"),
+          ) -> Callable[P, R]:
     if not callable(fn):
         raise ConfigurationError(f"@step must decorate a function, got {fn!r}")
     step_name = name or getattr(fn, "__name__", None) or repr(fn)
+    spec, key_fn, mode = rate
+    if spec is not None:
+        STEP_RATES[f"step:{step_name}"] = spec
 
     @functools.wraps(fn)
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
         ctx = get_run_context()
         if ctx is None:
             return fn(*args, **kwargs)
+        ref = rate_ref(f"step:{step_name}", spec, key_fn, args, kwargs)
+        if ref is not None and not ctx.take_turn(step_name, ref, mode):
+            return None  # type: ignore[return-value]  # a lossy rate limit skipped it
         return ctx.run_step(step_name, fn, args, kwargs, retry)
 
     wrapper.__durable_step__ = step_name  # type: ignore[attr-defined]
@@ -48,7 +76,9 @@ def step(fn: Callable[P, R], /) -> Callable[P, R]: ...
 
 @overload
 def step(
-    *, name: str | None = None, retry: RetryPolicy | None = None
+    *, name: str | None = None, retry: RetryPolicy | None = None,
+    rate_limit: str | float | None = None, rate_key: RateKey | None = None,
+    rate_burst: int | None = None, rate_mode: str = "wait",
 ) -> Callable[[Callable[P, R]], Callable[P, R]]: ...
 
 
@@ -58,6 +88,10 @@ def step(
     *,
     name: str | None = None,
     retry: RetryPolicy | None = None,
+    rate_limit: str | float | None = None,
+    rate_key: RateKey | None = None,
+    rate_burst: int | None = None,
+    rate_mode: str = "wait",
 ) -> Callable[P, R] | Callable[[Callable[P, R]], Callable[P, R]]:
     """Checkpoint each call of the decorated function inside a durable run.
 
@@ -70,13 +104,20 @@ def step(
             ``fetch``, ``fetch#2``, ... so a step called in a loop is one step per call.
         retry: retry this step inside the attempt (sleeping between tries) before the
             error reaches the task's own retry policy.
+        rate_limit: starts of this step allowed per period across the cluster, e.g.
+            ``"60/m"`` (every task calling the step shares it); ``rate_key`` (a function of
+            the step's arguments) makes it per key, ``rate_burst`` allows that many at once.
+            A step over the rate waits for its turn (in place, or suspended if the turn is
+            more than ``durable_inline_sleep_s`` away); with ``rate_mode="drop"`` it is
+            skipped instead: not executed, it returns None, and the trace says why.
     """
     _validate(name, retry)
+    rate = _step_rate(rate_limit, rate_key, rate_burst, rate_mode)
     if fn is not None:
-        return _wrap(fn, name, retry)
+        return _wrap(fn, name, retry, rate)
 
     def decorate(func: Callable[P, R]) -> Callable[P, R]:
-        return _wrap(func, name, retry)
+        return _wrap(func, name, retry, rate)
 
     return decorate
 

@@ -88,16 +88,17 @@ class RunStore:
 
     def create_run(
         self, run_id: str, task: str, args_json: str, kwargs_json: str, queue: str,
-        canvas_json: str = "",
+        canvas_json: str = "", idempotency_key: str = "",
     ) -> bool:
         """Record a new pending run (publish side). Returns False if it already existed.
-        ``canvas_json`` holds the publish's canvas options (see requeue.CANVAS_OPTIONS)."""
+        ``canvas_json`` holds the publish's canvas options (see requeue.CANVAS_OPTIONS);
+        ``idempotency_key`` is the call's key, kept on the run for the admin views."""
         s, k, ts = self.settings, self.keys.run(run_id), now_ms()
 
         def build(pipe: Any) -> None:
             queue_call(pipe, self.scripts.create_run, k.as_list(),
                        [ts, task, args_json, kwargs_json, queue, s.active_ttl_ms,
-                        s.trace_maxlen, canvas_json])
+                        s.trace_maxlen, canvas_json, idempotency_key])
             self.indexes.new(pipe, run_id, task, ts)
 
         with _redis_errors(f"record run {run_id}"):
@@ -448,6 +449,53 @@ class RunStore:
                 pipe.pexpire(self.keys.timers, self.settings.active_ttl_ms)
             pipe.execute()
 
+    def debounce_call(self, redis_key: str, run_id: str, quiet_ms: int, longest_ms: int,
+                      mode: str, info_json: str) -> tuple[str, bool, int, int]:
+        """Join the open burst of ``redis_key`` or open one for ``run_id`` (see
+        debounce.lua), and make sure a dispatcher will look at the burst (one round trip):
+        ``(run id, opened, due_ms, calls)``."""
+        ts = now_ms()
+        argv: list[Any] = ["call", ts, run_id, quiet_ms, longest_ms, mode, info_json,
+                           self.settings.active_ttl_ms]
+
+        def build(pipe: Any) -> None:
+            queue_call(pipe, self.scripts.debounce, [redis_key], argv)
+            # NX: the first call's time is the earliest the burst can be due; a dispatcher
+            # that comes too early learns the real due time and sets the timer again.
+            pipe.zadd(self.keys.debounce_timers, {redis_key: ts + quiet_ms}, nx=True)
+            pipe.pexpire(self.keys.debounce_timers, self.settings.active_ttl_ms)
+
+        with _redis_errors("debounce a call"):
+            run, opened, due, calls = self._pipelined(build)[0]
+        return str(run), bool(opened), int(due), int(calls)
+
+    def due_debounces(self, limit: int = 100) -> list[str]:
+        with _redis_errors("read the debounce timers"):
+            return [str(k) for k in self.client.zrangebyscore(
+                self.keys.debounce_timers, "-inf", now_ms(), start=0, num=limit)]
+
+    def take_debounce(self, redis_key: str) -> list[Any] | None:
+        """Claim a due debounce timer (exactly one dispatcher wins; None for the others)
+        and close its burst if it is due: ``[run id, 'fire', resume data, calls]``,
+        ``[run id, 'wait', due_ms]`` (the timer is set again) or ``['', 'gone']``."""
+        with _redis_errors("start a debounced run"):
+            if not self.client.zrem(self.keys.debounce_timers, redis_key):
+                return None
+            raw = self.client.hget(redis_key, "run")
+            if raw is None:
+                return ["", "gone"]
+            reply = list(self.scripts.debounce([redis_key], ["fire", now_ms(), str(raw)]))
+            if reply[0] == "wait":
+                self.client.zadd(self.keys.debounce_timers, {redis_key: int(reply[1])})
+            return [str(raw), *reply]
+
+    def set_arguments(self, run_id: str, args_json: str, kwargs_json: str) -> None:
+        """Record the arguments a run will start with (a debounced run takes its last
+        call's)."""
+        with _redis_errors(f"record the arguments of run {run_id}"):
+            self.client.hset(self.keys.run(run_id).run,
+                             mapping={"args": args_json, "kwargs": kwargs_json})
+
     def wake(self, run_ids: Sequence[str], due_ms: int) -> None:
         """Bring the timers of ``run_ids`` forward to ``due_ms`` (never later)."""
         if not run_ids:
@@ -587,16 +635,42 @@ class RunStore:
 
     def slot_op(
         self, keys: LimitKeys, op: str, run_id: str, default_limit: int, info_json: str = "",
-        hold_ms: int | None = None,
+        hold_ms: int | None = None, rank: int = 0, fairness_key: str = "",
     ) -> list[Any]:
         """Run slots.lua (see its header for the reply). ``hold_ms``: how long an acquired
-        slot lasts before it must be renewed (default: the lease TTL)."""
+        slot lasts before it must be renewed (default: the lease TTL); ``rank`` and
+        ``fairness_key`` place a run that has to wait."""
         s = self.settings
         argv: list[Any] = [op, run_id, now_ms(), hold_ms or s.lease_ttl_ms, default_limit,
-                           info_json,
-                int(s.slot_handoff_s * 1000), s.active_ttl_ms]
+                           info_json, int(s.slot_handoff_s * 1000), s.active_ttl_ms, rank,
+                           fairness_key, s.priority_step]
         with _redis_errors(f"{op} a concurrency slot"):
             return list(self.scripts.slots(keys.as_list(), argv))
+
+    def rate_reserve(self, keys: Sequence[str], count: float, period_ms: int, burst: int,
+                     mode: str) -> int:
+        """Run rate.lua: the epoch ms the caller may start at, or -1 (lossy, over the rate)."""
+        with _redis_errors("take a turn of a rate limit"):
+            reply = self.scripts.rate(list(keys), [now_ms(), count, period_ms, burst, mode])
+        return int(reply[0])
+
+    def set_rate_config(self, config_key: str, count: float | None, period_ms: int = 0,
+                        burst: int = 1) -> None:
+        """Write a runtime rate (or, with ``count`` None, go back to the coded one)."""
+        with _redis_errors("change a rate limit"):
+            if count is None:
+                self.client.delete(config_key)
+            else:
+                self.client.hset(config_key, mapping={"count": count, "period_ms": period_ms,
+                                                      "burst": burst})
+
+    def rate_state(self, keys: Sequence[str]) -> tuple[dict[str, str], float]:
+        """A rate limit's runtime config and its theoretical arrival time (ms, 0: idle)."""
+        with _redis_errors("read a rate limit"), self.client.pipeline(False) as pipe:
+            pipe.hgetall(keys[0])
+            pipe.get(keys[1])
+            config, tat = pipe.execute()
+        return {str(k): str(v) for k, v in config.items()}, float(tat or 0)
 
     def renew_slots(self, holders: Sequence[tuple[str, str]]) -> None:
         """Extend slot leases: ``(holders key, run id)`` pairs, one round trip."""
@@ -633,6 +707,41 @@ class RunStore:
         """Run ids of an index, newest first."""
         with _redis_errors("read the run index"):
             return [str(i) for i in self.client.zrevrange(index_key, start, start + count - 1)]
+
+    def index_window(
+        self, index_key: str, min_ms: int | None, max_ms: int | None, start: int, count: int
+    ) -> list[str]:
+        """Run ids of an index scored within ``[min_ms, max_ms]`` (epoch ms, None = open),
+        newest first, from position ``start`` of that window (server-side paging)."""
+        high = "+inf" if max_ms is None else max_ms
+        low = "-inf" if min_ms is None else min_ms
+        with _redis_errors("read the run index"):
+            return [str(i) for i in self.client.zrevrangebyscore(
+                index_key, high, low, start=start, num=count)]
+
+    def status_counts(self) -> dict[str, int]:
+        """The size of every status index, one round trip."""
+        statuses = list(RunStatus)
+        with _redis_errors("count runs"), self.client.pipeline(False) as pipe:
+            for status in statuses:
+                pipe.zcard(self.keys.status_index(status))
+            sizes = pipe.execute()
+        return {st.value: int(n) for st, n in zip(statuses, sizes, strict=True)}
+
+    def waiting_limits(self) -> list[str]:
+        """The registry of limits with waiting runs (members: JSON ``[base, sub, limit]``)."""
+        with _redis_errors("read the registry of limits"):
+            return [str(m) for m in self.client.smembers(self.keys.limits)]
+
+    def idempotency_runs(self, redis_keys: Sequence[str]) -> list[str | None]:
+        """The run each idempotency key names (None where the key does not exist)."""
+        if not redis_keys:
+            return []
+        with _redis_errors("read idempotency keys"), self.client.pipeline(False) as pipe:
+            for key in redis_keys:
+                pipe.get(key)
+            values = pipe.execute()
+        return [str(json.loads(v)["run"]) if v else None for v in values]
 
     def prune_indexes(self, batch: int = 500) -> int:
         """Remove index entries of runs that expired, and status-index entries that no

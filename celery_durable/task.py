@@ -13,14 +13,15 @@ from celery.result import AsyncResult
 from celery.utils import uuid
 
 from . import metrics, otel
+from .admission import After, admit_and_publish
 from .attempt import IDEMPOTENCY_HEADER, encode_arguments, publish_queue, run_attempt
 from .bootsteps import install
-from .concurrency import Admission, acquire, note_parked, publish_woken, release, slots_for
 from .context import describe_error
 from .errors import ConfigurationError, StoreError
 from .idempotency import check_conflict, check_key, claim_key, fingerprint
 from .identity import current_worker_id
 from .payloads import dump_models, validate_call
+from .rates import RateSpec
 from .requeue import encode_options, resume_info
 from .retry import RetryPolicy, to_seconds
 from .store import store_for
@@ -69,6 +70,40 @@ def _function(purpose: str) -> Callable[[Any, str], Any]:
     return convert
 
 
+def _positive_seconds(value: Any, where: str) -> float:
+    seconds = to_seconds(value, where)
+    if seconds <= 0:
+        raise ConfigurationError(f"{where} must be more than 0 seconds, got {value!r}")
+    return seconds
+
+
+def _debounce_mode(value: Any, where: str) -> str:
+    if value not in ("last", "first"):
+        raise ConfigurationError(
+            f"{where} must be 'last' (the run gets the last call's arguments) or 'first', "
+            f"got {value!r}")
+    return str(value)
+
+
+def _rate(value: Any, where: str) -> RateSpec:
+    return RateSpec.parse(value, where=where)
+
+
+def _burst(value: Any, where: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigurationError(f"{where} must be an int >= 1 (starts allowed at once), "
+                                 f"got {value!r}")
+    return value
+
+
+def _rate_mode(value: Any, where: str) -> str:
+    if value not in ("wait", "drop"):
+        raise ConfigurationError(
+            f"{where} must be 'wait' (a run over the rate waits for its turn) or 'drop' "
+            f"(it is cancelled), got {value!r}")
+    return str(value)
+
+
 def _limit(value: Any, where: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise ConfigurationError(f"{where} must be an int >= 0, got {value!r}")
@@ -86,6 +121,18 @@ DURABLE_OPTIONS: dict[str, tuple[str, Callable[[Any, str], Any]]] = {
     "concurrency_limit": ("durable_concurrency_limit", _limit),
     "concurrency_key": ("durable_concurrency_key",
                         _function("the key (a tenant, a user) the limit applies to")),
+    "fairness_key": ("durable_fairness_key",
+                     _function("the key (a tenant) waiting runs take turns by")),
+    "rate_limit": ("durable_rate_limit", _rate),
+    "rate_key": ("durable_rate_key",
+                 _function("the key (a tenant, an API account) the rate applies to")),
+    "rate_burst": ("durable_rate_burst", _burst),
+    "rate_mode": ("durable_rate_mode", _rate_mode),
+    "debounce": ("durable_debounce", _positive_seconds),
+    "debounce_key": ("durable_debounce_key",
+                     _function("the key calls are debounced by (a user, a document)")),
+    "debounce_mode": ("durable_debounce_mode", _debounce_mode),
+    "debounce_max": ("durable_debounce_max", _positive_seconds),
 }
 
 
@@ -99,6 +146,20 @@ def durable_attributes(options: dict[str, Any], where: str) -> dict[str, Any]:
     for name, (attr, convert) in DURABLE_OPTIONS.items():
         if name in options:
             attrs[attr] = convert(options[name], f"{where}({name}=...)")
+    needs_rate = {"rate_key", "rate_burst", "rate_mode"} & set(options)
+    if needs_rate and options.get("rate_limit") is None:
+        raise ConfigurationError(
+            f"{where}({sorted(needs_rate)[0]}=...) needs rate_limit='<starts>/<period>', "
+            "e.g. rate_limit='100/m'")
+    needs_debounce = {"debounce_key", "debounce_mode", "debounce_max"} & set(options)
+    if needs_debounce and options.get("debounce") is None:
+        raise ConfigurationError(
+            f"{where}({sorted(needs_debounce)[0]}=...) needs debounce=<quiet period in "
+            "seconds>")
+    if options.get("debounce") is not None and options.get("idempotency_key") is not None:
+        raise ConfigurationError(
+            f"{where} takes debounce= or idempotency_key=, not both: a debounced burst "
+            "already makes one run")
     if "concurrency_key" in options and options.get("concurrency_limit") is None:
         raise ConfigurationError(
             f"{where}(concurrency_key=...) needs concurrency_limit=N: the number of runs "
@@ -151,6 +212,24 @@ class DurableTask(Task[Any, Any]):
     durable_concurrency_limit: ClassVar[int | None] = None
     #: Function of the task's arguments giving the key the limit applies to (a tenant).
     durable_concurrency_key: ClassVar[Callable[..., str] | None] = None
+    #: Function of the task's arguments giving the key waiting runs take turns by.
+    durable_fairness_key: ClassVar[Callable[..., str] | None] = None
+    #: Starts allowed per period across the cluster (Celery's rate_limit, made global).
+    durable_rate_limit: ClassVar[RateSpec | None] = None
+    #: Function of the task's arguments giving the key the rate applies to.
+    durable_rate_key: ClassVar[Callable[..., str] | None] = None
+    #: Starts allowed at once on top of the steady rate.
+    durable_rate_burst: ClassVar[int] = 1
+    #: "wait": a run over the rate waits for its turn; "drop": it is cancelled.
+    durable_rate_mode: ClassVar[str] = "wait"
+    #: Quiet period (seconds) that ends a burst of calls; None = no debounce.
+    durable_debounce: ClassVar[float | None] = None
+    #: Function of the task's arguments giving the key calls are debounced by.
+    durable_debounce_key: ClassVar[Callable[..., str] | None] = None
+    #: Which call's arguments a debounced run gets: "last" or "first".
+    durable_debounce_mode: ClassVar[str] = "last"
+    #: Longest wait (seconds) from a burst's first call to its run; None = no bound.
+    durable_debounce_max: ClassVar[float | None] = None
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -235,48 +314,53 @@ class DurableTask(Task[Any, Any]):
         args, kwargs = dump_models(args, kwargs)
         if key is not None:
             return self._apply_idempotent(args, kwargs, task_id, key, ttl, on_conflict, options)
+        if self.durable_debounce is not None:
+            return self._apply_debounced(args, kwargs, task_id, options)
         task_id = task_id or uuid()
         queue = publish_queue(self, args, kwargs, options)
         self._record(task_id, args, kwargs, options, queue)
-        result, parked = self._admit_and_publish(args, kwargs, task_id, queue, options)
-        if parked is not None:
-            note_parked(store_for(self.app), self.name, task_id, parked)
+        result, after = self._admit_and_publish(args, kwargs, task_id, queue, options)
+        if after is not None:
+            after()
         return result
 
     def _record(self, run_id: str, args: Any, kwargs: Any, options: dict[str, Any],
-                queue: str) -> None:
+                queue: str, key: str = "") -> None:
         store_for(self.app).create_run(
             run_id, self.name, encode_arguments(list(args or ())),
-            encode_arguments(dict(kwargs or {})), queue, encode_options(options),
+            encode_arguments(dict(kwargs or {})), queue, encode_options(options), key,
         )
 
     def _admit_and_publish(
         self, args: Any, kwargs: Any, run_id: str, queue: str, options: dict[str, Any]
-    ) -> tuple[AsyncResult, Admission | None]:  # type: ignore[type-arg]
-        """Publish the run, unless a concurrency limit of it is full: then the run waits
-        in Redis, never in the queue, and the release of a slot publishes it. Returns the
-        result and, for a parked run, where it waits (for the caller to note once the run
-        is recorded).
+    ) -> tuple[AsyncResult, After]:  # type: ignore[type-arg]
+        """See admission.admit_and_publish (``publish`` is Celery's own apply_async)."""
+        def publish(opts: dict[str, Any]) -> AsyncResult:  # type: ignore[type-arg]
+            return super(DurableTask, self).apply_async(args, kwargs, task_id=run_id, **opts)
 
-        Taking the slot here (held for ``durable_slot_handoff_s`` until the first attempt
-        renews it) spares a full run its round through a worker only to be parked there;
-        a delayed publish (``countdown``/``eta``) takes its slot when it starts instead."""
+        return admit_and_publish(self, args, kwargs, run_id, queue, options, publish)
+
+    def _apply_debounced(
+        self, args: Any, kwargs: Any, task_id: str | None, options: dict[str, Any]
+    ) -> AsyncResult:  # type: ignore[type-arg]
+        """Join the open burst of calls with this call's debounce key, or open one: the
+        burst's run starts (from a Redis timer) once calls pause for the quiet period."""
         store = store_for(self.app)
-        refs = [] if options.get("countdown") or options.get("eta") else slots_for(
-            self, args or (), kwargs or {}, queue, store.settings)
-        if not refs:
-            return super().apply_async(args, kwargs, task_id=run_id, **options), None
+        assert self.durable_debounce is not None
+        key_fn = self.durable_debounce_key
+        key = "" if key_fn is None else str(key_fn(*(args or ()), **(kwargs or {})))
+        queue = publish_queue(self, args, kwargs, options)
         info = resume_info(self.name, args, kwargs, queue, options.get("headers"), options)
-        admission = acquire(store, run_id, refs, info,
-                            hold_ms=int(store.settings.slot_handoff_s * 1000))
-        publish_woken(self.app, admission.woken)
-        if not admission.admitted:
-            return self.AsyncResult(run_id), admission
-        try:
-            return super().apply_async(args, kwargs, task_id=run_id, **options), None
-        except BaseException:
-            publish_woken(self.app, release(store, run_id, refs))
-            raise
+        redis_key = store.keys.debounce(self.name, key)
+        longest = self.durable_debounce_max
+        run_id, opened, _, _ = store.debounce_call(
+            redis_key, task_id or uuid(), int(self.durable_debounce * 1000),
+            int(longest * 1000) if longest else 0, self.durable_debounce_mode, info)
+        if opened:
+            # If this process dies here, the run is still started by the debounce timer
+            # (and recorded by the worker that claims it).
+            self._record(run_id, args, kwargs, options, queue)
+        return self.AsyncResult(run_id)
 
     def _apply_idempotent(
         self,
@@ -309,15 +393,15 @@ class DurableTask(Task[Any, Any]):
         # a key that names a run with no message (the worker records the run if we cannot).
         # (A run parked for a slot is recorded after it is parked, for the same reason.)
         queue = publish_queue(self, args, kwargs, options)
-        result, parked = self._admit_and_publish(args, kwargs, claim.run_id, queue, options)
+        result, after = self._admit_and_publish(args, kwargs, claim.run_id, queue, options)
         try:
-            self._record(claim.run_id, args, kwargs, options, queue)
+            self._record(claim.run_id, args, kwargs, options, queue, key)
         except StoreError:
             logger.warning("run %s: published, but not recorded yet (the worker will)",
                            claim.run_id, exc_info=True)
             return result
-        if parked is not None:
-            note_parked(store, self.name, claim.run_id, parked)
+        if after is not None:
+            after()
         return result
 
 

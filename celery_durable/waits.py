@@ -37,6 +37,30 @@ def dispatch_timer(app: Celery, store: RunStore, run_id: str) -> bool:
     return False
 
 
+def dispatch_debounce(app: Celery, store: RunStore, redis_key: str) -> bool:
+    """Start the run of a debounced burst whose quiet period has passed (exactly one
+    dispatcher wins), with the arguments of its last (or first) call. Returns whether a
+    run was published."""
+    from .attempt import encode_arguments
+
+    taken = store.take_debounce(redis_key)
+    if taken is None or taken[1] != "fire":
+        return False
+    run_id, _, info, calls = taken
+    try:
+        data = json.loads(info)
+        store.set_arguments(run_id, encode_arguments(data["args"]),
+                            encode_arguments(data["kwargs"]))
+        store.append_event(run_id, "debounce_ended", {"calls": calls})
+        if publish_resume(app, run_id, info):
+            return True
+    except Exception:
+        logger.exception("celery-durable: could not start debounced run %s; retrying", run_id)
+    # The burst is closed: from here on the run's own timer carries it.
+    store.schedule(run_id, now_ms() + 1000, info)
+    return False
+
+
 def dispatch(app: Celery, store: RunStore, run_ids: Sequence[str]) -> None:
     """Publish ``run_ids`` now through their timers (exactly once across dispatchers)."""
     store.wake(run_ids, now_ms())

@@ -451,3 +451,77 @@ def too_slow(token: str) -> str:
     bump(token, "too_slow_body")
     current_run().step("crawl", time.sleep, 10)
     return "never"
+
+
+@durable_task(retry=FAST, concurrency_limit=1,
+              fairness_key=lambda token, tenant, i, seconds: tenant)
+def fair_share(token: str, tenant: str, i: int, seconds: float) -> str:
+    current_run().step("work", record_span, token, f"{tenant}:{i}", seconds)
+    return tenant
+
+
+@durable_task(retry=FAST, debounce=0.8, debounce_key=lambda token, n: token)
+def debounced(token: str, n: int) -> int:
+    bump(token, "runs")
+    return n
+
+
+@durable_task(retry=FAST, debounce=0.8, debounce_key=lambda token, n: token,
+              debounce_mode="first")
+def debounced_first(token: str, n: int) -> int:
+    bump(token, "runs")
+    return n
+
+
+@durable_task(retry=FAST, debounce=0.8, debounce_key=lambda token, n: token, debounce_max=1.0)
+def debounced_bounded(token: str, n: int) -> int:
+    bump(token, "runs")
+    return n
+
+
+def note_time(token: str, what: str, label: str) -> None:
+    import json
+    import time
+
+    counters.rpush(f"{token}:{what}", json.dumps([time.time(), label]))
+
+
+@durable_task(retry=FAST, rate_limit="10/s", rate_burst=2)
+def rated(token: str, i: int) -> int:
+    note_time(token, "starts", str(i))
+    return i
+
+
+@durable_task(retry=FAST, rate_limit="1/m", rate_mode="drop",
+              rate_key=lambda token, i: token)
+def rated_lossy(token: str, i: int) -> int:
+    bump(token, "runs")
+    return i
+
+
+@step(rate_limit="5/s")
+def throttled_call(token: str, i: int) -> int:
+    note_time(token, "throttled", str(i))
+    return i
+
+
+@step
+def free_call(token: str, i: int) -> int:
+    note_time(token, "free", str(i))
+    return i
+
+
+@durable_task(retry=FAST)
+def step_throttled(token: str, n: int) -> list[int]:
+    return [free_call(token, i) + throttled_call(token, i) for i in range(n)]
+
+
+@step(rate_limit="1/m", rate_mode="drop", rate_key=lambda token: token)
+def lossy_call(token: str) -> str:
+    bump(token, "lossy")
+    return "called"
+
+
+@durable_task(retry=FAST)
+def lossy_steps(token: str) -> list[str | None]:
+    return [lossy_call(token), lossy_call(token)]

@@ -30,7 +30,9 @@ def demo(redis_base_url: str) -> tuple[str, str]:
     out = proc.stdout
     assert proc.returncode == 0, out[-5000:] + proc.stderr[-5000:]
     assert f"using Redis at {redis_base_url}" in out
-    assert "demo: both parts succeeded" in out
+    assert "demo: all three parts succeeded" in out
+    assert re.search(r"demo: Flower lists run [0-9a-f-]+ \(tasks.process_order\): completed", out)
+    assert re.search(r"demo: Flower lists run [0-9a-f-]+ \(tasks.import_catalog\): completed", out)
     part1, sep, part2 = out.partition("=== part 2:")
     assert sep, out[-5000:]
     return part1, part2

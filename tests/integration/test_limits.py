@@ -179,3 +179,34 @@ def test_a_failed_publish_gives_its_slot_back(tasks, client, token, monkeypatch)
         tasks.adjustable.apply_async((token, 0, 0.1), queue="limits-nowhere")
     info = client.concurrency_limit(tasks.adjustable.name)
     assert info.holders == [] and info.parked == []
+
+
+def test_a_later_high_priority_run_goes_next(redis_base_url, tasks, client, token) -> None:
+    # Given one slot, taken, and 20 runs waiting for it: a run published afterwards with a
+    # high priority (0 with a Redis broker, as in Celery) starts as soon as the slot frees.
+    queue = "limits-priority"
+    client.set_concurrency_limit(tasks.adjustable.name, 1)
+    results = [tasks.adjustable.apply_async((token, i, 0.05), queue=queue) for i in range(21)]
+    urgent = tasks.adjustable.apply_async((token, 99, 0.05), queue=queue, priority=0)
+    assert client.concurrency_limit(tasks.adjustable.name).parked[0] == urgent.id
+    with celery_worker(redis_base_url, pool="threads", queue=queue, concurrency=4, name="pr"):
+        for r in [*results, urgent]:
+            r.get(timeout=60)
+    order = [label for _, _, label in sorted(spans(redis_base_url, token))]
+    assert order[:2] == ["0", "99"]
+    assert order[2:] == [str(i) for i in range(1, 21)]  # the others in their order
+
+
+def test_a_tenant_with_a_backlog_does_not_hold_back_another(redis_base_url, tasks, client,
+                                                           token) -> None:
+    queue = "limits-fair"
+    a = [tasks.fair_share.apply_async((token, "a", i, 0.01), queue=queue) for i in range(200)]
+    b = [tasks.fair_share.apply_async((token, "b", i, 0.01), queue=queue) for i in range(2)]
+    with celery_worker(redis_base_url, pool="threads", queue=queue, concurrency=4, name="fa"):
+        for r in b:
+            assert r.get(timeout=60) == "b"
+        order = [label for _, _, label in sorted(spans(redis_base_url, token))]
+        for r in a:
+            r.get(timeout=120)
+    # Tenant b's two runs were among the first few to start, not behind a's 200.
+    assert {"b:0", "b:1"} <= set(order[:6])

@@ -44,6 +44,36 @@ def test_signals_of_a_retried_run(worker, tasks, token) -> None:
     assert seen[5][1]["attempt"] == 2
 
 
+def test_signals_of_a_failed_run_replayed(worker, tasks, client, token) -> None:
+    run_id = str(uuid.uuid4())
+    seen: list[tuple[str, dict[str, Any]]] = []
+    sigs = [signals.run_started, signals.run_failed, signals.run_completed,
+            signals.step_committed, signals.step_replayed]
+
+    def receiver(sender: Any = None, signal: Any = None, **kwargs: Any) -> None:
+        if kwargs.get("run_id") == run_id:
+            seen.append((signal.name, kwargs))
+
+    for sig in sigs:
+        sig.connect(receiver, weak=False)
+    try:
+        result = tasks.fail_once_per_key.apply_async((token,), task_id=run_id)
+        with pytest.raises(ValueError, match="first run fails"):
+            result.get(timeout=30)
+        assert client.replay(run_id) == run_id
+        replayed = tasks.fail_once_per_key.AsyncResult(run_id)  # a fresh one: no cached state
+        assert replayed.get(timeout=30) == "second run succeeds"
+    finally:
+        for sig in sigs:
+            sig.disconnect(receiver)
+    assert [n for n, _ in seen] == [
+        "durable_run_started", "durable_run_failed",
+        "durable_run_started", "durable_run_completed",
+    ]
+    assert [kw["attempt"] for _, kw in seen] == [1, 1, 2, 2]
+    assert isinstance(seen[1][1]["exception"], ValueError)
+
+
 @pytest.fixture
 def webhook():  # type: ignore[no-untyped-def]
     received: list[dict[str, Any]] = []

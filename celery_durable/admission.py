@@ -1,0 +1,163 @@
+"""What happens before a new run is put on its queue: its turn of a rate limit, its slots.
+
+``apply_async`` of a durable task calls :func:`admit_and_publish` once the run is known. A
+run over its task's rate waits for its reserved turn without a worker (an ETA message when
+the turn is near, a Redis timer when it is far), or is cancelled with ``rate_mode="drop"``;
+a run over a full concurrency limit is parked in Redis instead of being published. A run
+that reaches a worker without having taken its turn (sent by name, published with a
+countdown) takes it there: :func:`take_turn_in_worker`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any
+
+from celery.exceptions import Ignore
+from celery.result import AsyncResult
+
+from . import signals
+from .concurrency import (
+    acquire,
+    fairness_key_of,
+    note_parked,
+    priority_rank,
+    publish_woken,
+    release,
+    slots_for,
+)
+from .rates import RATE_HEADER, RateRef, delay_ms, rate_ref, reserve
+from .requeue import resume_info
+from .store import RunStore, now_ms, store_for
+
+if TYPE_CHECKING:
+    from .task import DurableTask
+
+logger = logging.getLogger("celery_durable")
+#: What the caller runs once the run is recorded (trace events need the record).
+After = Callable[[], None] | None
+Publish = Callable[[dict[str, Any]], "AsyncResult[Any]"]
+
+
+def task_rate(task: DurableTask, args: Any, kwargs: Any) -> RateRef | None:
+    """The rate limit a call of ``task`` takes its turn of, if it has one."""
+    spec = task.durable_rate_limit
+    if spec is not None:
+        spec = replace(spec, burst=task.durable_rate_burst)
+    return rate_ref(f"task:{task.name}", spec, task.durable_rate_key, args or (), kwargs or {})
+
+
+def admit_and_publish(
+    task: DurableTask, args: Any, kwargs: Any, run_id: str, queue: str,
+    options: dict[str, Any], publish: Publish,
+) -> tuple[AsyncResult[Any], After]:
+    """Publish a new run now, later (its rate turn), or not at all (parked for a slot,
+    dropped by a lossy rate); returns its result and what to do once it is recorded."""
+    store = store_for(task.app)
+    delayed = bool(options.get("countdown") or options.get("eta"))
+    rate = None if delayed else task_rate(task, args, kwargs)
+    if rate is not None:
+        start = reserve(store, rate, task.durable_rate_mode)
+        options["headers"] = {**(options.get("headers") or {}), RATE_HEADER: start or 0}
+        if start is None:
+            return task.AsyncResult(run_id), lambda: _drop(task, run_id, rate)
+        wait_ms = delay_ms(start)
+        if wait_ms > 0:
+            result = _publish_at(task, store, run_id, queue, args, kwargs, options, publish,
+                                 start, wait_ms)
+            return result, lambda: _note_turn(task, store, run_id, rate, start, wait_ms)
+    refs = [] if delayed else slots_for(task, args or (), kwargs or {}, queue, store.settings)
+    if not refs:
+        return publish(options), None
+    info = resume_info(task.name, args, kwargs, queue, options.get("headers"), options)
+    admission = acquire(store, run_id, refs, info,
+                        hold_ms=int(store.settings.slot_handoff_s * 1000),
+                        rank=priority_rank(task.app, options.get("priority", task.priority)),
+                        fairness_key=fairness_key_of(task, args or (), kwargs or {}))
+    publish_woken(task.app, admission.woken)
+    if not admission.admitted:
+        return task.AsyncResult(run_id), lambda: note_parked(store, task.name, run_id,
+                                                             admission)
+    try:
+        return publish(options), None
+    except BaseException:
+        publish_woken(task.app, release(store, run_id, refs))
+        raise
+
+
+def _publish_at(
+    task: DurableTask, store: RunStore, run_id: str, queue: str, args: Any, kwargs: Any,
+    options: dict[str, Any], publish: Publish, start_ms: int, wait_ms: int,
+) -> AsyncResult[Any]:
+    """Publish a run whose rate turn comes in ``wait_ms``: with an ETA if that is near
+    (within ``durable_max_countdown_s``), else from a Redis timer (never a far ETA)."""
+    if wait_ms <= store.settings.max_countdown_s * 1000:
+        return publish({**options, "countdown": wait_ms / 1000})
+    store.schedule(run_id, start_ms,
+                   resume_info(task.name, args, kwargs, queue, options.get("headers"), options))
+    return task.AsyncResult(run_id)
+
+
+def _note_turn(task: DurableTask, store: RunStore, run_id: str, rate: RateRef, start_ms: int,
+               wait_ms: int) -> None:
+    signals.rate_limited.send(sender=task.name, run_id=run_id, limit=rate.name,
+                              start_ms=start_ms)
+    store.append_event(run_id, "rate_limited", {"limit": rate.name, "start_ms": start_ms,
+                                                "wait_ms": wait_ms})
+    logger.info("run %s: rate limit %s (%s) is busy; it starts in %.3f s", run_id, rate.name,
+                rate.spec, wait_ms / 1000)
+
+
+def _drop(task: DurableTask, run_id: str, rate: RateRef) -> None:
+    from .client import DurableClient
+
+    signals.rate_limited.send(sender=task.name, run_id=run_id, limit=rate.name, start_ms=None)
+    DurableClient(task.app).cancel(
+        run_id, f"over the rate limit {rate.name} ({rate.spec}, rate_mode='drop')")
+
+
+def on_time(turn: Any, rate: RateRef) -> bool:
+    """Whether an attempt that took its turn at ``turn`` (epoch ms, from the message) starts
+    close enough to it: within one emission interval, at most a second. A later start (the
+    workers were busy or down, or this is a retry or a resumed run) takes a new turn, so a
+    backlog never reaches the rate-limited service as one burst."""
+    if isinstance(turn, bool) or not isinstance(turn, int | float) or turn <= 0:
+        return False
+    interval_ms = rate.spec.period_ms / rate.spec.count
+    return now_ms() - turn <= min(max(interval_ms, 50.0), 1000.0)
+
+
+def take_turn_in_worker(task: DurableTask, store: RunStore, run_id: str, args: Any,
+                        kwargs: Any, queue: str, record: Callable[[], None]) -> None:
+    """An attempt that did not take its rate turn (sent by name, delayed, a retry, resumed,
+    or started late) takes it here: it starts now, or is published again for its turn (or
+    cancelled, if lossy) and this attempt stops."""
+    req = task.request
+    if req.is_eager or task.durable_rate_limit is None:
+        return
+    if not isinstance(req.headers, dict):
+        req.headers = {}  # a message without custom headers (send_task by name)
+    headers: dict[str, Any] = req.headers
+    rate = task_rate(task, args, kwargs)
+    if rate is None or on_time(headers.get(RATE_HEADER), rate):
+        return
+    start = reserve(store, rate, task.durable_rate_mode)
+    headers[RATE_HEADER] = start or 0  # this attempt's turn, for the messages it publishes
+    if start is None:
+        record()
+        _drop(task, run_id, rate)
+        raise Ignore()
+    wait_ms = delay_ms(start)
+    if wait_ms <= 0:
+        return
+    record()
+    if wait_ms <= store.settings.max_countdown_s * 1000:
+        task.signature_from_request(req, args, kwargs, countdown=wait_ms / 1000,
+                                    headers=dict(headers)).apply_async()
+    else:
+        store.schedule(run_id, start, resume_info(task.name, args, kwargs, queue,
+                                                  dict(headers)))
+    _note_turn(task, store, run_id, rate, start, wait_ms)
+    raise Ignore()

@@ -1,0 +1,144 @@
+"""Cluster-wide rate limits: at most N starts per period (plus a burst) for a task or a step,
+whichever worker or producer starts them; per key (a tenant, an API account) if wanted.
+
+Celery's own ``rate_limit`` is per worker: ten workers at ``"10/m"`` make 100 calls a minute.
+Here every start takes its turn from one GCRA state in Redis (``rate.lua``). Lossless
+(``rate_mode="wait"``, the default): a run that is over the rate gets its reserved start
+time and waits for it without a worker (an ETA message when it is near, a Redis timer when it
+is far); a step sleeps in place or suspends the run. Lossy (``"drop"``): a run over the rate
+is cancelled at once, a step is skipped; both are recorded in the trace.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from celery import Celery
+
+from .errors import ConfigurationError
+from .store import RunStore, now_ms
+
+#: Message header marking a run that already took its turn of its task's rate limit.
+RATE_HEADER = "durable_rate_admitted"
+_UNITS_MS = {"s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
+_RATE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(?:/\s*(\d*)\s*([smhd]))?\s*$")
+RateKey = Callable[..., str]
+#: Rate limits of the steps declared in this process (``step:<name>`` -> coded rate), so
+#: that operators' views (CLI, Flower) can list them.
+STEP_RATES: dict[str, RateSpec] = {}
+
+
+@dataclass(frozen=True, slots=True)
+class RateSpec:
+    """``count`` starts per ``period_ms``, ``burst`` of them at once (>= 1)."""
+
+    count: float
+    period_ms: int
+    burst: int = 1
+
+    @classmethod
+    def parse(cls, value: Any, burst: Any = None, where: str = "rate_limit") -> RateSpec:
+        """``"100/m"``, ``"10/s"``, ``"5/10s"``, ``"1000/h"``, ``"20000/d"`` or a number
+        (per second), as Celery writes rates.
+
+        Raises:
+            ConfigurationError: naming ``where`` and the accepted forms.
+        """
+        match = _RATE.match(value) if isinstance(value, str) else None
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            count, period_ms = float(value), 1000
+        elif match:
+            count = float(match.group(1))
+            period_ms = int(match.group(2) or 1) * _UNITS_MS[match.group(3) or "s"]
+        else:
+            raise ConfigurationError(
+                f"{where} must be a rate such as '100/m', '10/s', '5/10s', '1000/h' or "
+                f"'20000/d' (starts per period, cluster-wide), got {value!r}")
+        if count <= 0 or period_ms <= 0:
+            raise ConfigurationError(f"{where} must allow at least one start, got {value!r}")
+        if burst is None:
+            burst = 1
+        if isinstance(burst, bool) or not isinstance(burst, int) or burst < 1:
+            raise ConfigurationError(
+                f"{where} burst must be an int >= 1 (starts allowed at once), got {burst!r}")
+        return cls(count, period_ms, burst)
+
+    def __str__(self) -> str:
+        count = f"{self.count:g}"
+        for unit, ms in sorted(_UNITS_MS.items(), key=lambda item: -item[1]):
+            if self.period_ms % ms == 0:
+                n = self.period_ms // ms
+                return f"{count}/{'' if n == 1 else n}{unit}"
+        return f"{count}/{self.period_ms}ms"  # pragma: no cover - periods are whole seconds
+
+
+@dataclass(frozen=True, slots=True)
+class RateRef:
+    """One rate limit a start must take its turn of: ``base`` (``task:<name>`` or
+    ``step:<name>``), ``sub`` (the rate key, ``_`` for none) and the coded rate."""
+
+    base: str
+    sub: str
+    spec: RateSpec
+
+    @property
+    def name(self) -> str:
+        return self.base if self.sub == "_" else f"{self.base}[{self.sub}]"
+
+
+def rate_ref(base: str, spec: RateSpec | None, key_fn: RateKey | None,
+             args: Sequence[Any], kwargs: dict[str, Any]) -> RateRef | None:
+    """The rate limit a call with these arguments takes its turn of, if any."""
+    if spec is None:
+        return None
+    sub = "_" if key_fn is None else (str(key_fn(*args, **kwargs)) or "_")
+    return RateRef(base, sub, spec)
+
+
+def known_rates(app: Celery) -> list[str]:
+    """Every rate limit set in code that this process knows: its durable tasks' and the
+    steps declared in its imported modules."""
+    names = [f"task:{name}" for name, task in app.tasks.items()
+             if isinstance(getattr(task, "durable_rate_limit", None), RateSpec)]
+    return sorted(names) + sorted(STEP_RATES)
+
+
+def rate_base(name: str, app: Celery) -> str:
+    """Normalize a rate limit name given by a user: ``task:<name>``, ``step:<name>`` or the
+    name of a registered durable task."""
+    if name.startswith(("task:", "step:")):
+        return name
+    if name in app.tasks:
+        return f"task:{name}"
+    raise ConfigurationError(
+        f"unknown rate limit {name!r}: name it 'task:<task name>' or 'step:<step name>' (or "
+        "pass the name of a registered task)")
+
+
+def coded_rate(base: str, app: Celery) -> RateSpec | None:
+    """The rate set in code for ``base`` (a step's if its module is imported here)."""
+    if base.startswith("step:"):
+        return STEP_RATES.get(base)
+    if not base.startswith("task:"):
+        return None
+    task = app.tasks.get(base[len("task:"):])
+    spec = getattr(task, "durable_rate_limit", None)
+    if not isinstance(spec, RateSpec):
+        return None
+    return RateSpec(spec.count, spec.period_ms, int(getattr(task, "durable_rate_burst", 1)))
+
+
+def reserve(store: RunStore, ref: RateRef, mode: str) -> int | None:
+    """Take the next turn of ``ref``: the epoch ms at which the caller may start (now or
+    later), or None when a lossy (``mode="drop"``) caller is over the rate."""
+    start = store.rate_reserve(store.keys.rate(ref.base, ref.sub), ref.spec.count,
+                               ref.spec.period_ms, ref.spec.burst, mode)
+    return None if start < 0 else start
+
+
+def delay_ms(start_ms: int) -> int:
+    """Milliseconds from now until ``start_ms`` (0 if it has come)."""
+    return max(0, start_ms - now_ms())

@@ -1,0 +1,81 @@
+"""slots.lua on a real Redis: FIFO within a millisecond, priority boosts, fairness keys."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from celery_durable.concurrency import SlotRef, acquire, release
+from celery_durable.config import DurableSettings
+from celery_durable.store import RunStore
+
+REF = SlotRef("task:t.limited", "_", 1)
+
+
+@pytest.fixture
+def store(redis_base_url: str) -> Iterator[RunStore]:
+    settings = DurableSettings(redis_url=f"{redis_base_url}/6", key_prefix="s:",
+                               priority_step=10)
+    st = RunStore(settings)
+    st.client.flushdb()
+    yield st
+    st.client.flushdb()
+    st.client.close()
+
+
+def admissions(store: RunStore, holder: str, n: int) -> list[str]:
+    """Release the slot ``n`` times in a row; the runs it was handed to, in order."""
+    order = []
+    for _ in range(n):
+        woken = release(store, holder, [REF])
+        assert len(woken) == 1
+        holder = woken[0][0]
+        assert acquire(store, holder, [REF], "{}").admitted  # the woken run starts
+        order.append(holder)
+    return order
+
+
+def test_waiting_runs_are_served_in_order_even_within_a_millisecond(store: RunStore) -> None:
+    assert acquire(store, "holder", [REF], "{}").admitted
+    for i in range(30):  # far faster than a millisecond apart
+        assert not acquire(store, f"r{i:02}", [REF], "{}").admitted
+    assert admissions(store, "holder", 30) == [f"r{i:02}" for i in range(30)]
+
+
+def test_a_higher_priority_overtakes_a_bounded_number_of_waiting_runs(store: RunStore) -> None:
+    assert acquire(store, "holder", [REF], "{}").admitted
+    for i in range(25):
+        acquire(store, f"r{i:02}", [REF], "{}")
+    acquire(store, "urgent", [REF], "{}", rank=9)  # may overtake 9 x 10 = 90 runs
+    acquire(store, "bit-sooner", [REF], "{}", rank=1)  # may overtake 10
+    order = admissions(store, "holder", 27)
+    assert order[0] == "urgent"
+    assert order.index("bit-sooner") == 1 + 16  # behind the first 16 (26 - 10) of 25
+    # Nothing starves: every run was served.
+    assert sorted(order) == sorted([f"r{i:02}" for i in range(25)] + ["urgent", "bit-sooner"])
+
+
+def test_fairness_keys_take_turns(store: RunStore) -> None:
+    assert acquire(store, "holder", [REF], "{}").admitted
+    for i in range(200):
+        acquire(store, f"a{i:03}", [REF], "{}", fairness_key="tenant-a")
+    acquire(store, "b0", [REF], "{}", fairness_key="tenant-b")
+    acquire(store, "b1", [REF], "{}", fairness_key="tenant-b")
+    order = admissions(store, "holder", 10)
+    # Tenant b's runs do not wait behind tenant a's 200: the two tenants alternate.
+    assert {"b0", "b1"} <= set(order[:4])
+    assert [r for r in order if r.startswith("a")] == [f"a{i:03}" for i in range(8)]
+    # A tenant that comes back later is not punished for waiting runs it no longer has.
+    acquire(store, "b2", [REF], "{}", fairness_key="tenant-b")
+    assert "b2" in admissions(store, order[-1], 2)
+
+
+def test_the_fairness_hash_only_remembers_waiting_runs(store: RunStore) -> None:
+    assert acquire(store, "holder", [REF], "{}").admitted
+    for i in range(20):
+        acquire(store, f"r{i}", [REF], "{}", fairness_key=f"tenant-{i}")
+    fair = store.keys.limit(REF.base, REF.sub).fair
+    assert store.client.hlen(fair) == 40  # 20 keys and 20 runs (no virtual time yet)
+    admissions(store, "holder", 20)
+    assert set(store.client.hkeys(fair)) == {"_v"}
