@@ -181,13 +181,16 @@ def test_a_failed_publish_gives_its_slot_back(tasks, client, token, monkeypatch)
     assert info.holders == [] and info.parked == []
 
 
-def test_a_later_high_priority_run_goes_next(redis_base_url, tasks, client, token) -> None:
+def test_a_later_high_priority_run_goes_next(redis_base_url, tasks, client, token,
+                                            test_app) -> None:
     # Given one slot, taken, and 20 runs waiting for it: a run published afterwards with a
-    # high priority (0 with a Redis broker, as in Celery) starts as soon as the slot frees.
+    # high priority (0 with a Redis broker, as in Celery; 9 with RabbitMQ) starts as soon as
+    # the slot frees.
     queue = "limits-priority"
+    high = 0 if str(test_app.conf.broker_url).startswith("redis") else 9
     client.set_concurrency_limit(tasks.adjustable.name, 1)
     results = [tasks.adjustable.apply_async((token, i, 0.05), queue=queue) for i in range(21)]
-    urgent = tasks.adjustable.apply_async((token, 99, 0.05), queue=queue, priority=0)
+    urgent = tasks.adjustable.apply_async((token, 99, 0.05), queue=queue, priority=high)
     assert client.concurrency_limit(tasks.adjustable.name).parked[0] == urgent.id
     with celery_worker(redis_base_url, pool="threads", queue=queue, concurrency=4, name="pr"):
         for r in [*results, urgent]:
