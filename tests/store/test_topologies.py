@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import json
 import shutil
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 
 import pytest
 import redis
@@ -159,3 +160,69 @@ def test_sentinel_url_reaches_the_master_it_names() -> None:
         master.terminate()
         master.wait(timeout=10)
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+def test_a_sentinel_failover_moves_the_store_to_the_new_master() -> None:
+    master, master_url, master_dir = start_redis_server()
+    master_port = int(master_url.rsplit(":", 1)[1])
+    replica, replica_url, replica_dir = start_redis_server(
+        "--replicaof", "127.0.0.1", str(master_port))
+    replica_port = int(replica_url.rsplit(":", 1)[1])
+    sentinel = start_sentinel(master_port, "durable-master")
+    watcher = redis.Redis.from_url(sentinel.url.replace("sentinel://", "redis://"),
+                                   decode_responses=True)
+    try:
+        st = RunStore(DurableSettings(redis_url=sentinel.url,
+                                      redis_sentinel_master="durable-master"))
+        token = start(st, "failover")
+        assert st.commit_step(st.keys.run("failover"), token, 0, "s", checkpoint(1)) == 1
+        wait_until(lambda: watcher.execute_command("SENTINEL", "REPLICAS", "durable-master"),
+                   "the Sentinel to discover the replica")
+        # The replica has the step before the master is demoted (WAIT: replicated).
+        assert st.client.execute_command("WAIT", 1, 5000) == 1
+        watcher.execute_command("SENTINEL", "FAILOVER", "durable-master")
+        wait_until(lambda: int(watcher.execute_command(
+            "SENTINEL", "GET-MASTER-ADDR-BY-NAME", "durable-master")[1]) == replica_port,
+            "the failover to the replica")
+        # Until the old master is demoted it still takes writes, which the switch then
+        # loses (asynchronous replication): wait for both roles to change.
+        wait_until(lambda: role(replica_port) == "master", "the replica to become master")
+        wait_until(lambda: role(master_port) == "slave", "the old master to become a replica")
+        # Same client: its next writes reach the new master (the old one answers READONLY,
+        # and the client asks the Sentinel again), which loads the scripts.
+        assert st.commit_step(st.keys.run("failover"), token, 1, "s2", checkpoint(2)) == 1
+        assert st.end_attempt("failover", token, RunStatus.COMPLETED, {"type": "done"},
+                              task="t.task", owner="w1") == "running"
+        on_new = redis.Redis(port=replica_port, decode_responses=True)
+        assert on_new.hget(st.keys.run("failover").run, "status") == "completed"
+        assert sorted(on_new.hkeys(st.keys.run("failover").steps)) == ["0", "1"]
+        on_new.close()
+        st.client.close()
+    finally:
+        watcher.close()
+        stop_servers(sentinel)
+        for proc, workdir in ((replica, replica_dir), (master, master_dir)):
+            proc.terminate()
+            proc.wait(timeout=10)
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
+def role(port: int) -> str:
+    client = redis.Redis(port=port, decode_responses=True)
+    try:
+        return str(client.info("replication")["role"])
+    finally:
+        client.close()
+
+
+def wait_until(check: Callable[[], object], what: str, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if check():
+                return
+        except redis.RedisError:
+            pass
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.1)
