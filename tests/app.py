@@ -41,8 +41,12 @@ if os.environ.get("DURABLE_TEST_MAX_CRASHES"):
     app.conf.durable_max_crashes = int(os.environ["DURABLE_TEST_MAX_CRASHES"])
 if os.environ.get("DURABLE_TEST_STORE_URL"):
     app.conf.durable_redis_url = os.environ["DURABLE_TEST_STORE_URL"]
-elif not BROKER_URL.startswith("redis"):
+elif not BROKER_URL.startswith(("redis", "sentinel")):
     app.conf.durable_redis_url = f"{BASE_URL}/0"
+if BROKER_URL.startswith("sentinel"):
+    # A Sentinel broker; the store follows it (same Sentinels, same master name).
+    app.conf.broker_transport_options = {
+        "master_name": os.environ["DURABLE_TEST_SENTINEL_MASTER"]}
 if os.environ.get("DURABLE_TEST_VT"):
     # A short visibility timeout with fast kombu sweeps, to prove the heartbeat keeps long
     # tasks from being redelivered.
