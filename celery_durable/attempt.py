@@ -38,8 +38,9 @@ from .errors import LeaseLostError, RunCancelled, RunCrashedError, StoreError
 from .identity import current_worker_id
 from .models import RunStatus
 from .payloads import coerce_call
-from .requeue import encode_options, request_options, resume_info
+from .requeue import encode_options, publish_resume, request_options, resume_info
 from .store import Claim, RunStore, now_ms, store_for
+from .versions import RouteRun, apply_policy, code_version
 
 if TYPE_CHECKING:
     from .task import DurableTask
@@ -47,6 +48,8 @@ if TYPE_CHECKING:
 logger = logging.getLogger("celery_durable")
 #: Message header naming the idempotency key of a run (to release it if the run fails).
 IDEMPOTENCY_HEADER = "durable_idempotency_key"
+#: Message header asking to keep the idempotency key when the run fails (a beat tick).
+KEEP_KEY_HEADER = "durable_keep_idempotency_key"
 #: Message header counting how often a duplicate delivery was deferred (for its backoff).
 DEFERRALS_HEADER = "durable_deferrals"
 _codec = JsonCodec()
@@ -132,10 +135,13 @@ def run_attempt(task: DurableTask, args: tuple[Any, ...], kwargs: dict[str, Any]
         slots=slots,
         failures=claim.failures,
         app=task.app,
-        deadline_ms=(claim.created_ms + int(task.durable_run_timeout * 1000)
+        deadline_ms=(max(claim.created_ms + int(task.durable_run_timeout * 1000),
+                         claim.deadline_ms)
                      if task.durable_run_timeout is not None else None),
         logs=logcapture.RunLogs(settings, claim.attempt) if settings.log_capture else None,
         meters=meters,
+        code_version=code_version(task),
+        recorded_version=claim.version,
     )
     bound = bind_context(ctx)
     signals.run_started.send(sender=task.name, run_id=run_id, attempt=ctx.attempt,
@@ -223,6 +229,7 @@ def _claim(
         queue=queue_of(task, {"delivery_info": task.request.delivery_info or {}}),
         pid=os.getpid(),
         delivery_tag=str(properties.get("delivery_tag") or ""),
+        version=code_version(task),
     )
     claim = claim_with(nonce=uuid.uuid4().hex)
     if claim.outcome == "busy" and claim.owner == owner and _is_dead(claim.holder_pid):
@@ -253,6 +260,9 @@ def _run_body(
 ) -> Any:
     try:
         ctx.check_deadline("when the attempt started")
+        if not task.request.is_eager:
+            apply_policy(task, store, ctx,
+                         queue_of(task, {"delivery_info": task.request.delivery_info or {}}))
         args, kwargs = coerce_call(task.run, args, kwargs)
         value = task.run(*args, **kwargs)
     except LeaseLostError as exc:
@@ -264,6 +274,8 @@ def _run_body(
         logger.info("run %s was cancelled; attempt %s stops", ctx.id, ctx.attempt)
         _give_back_slots(task, store, ctx.id, ctx.slots)
         raise Ignore() from exc
+    except RouteRun as route:
+        _route(task, store, ctx, route)
     except SuspendRun as suspend:
         _park(task, store, ctx, suspend.due_ms, RunStatus.SUSPENDED,
               {"type": "run_suspended", "reason": suspend.reason,
@@ -394,6 +406,24 @@ def _park(
     raise Ignore()
 
 
+def _route(task: DurableTask, store: RunStore, ctx: RunContext, route: RouteRun) -> NoReturn:
+    """Hand the run to workers of the version it recorded (``version_policy="route"``).
+
+    The run is published to the version-tagged queue before this attempt ends: a crash in
+    between leaves a second copy, which defers to (or finds done) the first; the other
+    order could leave a run with no message."""
+    req = task.request
+    publish_resume(task.app, ctx.id, resume_info(task.name, req.args, req.kwargs, route.queue,
+                                                 _next_headers(task), request_options(req)))
+    event = {"type": "run_routed", "queue": route.queue, "recorded_version": route.recorded,
+             "running_version": route.running}
+    if _end(store, ctx, task, RunStatus.RETRYING, event) is None:
+        _note_fenced(store, ctx)
+    logger.info("run %s: recorded code version %s, this worker runs %s; routed to %s",
+                ctx.id, route.recorded, route.running, route.queue)
+    raise Ignore()
+
+
 def _next_headers(task: DurableTask) -> dict[str, Any]:
     """Headers of the message of the run's next attempt: this one's, with the current trace
     context, so that every attempt of a run lands in one trace."""
@@ -436,8 +466,11 @@ def _fail(store: RunStore, ctx: RunContext, task: DurableTask, exc: BaseExceptio
 
 def _release_idempotency_key(task: DurableTask, store: RunStore, run_id: str) -> None:
     """A failed run frees its idempotency key (by default), so the caller can try again."""
-    redis_key = (task.request.headers or {}).get(IDEMPOTENCY_HEADER)
+    headers = task.request.headers or {}
+    redis_key = headers.get(IDEMPOTENCY_HEADER)
     if not redis_key or not store.settings.idempotency_release_on_failure:
+        return
+    if headers.get(KEEP_KEY_HEADER):
         return
     try:
         store.release_idempotency(str(redis_key), run_id)

@@ -22,6 +22,7 @@ from .heartbeat import Heartbeat
 from .identity import install_worker_id, new_worker_id
 from .reaper import Reaper
 from .store import RunStore
+from .versions import extra_queues
 
 logger = logging.getLogger("celery_durable")
 
@@ -39,6 +40,12 @@ class DurableWorkerStep(bootsteps.StartStopStep):
         # Set before the pool starts, so that forked pool processes inherit it.
         self.worker_id = new_worker_id(str(worker.hostname))
         install_worker_id(self.worker_id)
+        # Before the consumer starts: also consume the version-tagged queues of this code.
+        queues = self.app.amqp.queues
+        for name in extra_queues(self.app, list(queues.consume_from)):
+            if name not in queues.consume_from:
+                queues.select_add(name)
+                logger.info("celery-durable: also consuming %s (version_policy='route')", name)
         self._stop = threading.Event()
         self._draining = threading.Event()
         self._thread: threading.Thread | None = None

@@ -22,6 +22,7 @@ from .errors import ConfigurationError, DurableError, StoreError
 from .models import LogRecordInfo, RunInfo, RunStatus
 from .rates import known_rates, rate_base
 from .task import DurableTask
+from .versions import code_version
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -74,29 +75,54 @@ def durable() -> None:
 @durable.command(cls=CeleryCommand)
 @click.option("--status", type=click.Choice([s.value for s in RunStatus]), default=None)
 @click.option("--task", default=None, help="only runs of this task")
+@click.option("--version", "version", default=None, help="only runs of this code version")
+@click.option("--in-flight", is_flag=True, help="only runs that have not ended")
 @click.option("--limit", type=click.IntRange(1, 1000), default=50, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="print JSON lines")
 @click.pass_context
 @_fail_clearly
-def runs(ctx: click.Context, status: str | None, task: str | None, limit: int,
-         as_json: bool) -> None:
+def runs(ctx: click.Context, status: str | None, task: str | None, version: str | None,
+         in_flight: bool, limit: int, as_json: bool) -> None:
     """List runs, newest first."""
-    found = _client(ctx).list_runs(status=status, task=task, limit=limit)
+    found = _client(ctx).list_runs(status=status, task=task, limit=limit, version=version,
+                                   in_flight=in_flight)
     if as_json:
         for run in found:
             click.echo(run.model_dump_json())
         return
     rows = [[r.id, r.task, r.status.value, str(r.attempt), str(r.step_count),
-             _when(r.created_at), (r.error.type.rsplit(".", 1)[-1] if r.error else "")]
+             _when(r.created_at), r.version or "-",
+             (r.error.type.rsplit(".", 1)[-1] if r.error else "")]
             for r in found]
-    click.echo(_table(["run", "task", "status", "attempt", "steps", "created (UTC)", "error"],
-                      rows))
+    click.echo(_table(["run", "task", "status", "attempt", "steps", "created (UTC)",
+                       "version", "error"], rows))
+
+
+@durable.command(cls=CeleryCommand)
+@click.option("--task", default=None, help="only runs of this task")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+@_fail_clearly
+def versions(ctx: click.Context, task: str | None, as_json: bool) -> None:
+    """Count in-flight runs per task and code version (retire a version at 0)."""
+    client = _client(ctx)
+    counts = client.versions(task=task)
+    app = ctx.obj.app
+    current = {t.name: code_version(t) for t in app.tasks.values() if isinstance(t, DurableTask)}
+    if as_json:
+        click.echo(json.dumps({"in_flight": counts, "current": current}))
+        return
+    rows = [[name, version or "(not started)", str(n),
+             "yes" if current.get(name) == version else ""]
+            for name, per in sorted(counts.items()) for version, n in sorted(per.items())]
+    click.echo(_table(["task", "version", "in flight", "this code"], rows))
 
 
 def _describe(run: RunInfo) -> str:
     lines = [f"run      {run.id}", f"task     {run.task}", f"status   {run.status.value}",
              f"attempt  {run.attempt}", f"created  {_when(run.created_at)}",
-             f"finished {_when(run.finished_at)}", f"args     {run.args} {run.kwargs}"]
+             f"finished {_when(run.finished_at)}", f"args     {run.args} {run.kwargs}",
+             f"version  {run.version or '-'}"]
     if run.parent_id:
         lines.append(f"parent   {run.parent_id}")
     if run.children:

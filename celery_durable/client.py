@@ -70,6 +70,7 @@ def _summary_fields(run_id: str, raw: Mapping[str, str]) -> dict[str, Any]:
         "step_count": int(raw.get("step_count") or 0),
         "queue": raw.get("queue") or None,
         "error": _error(raw.get("error")),
+        "version": raw.get("version") or None,
         "idempotency_key": raw.get("idempotency_key") or None,
     }
 
@@ -99,7 +100,8 @@ def _logs(events: list[TraceEvent]) -> list[LogRecordInfo]:
     return records
 
 
-def _steps(raw_steps: Mapping[str, str], events: list[TraceEvent]) -> list[StepInfo]:
+def _steps(raw_steps: Mapping[str, str], events: list[TraceEvent],
+           blobs: Mapping[str, str]) -> list[StepInfo]:
     failures: dict[str, list[ErrorInfo]] = {}
     for ev in events:
         if ev.type == "step_failed":
@@ -112,7 +114,8 @@ def _steps(raw_steps: Mapping[str, str], events: list[TraceEvent]) -> list[StepI
             position=int(pos), name=rec["id"], attempt=int(rec.get("a", 0)),
             started_at=ms_to_datetime(t0), finished_at=ms_to_datetime(t1),
             duration_ms=(t1 - t0) if t0 is not None and t1 is not None else None,
-            value=_decode(json.dumps(rec.get("v"))), failures=failures.get(rec["id"], []),
+            value=_decode(blobs.get(pos) if "o" in rec else json.dumps(rec.get("v"))),
+            failures=failures.get(rec["id"], []), offloaded_bytes=rec.get("o"),
         ))
     return steps
 
@@ -138,12 +141,14 @@ class DurableClient:
                 run_id=run_id,
             )
         events = [_event(e) for e in trace]
+        offloaded = any('"o":' in record for record in raw_steps.values())
+        blobs = self.store.read_blobs(run_id) if offloaded else {}
         return RunInfo(
             **_summary_fields(run_id, raw),
             args=_decode(raw.get("args")),
             kwargs=_decode(raw.get("kwargs")),
             result=_decode(raw.get("result")),
-            steps=_steps(raw_steps, events),
+            steps=_steps(raw_steps, events, blobs),
             attempt_errors=[_error_of(e.fields) for e in events
                             if e.type in ("attempt_failed", "run_failed")],
             lease_owner=raw.get("lease_owner") or None,
@@ -241,6 +246,31 @@ class DurableClient:
         return LimitInfo(name=base, key=key, limit=int(override) if override else None,
                          holders=[str(h) for h in holders], parked=[str(p) for p in parked])
 
+    def versions(self, task: str | None = None) -> dict[str, dict[str, int]]:
+        """In-flight runs (not ended) per task and code version: ``{task: {version: n}}``.
+        A version no longer listed has no run left that needs it. Runs that have not
+        started an attempt yet record no version (listed as ``""``)."""
+        counts: dict[str, dict[str, int]] = {}
+        keys = self.store.keys
+        for status in RunStatus:
+            if status.is_terminal:
+                continue
+            start = 0
+            while True:
+                ids = self.store.index_page(keys.status_index(status), start, 500)
+                if not ids:
+                    break
+                start += len(ids)
+                for raw in self.store.read_summaries(ids):
+                    if not raw or raw.get("status") != status.value:
+                        continue
+                    if task is not None and raw.get("task") != task:
+                        continue
+                    per_task = counts.setdefault(raw.get("task", ""), {})
+                    version = raw.get("version", "")
+                    per_task[version] = per_task.get(version, 0) + 1
+        return counts
+
     def set_rate_limit(self, name: str, rate: str | float | None,
                        burst: int | None = None) -> None:
         """Change a rate limit at runtime (no worker restart): ``name`` is a task name (or
@@ -288,8 +318,11 @@ class DurableClient:
         task: str | None = None,
         limit: int = 100,
         offset: int = 0,
+        version: str | None = None,
+        in_flight: bool = False,
     ) -> list[RunSummary]:
-        """Runs, newest first, optionally only those with ``status`` and/or of ``task``.
+        """Runs, newest first, optionally only those with ``status``, of ``task``, recording
+        code ``version``, or (``in_flight``) not ended yet.
 
         Indexes may briefly lag the run records; every returned run is checked against its
         record, so a run is never listed under a status it does not have.
@@ -313,6 +346,10 @@ class DurableClient:
                 if not raw or (want is not None and raw.get("status") != want.value):
                     continue
                 if task is not None and raw.get("task") != task:
+                    continue
+                if version is not None and raw.get("version") != version:
+                    continue
+                if in_flight and RunStatus(raw.get("status", "pending")).is_terminal:
                     continue
                 if skipped < offset:
                     skipped += 1

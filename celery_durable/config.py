@@ -36,6 +36,8 @@ DEFAULT_MAX_CRASHES = 5
 DEFAULT_TRACE_MAXLEN = 10_000
 #: Largest encoded step or task result (bytes) stored as a checkpoint.
 DEFAULT_MAX_CHECKPOINT_BYTES = 1024 * 1024
+#: Largest encoded progress value (bytes) a step may save with current_run().progress().
+DEFAULT_MAX_PROGRESS_BYTES = 64 * 1024
 #: How long (seconds) an idempotency key maps to its run, unless the call says otherwise.
 DEFAULT_IDEMPOTENCY_TTL_S = 24 * 3600
 #: Prefix of every Redis key the package writes.
@@ -90,6 +92,8 @@ class DurableSettings(BaseModel):
     priority_step: int = Field(default=10, ge=0)
     trace_maxlen: int = Field(default=DEFAULT_TRACE_MAXLEN, ge=100)
     max_checkpoint_bytes: int = Field(default=DEFAULT_MAX_CHECKPOINT_BYTES, ge=1024)
+    max_progress_bytes: int = Field(default=DEFAULT_MAX_PROGRESS_BYTES, ge=64)
+    offload_bytes: int | None = Field(default=None, ge=1)
     redis_socket_timeout_s: float = Field(default=DEFAULT_REDIS_SOCKET_TIMEOUT_S, gt=0)
     default_retry: RetryPolicy = Field(default_factory=RetryPolicy)
     eviction_check: Literal["warn", "error", "ignore"] = "warn"

@@ -7,6 +7,7 @@ when the attempt started, and commits each new step before returning its value.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import time
 import traceback
@@ -25,9 +26,11 @@ from .errors import (
     CheckpointDecodeError,
     CheckpointTooLargeError,
     ChildRunFailed,
+    ConfigurationError,
     LeaseLostError,
     NondeterminismError,
     NotInRunError,
+    ProgressTooLargeError,
     RunCancelled,
     RunTimeoutError,
     StoreError,
@@ -49,6 +52,9 @@ M = TypeVar("M", bound=BaseModel)
 _codec = JsonCodec()
 #: One reusable encoder: json.dumps() with options builds a new encoder on every call.
 _encoder = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
+
+#: last_progress() knows the step saved nothing (distinct from a saved None).
+_NO_PROGRESS = object()
 
 _current: ContextVar[RunContext | None] = ContextVar("celery_durable_run", default=None)
 
@@ -96,7 +102,8 @@ class RunContext:
     __slots__ = (
         "id", "attempt", "task_name", "owner", "failures", "_token", "_store", "_settings",
         "_committed", "_position", "_occurrences", "_current_step", "replayed", "_keys", "slots",
-        "_last_step_id", "_app", "deadline_ms", "traced", "logs", "meters",
+        "_last_step_id", "_app", "deadline_ms", "traced", "logs", "meters", "_progress",
+        "code_version", "recorded_version", "_patches",
     )
 
     def __init__(
@@ -115,6 +122,8 @@ class RunContext:
         deadline_ms: int | None = None,
         logs: RunLogs | None = None,
         meters: TaskMeters | None = None,
+        code_version: str = "",
+        recorded_version: str = "",
     ) -> None:
         self.id = run_id
         self.attempt = attempt
@@ -146,6 +155,12 @@ class RunContext:
         self.logs = logs
         #: This task's Prometheus metrics (None: not recorded).
         self.meters = meters
+        #: Progress values of steps, by position, as saved or read in this attempt.
+        self._progress: dict[int, Any] = {}
+        #: The version of the task's code in this worker, and the one the run records.
+        self.code_version = code_version
+        self.recorded_version = recorded_version
+        self._patches: dict[str, bool] = {}
 
     # -- public API ------------------------------------------------------------------------
 
@@ -326,6 +341,112 @@ class RunContext:
             raise NotInRunError("current_run().step_key is only defined inside a step")
         return f"{self.id}:{self._current_step}"
 
+    def patched(self, change_id: str) -> bool:
+        """Whether this run takes the new code path of change ``change_id``.
+
+        Like Temporal's ``patched()``: True when the run reaches this point for the first
+        time (it is not replaying steps an earlier attempt committed after it), False when
+        an earlier attempt, on code without the change, already went past it. The first
+        answer is recorded in the run, so every later attempt gets the same one. Call it
+        outside steps, at the same place in every attempt::
+
+            if current_run().patched("charge-v2"):
+                charge_v2(order)
+            else:
+                charge(order)
+        """
+        if not isinstance(change_id, str) or not change_id:
+            raise ConfigurationError(
+                f"patched(change_id) needs a non-empty str, got {change_id!r}")
+        if change_id not in self._patches:
+            fresh = str(self._position) not in self._committed
+            self._patches[change_id] = self._store.decide_patch(self._keys, change_id, fresh)
+        return self._patches[change_id]
+
+    def progress(self, value: Any) -> None:
+        """Save ``value`` as the progress of the step being executed (one round trip).
+
+        If the attempt dies before the step commits, the step runs again in a later attempt
+        and ``last_progress()`` returns this value there, so a long loop can go on where it
+        was instead of starting over. The value is encoded like a step result and must stay
+        below ``durable_max_progress_bytes`` (64 KiB): save a cursor (a row number, a page
+        token), not the data. Each call replaces the previous value of the step.
+
+        Raises:
+            NotInRunError: called outside a step.
+            ProgressTooLargeError: the encoded value is over the limit.
+            LeaseLostError: another attempt took over the run.
+        """
+        position = self._executing_position("progress()")
+        step_id = self._current_step
+        try:
+            record = _encoder.encode({"v": to_jsonable(value),
+                                      "ms": time.time_ns() // 1_000_000, "a": self.attempt})
+        except Unencodable as err:
+            raise describe_unencodable(
+                err, f"the progress of step {step_id!r} of run {self.id}") from None
+        size = len(record.encode())
+        limit = self._settings.max_progress_bytes
+        if size > limit:
+            raise ProgressTooLargeError(
+                f"the progress of step {step_id!r} of run {self.id} is {size} bytes, more "
+                f"than durable_max_progress_bytes={limit}: save a cursor (a row number, a "
+                "page token) rather than the data, or raise the limit",
+                step=step_id, size=size)
+        code = self._store.save_progress(self._keys, self._token, position, record)
+        self._check_code(code, f"save the progress of step {step_id!r}")
+        self._progress[position] = value
+
+    def last_progress(self, default: Any = None) -> Any:
+        """The value last saved with ``progress()`` by the step being executed, in this
+        attempt or an earlier one of the run; ``default`` if it never saved any.
+
+        Raises:
+            NotInRunError: called outside a step.
+        """
+        position = self._executing_position("last_progress()")
+        if position not in self._progress:
+            stored = self._store.load_progress(self._keys, position)
+            try:
+                self._progress[position] = (_NO_PROGRESS if stored is None
+                                            else from_jsonable(json.loads(stored)["v"]))
+            except (ValueError, KeyError, TypeError) as exc:
+                raise CheckpointDecodeError(
+                    f"run {self.id}: the progress saved for step position {position} is "
+                    "not a celery-durable progress record") from exc
+        value = self._progress[position]
+        return default if value is _NO_PROGRESS else value
+
+    def _executing_position(self, what: str) -> int:
+        if self._current_step is None:
+            raise NotInRunError(
+                f"current_run().{what} is only defined inside a step: call it from a "
+                "function decorated with @step")
+        return self._position - 1
+
+    def extend_timeout(self, seconds: float | timedelta) -> dt.datetime:
+        """Keep the run alive for at least ``seconds`` more: its ``run_timeout`` deadline
+        becomes now + ``seconds`` unless it is already later (it never moves earlier).
+
+        The new deadline is recorded in the run (and the trace, ``timeout_extended``), so
+        later attempts and the timer of a suspended run honour it. Returns the deadline in
+        force (UTC).
+
+        Raises:
+            ConfigurationError: the task has no ``run_timeout`` to extend.
+            LeaseLostError: another attempt took over the run.
+        """
+        seconds = to_seconds(seconds, "current_run().extend_timeout(seconds)")
+        if self.deadline_ms is None:
+            raise ConfigurationError(
+                f"run {self.id}: extend_timeout() needs a run_timeout: declare "
+                f"@durable_task(run_timeout=...) on {self.task_name}")
+        wanted = time.time_ns() // 1_000_000 + int(seconds * 1000)
+        code = self._store.extend_deadline(self._keys, self._token, wanted, self.deadline_ms)
+        self._check_code(code, "extend its run_timeout")
+        self.deadline_ms = code
+        return dt.datetime.fromtimestamp(code / 1000, tz=dt.UTC)
+
     @property
     def current_step(self) -> str | None:
         """The id of the step executing now (``fetch#2``), or None between steps."""
@@ -413,12 +534,22 @@ class RunContext:
                 run_id=self.id, position=position, recorded=recorded_id, called=step_id,
             )
         self.replayed += 1
-        value = from_jsonable(record["v"])
+        value = from_jsonable(record["v"] if "o" not in record
+                              else self._offloaded(position, step_id))
         signals.step_replayed.send(sender=self.task_name, run_id=self.id, attempt=self.attempt,
                                    step=step_id, position=position)
         if self.meters is not None:
             self.meters.step_replayed()
         return value
+
+    def _offloaded(self, position: int, step_id: str) -> Any:
+        """The result of a step that was stored in the run's blobs hash (one round trip)."""
+        blob = self._store.load_blob(self._keys, position)
+        if blob is None:
+            raise CheckpointDecodeError(
+                f"run {self.id}: the result of step {step_id!r} (position {position}) was "
+                "offloaded, but its blob is missing (deleted or evicted from Redis)")
+        return json.loads(blob)
 
     def _execute(
         self,
@@ -465,9 +596,20 @@ class RunContext:
                 "(S3, a database) and return a reference, or raise the limit",
                 step=step_id, size=len(payload.encode()),
             )
+        blob = None
+        offload = self._settings.offload_bytes
+        if offload is not None and len(payload) > offload:
+            blob = _encoder.encode(record.pop("v"))
+            if len(blob.encode()) > offload:
+                # The checkpoint keeps the size only; the value goes to the blobs hash.
+                record["o"] = len(blob.encode())
+                payload = _encoder.encode(record)
+            else:
+                blob = None
         logs = self.logs
         code = self._store.commit_step(self._keys, self._token, position, step_id, payload,
-                                       logs.take() if logs is not None and logs.pending else ())
+                                       logs.take() if logs is not None and logs.pending else (),
+                                       blob=blob)
         self._check_code(code, f"commit step {step_id!r}")
         if code == 1:
             signals.step_committed.send(

@@ -11,15 +11,20 @@ The tree::
      ├─ CheckpointError               a step result could not be stored or read
      │   ├─ CheckpointEncodeError     a step result the codec cannot encode
      │   ├─ CheckpointDecodeError     a stored payload the codec cannot read
-     │   └─ CheckpointTooLargeError   an encoded result above the size limit
+     │   ├─ CheckpointTooLargeError   an encoded result above the size limit
+     │   └─ ProgressTooLargeError     a progress value above its size limit
      ├─ NondeterminismError           the step order differs from the recorded one
      ├─ IdempotencyConflictError      a key reused with different arguments
      ├─ PayloadValidationError        an argument does not match its pydantic model
      ├─ RunCrashedError               the run's worker died too many times
      ├─ ChildRunFailed                a child run failed or was cancelled
      ├─ RunTimeoutError               the run exceeded its run_timeout
+     ├─ StepTimeoutError              a step overran its @step(timeout=...)
+     ├─ VersionMismatchError          a run resumed on code of another version
      ├─ WaitTimeout                   wait_for_event reached its timeout
-     └─ RunNotFoundError              an unknown run id
+     ├─ RunNotFoundError              an unknown run id
+     └─ HarnessError                  a celery_durable.testing helper could not do its job
+         └─ RunWaitTimeoutError       a run did not reach the awaited state in time
     RunCancelled(BaseException)       control flow: the run was cancelled (not catchable
                                       with ``except Exception``)
 
@@ -109,6 +114,11 @@ class CheckpointTooLargeError(CheckpointError):
     """An encoded step result is larger than ``durable_max_checkpoint_bytes``."""
 
 
+class ProgressTooLargeError(CheckpointError):
+    """A value passed to ``current_run().progress()`` is larger than
+    ``durable_max_progress_bytes`` once encoded."""
+
+
 class NondeterminismError(DurableError):
     """A step was called at a position where the run recorded a different step."""
 
@@ -150,6 +160,19 @@ class RunTimeoutError(DurableError):
     retryable = False
 
 
+class StepTimeoutError(DurableError):
+    """A step ran longer than its ``@step(timeout=...)``; retried like any step failure.
+
+    ``step`` and ``timeout_s`` say which step and what limit."""
+
+
+class VersionMismatchError(DurableError):
+    """A run started on one version of its task's code resumed on another, and the task's
+    ``version_policy`` is ``"fail"``. ``recorded`` and ``running`` name both versions."""
+
+    retryable = False
+
+
 class WaitTimeout(DurableError):
     """``wait_for_event`` reached its timeout without an event (catchable in the task)."""
 
@@ -160,6 +183,17 @@ class RunNotFoundError(DurableError):
     """No run with this id exists (never created, or expired after its retention)."""
 
     retryable = False
+
+
+class HarnessError(DurableError):
+    """A ``celery_durable.testing`` helper could not do its job (no redis-server, a worker
+    that did not start, a crash that could not be caused)."""
+
+    retryable = False
+
+
+class RunWaitTimeoutError(HarnessError, TimeoutError):
+    """A run did not reach the state a test waited for within its deadline."""
 
 
 class RunCancelled(BaseException):
@@ -178,16 +212,21 @@ __all__ = [
     "ChildRunFailed",
     "ConfigurationError",
     "DurableError",
+    "HarnessError",
     "IdempotencyConflictError",
     "LeaseLostError",
     "NonRetryableError",
     "NondeterminismError",
     "NotInRunError",
     "PayloadValidationError",
+    "ProgressTooLargeError",
     "RunCancelled",
     "RunCrashedError",
     "RunNotFoundError",
     "RunTimeoutError",
+    "RunWaitTimeoutError",
+    "StepTimeoutError",
     "StoreError",
+    "VersionMismatchError",
     "WaitTimeout",
 ]

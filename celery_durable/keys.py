@@ -9,6 +9,10 @@ slot and one script can update them atomically (``P`` is ``durable_key_prefix``)
                                  value = JSON {"id", "v", "t0", "t1", "a"}; same TTL
     P{<run_id>}:trace    stream  trace events, capped with MAXLEN ~; same TTL
     P{<run_id>}:children set     ids of the child runs it started; active TTL
+    P{<run_id>}:progress hash    progress saved inside a running step: field = step
+                                 position, value = JSON {"v", "ms", "a"}; same TTL as the run
+    P{<run_id>}:blobs    hash    step results above durable_offload_bytes: field = step
+                                 position, value = the encoded result; same TTL as the run
 
 Global indexes (other slots; updated in the same round trip as the per-run script that
 changed the run, but not atomically with it: readers re-check the run hash)::
@@ -36,6 +40,11 @@ Concurrency limits (one Cluster slot per limit, tagged by its base name: "task:<
     Plimits                         set   JSON [base, sub, default limit] of limits with
                                           waiting runs (for the safety sweep)
     (all TTL'd: durable_active_ttl_s, refreshed on use)
+
+Scheduled runs (celery_durable.beat)::
+
+    Pbeat:<entry>:ticks      zset  tick (UTC ISO 8601) -> when a beat claimed it (ms); removed
+                                   once its run is recorded; TTL: the ticks' key TTL
 
 Rate limits (one Cluster slot per limit, tagged by its base name: "task:<task>" or
 "step:<step>"; <sub> is the rate key, "_" for none)::
@@ -80,14 +89,19 @@ from .models import RunStatus
 
 @dataclass(frozen=True, slots=True)
 class RunKeys:
-    """The keys of one run, in the order every per-run script takes them (KEYS[1..3])."""
+    """The keys of one run, in the order every per-run script takes them (KEYS[1..5]).
+
+    Scripts that set the run's TTL set it on every key they are given, so a run's keys
+    always expire together."""
 
     run: str
     steps: str
     trace: str
+    progress: str
+    blobs: str
 
     def as_list(self) -> list[str]:
-        return [self.run, self.steps, self.trace]
+        return [self.run, self.steps, self.trace, self.progress, self.blobs]
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,7 +127,8 @@ class KeySpace:
 
     def run(self, run_id: str) -> RunKeys:
         base = f"{self.prefix}{{{run_id}}}"
-        return RunKeys(run=f"{base}:run", steps=f"{base}:steps", trace=f"{base}:trace")
+        return RunKeys(run=f"{base}:run", steps=f"{base}:steps", trace=f"{base}:trace",
+                       progress=f"{base}:progress", blobs=f"{base}:blobs")
 
     def children(self, run_id: str) -> str:
         return f"{self.prefix}{{{run_id}}}:children"
@@ -154,6 +169,10 @@ class KeySpace:
 
     def idempotency(self, task_name: str, key: str) -> str:
         return f"{self.prefix}idem:{task_name}:{key}"
+
+    def beat_ticks(self, entry: str) -> str:
+        """Ticks of beat entry ``entry`` whose run may not be published yet."""
+        return f"{self.prefix}beat:{entry}:ticks"
 
     def event(self, key: str) -> list[str]:
         """Mailbox, waiters and taken keys of event key ``key`` (the order the event

@@ -58,6 +58,8 @@ class StepInfo(_Record):
     duration_ms: float | None
     value: Any = None
     failures: list[ErrorInfo] = []
+    #: Size of the encoded result if it was offloaded out of the checkpoint (bytes).
+    offloaded_bytes: int | None = None
 
 
 class TraceEvent(_Record):
@@ -116,6 +118,8 @@ class RunSummary(_Record):
     step_count: int
     queue: str | None = None
     error: ErrorInfo | None = None
+    #: The task code version the run records (see celery_durable.versions).
+    version: str | None = None
     idempotency_key: str | None = None
 
 

@@ -20,7 +20,7 @@ SCRIPT_NAMES = (
     "create_run", "claim_attempt", "commit_step", "append_event", "end_attempt",
     "renew_lease", "reap_run", "claim_idempotency", "release_idempotency",
     "slots", "cancel_run", "reopen_run", "wait_event", "send_event", "fail_run",
-    "append_logs", "debounce", "rate",
+    "append_logs", "debounce", "rate", "save_progress", "extend_timeout", "set_version",
 )
 
 
@@ -50,6 +50,9 @@ class Scripts:
     send_event: Script
     fail_run: Script
     append_logs: Script
+    save_progress: Script
+    extend_timeout: Script
+    set_version: Script
     debounce: Script
     rate: Script
 

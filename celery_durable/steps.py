@@ -4,18 +4,21 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
+from datetime import timedelta
 from typing import Any, ParamSpec, TypeVar, overload
 
 from .context import get_run_context
 from .errors import ConfigurationError
 from .rates import STEP_RATES, RateKey, RateSpec, rate_ref
-from .retry import RetryPolicy
+from .retry import RetryPolicy, to_seconds
+from .timeouts import with_timeout
 
 P = ParamSpec("P")
 R = TypeVar("R")
 
 
 def _validate(name: str | None, retry: RetryPolicy | None) -> None:
+    """Check the options of @step (raises ConfigurationError naming the option)."""
     if name is not None and (not isinstance(name, str) or not name or "#" in name):
         raise ConfigurationError(
             f"@step(name=...) must be a non-empty str without '#' (used for occurrence "
@@ -25,6 +28,15 @@ def _validate(name: str | None, retry: RetryPolicy | None) -> None:
         raise ConfigurationError(
             f"@step(retry=...) must be a RetryPolicy, got {type(retry).__name__}"
         )
+
+
+def _timeout(value: Any) -> float | None:
+    if value is None:
+        return None
+    seconds = to_seconds(value, "@step(timeout=...)")
+    if seconds <= 0:
+        raise ConfigurationError(f"@step(timeout=...) must be > 0 seconds, got {value!r}")
+    return seconds
 
 
 def _step_rate(rate_limit: Any, rate_key: Any, rate_burst: Any,
@@ -48,7 +60,7 @@ def _step_rate(rate_limit: Any, rate_key: Any, rate_burst: Any,
 
 def _wrap(fn: Callable[P, R], name: str | None, retry: RetryPolicy | None,
           rate: tuple[RateSpec | None, RateKey | None, str] = (None, None, "wait"),
-          ) -> Callable[P, R]:
+          timeout: float | None = None) -> Callable[P, R]:
     if not callable(fn):
         raise ConfigurationError(f"@step must decorate a function, got {fn!r}")
     step_name = name or getattr(fn, "__name__", None) or repr(fn)
@@ -64,7 +76,11 @@ def _wrap(fn: Callable[P, R], name: str | None, retry: RetryPolicy | None,
         ref = rate_ref(f"step:{step_name}", spec, key_fn, args, kwargs)
         if ref is not None and not ctx.take_turn(step_name, ref, mode):
             return None  # type: ignore[return-value]  # a lossy rate limit skipped it
-        return ctx.run_step(step_name, fn, args, kwargs, retry)
+        body = fn
+        if timeout is not None and ctx.current_step is None:
+            body = with_timeout(fn, timeout,
+                                lambda: f"step {ctx.current_step!r} of run {ctx.id}")
+        return ctx.run_step(step_name, body, args, kwargs, retry)
 
     wrapper.__durable_step__ = step_name  # type: ignore[attr-defined]
     return wrapper
@@ -79,6 +95,7 @@ def step(
     *, name: str | None = None, retry: RetryPolicy | None = None,
     rate_limit: str | float | None = None, rate_key: RateKey | None = None,
     rate_burst: int | None = None, rate_mode: str = "wait",
+    timeout: float | timedelta | None = None,
 ) -> Callable[[Callable[P, R]], Callable[P, R]]: ...
 
 
@@ -92,6 +109,7 @@ def step(
     rate_key: RateKey | None = None,
     rate_burst: int | None = None,
     rate_mode: str = "wait",
+    timeout: float | timedelta | None = None,
 ) -> Callable[P, R] | Callable[[Callable[P, R]], Callable[P, R]]:
     """Checkpoint each call of the decorated function inside a durable run.
 
@@ -110,14 +128,18 @@ def step(
             A step over the rate waits for its turn (in place, or suspended if the turn is
             more than ``durable_inline_sleep_s`` away); with ``rate_mode="drop"`` it is
             skipped instead: not executed, it returns None, and the trace says why.
+        timeout: seconds (or a timedelta) one execution of the step may take; an overrun
+            interrupts it with StepTimeoutError, which the retry policies then handle.
+            See ``celery_durable.timeouts`` for how (and its limits in C calls).
     """
     _validate(name, retry)
     rate = _step_rate(rate_limit, rate_key, rate_burst, rate_mode)
+    seconds = _timeout(timeout)
     if fn is not None:
-        return _wrap(fn, name, retry, rate)
+        return _wrap(fn, name, retry, rate, seconds)
 
     def decorate(func: Callable[P, R]) -> Callable[P, R]:
-        return _wrap(func, name, retry, rate)
+        return _wrap(func, name, retry, rate, seconds)
 
     return decorate
 

@@ -69,6 +69,10 @@ class Claim:
     owner: str = ""
     lease_expires_ms: int = 0
     holder_pid: int = 0
+    #: An extended run_timeout deadline (epoch ms; 0: none recorded).
+    deadline_ms: int = 0
+    #: The code version recorded for the run ('' if none).
+    version: str = ""
 
 
 class RunStore:
@@ -132,13 +136,14 @@ class RunStore:
         pid: int = 0,
         delivery_tag: str = "",
         dead_pid: int = 0,
+        version: str = "",
     ) -> Claim:
         """Start an attempt: take the fenced lease and load every checkpoint, and move the
         run to the ``running`` index (one round trip)."""
         s, k, ts = self.settings, self.keys.run(run_id), now_ms()
         argv: list[Any] = [ts, owner, nonce, s.lease_ttl_ms, task, s.active_ttl_ms,
                            s.trace_maxlen, args_json, kwargs_json, queue, pid, delivery_tag,
-                           s.max_crashes, s.retention_ms, dead_pid or ""]
+                           s.max_crashes, s.retention_ms, dead_pid or "", version]
 
         def build(pipe: Any) -> None:
             queue_call(pipe, self.scripts.claim_attempt, k.as_list(), argv)
@@ -158,7 +163,7 @@ class RunStore:
                          holder_pid=int(reply[3] or 0))
         if outcome == "crashed":
             return Claim("crashed", status=RunStatus.FAILED.value, crashes=int(reply[1]))
-        flat = reply[7:]
+        flat = reply[9:]
         return Claim(
             "claimed",
             token=str(reply[1]),
@@ -167,22 +172,30 @@ class RunStore:
             crashes=int(reply[4]),
             failures=int(reply[5]),
             created_ms=int(reply[6]),
+            deadline_ms=int(reply[7] or 0),
+            version=str(reply[8] or ""),
             checkpoints=dict(zip(flat[::2], flat[1::2], strict=True)),
         )
 
     def commit_step(
         self, keys: RunKeys, token: str, position: int, step_id: str, checkpoint: str,
         logs: Sequence[str] = (),
+        *,
+        blob: str | None = None,
     ) -> int:
         """Commit a checkpoint: one EVALSHA, the whole per-step cost in Redis. Returns the
         script's code (see commit_step.lua). ``keys`` are the run's keys (built once per
-        attempt by the caller); buffered ``logs`` ride in the same round trip."""
-        args = (token, position, checkpoint, step_id, time.time_ns() // 1_000_000)
+        attempt by the caller); buffered ``logs`` ride in the same round trip; ``blob`` is a
+        result offloaded to the run's blobs hash (written by the same script call)."""
+        args: tuple[Any, ...] = (token, position, checkpoint, step_id,
+                                 time.time_ns() // 1_000_000)
+        script_keys = [keys.run, keys.steps, keys.trace]
+        if blob is not None:
+            args, script_keys = (*args, blob), [*script_keys, keys.blobs]
         try:
             if logs:
-                return int(self._with_logs(keys, logs, self._commit_script,
-                                           [keys.run, keys.steps, keys.trace], args))
-            return int(self._commit_script(keys=(keys.run, keys.steps, keys.trace), args=args))
+                return int(self._with_logs(keys, logs, self._commit_script, script_keys, args))
+            return int(self._commit_script(keys=script_keys, args=args))
         except redis.RedisError as exc:
             raise StoreError(
                 f"celery-durable could not commit step {step_id!r} of {keys.run}: {exc}"
@@ -242,6 +255,58 @@ class RunStore:
                 return int(self._with_logs(k, logs, self.scripts.append_event,
                                            [k.run, k.trace], argv))
             return int(self.scripts.append_event([k.run, k.trace], argv))
+
+    def load_blob(self, keys: RunKeys, position: int) -> str | None:
+        """The offloaded result of the step at ``position``, or None if it is missing."""
+        with _redis_errors(f"read the result of step {position} of {keys.run}"):
+            value = self.client.hget(keys.blobs, str(position))
+        return None if value is None else str(value)
+
+    def read_blobs(self, run_id: str) -> dict[str, str]:
+        """Every offloaded step result of the run, by step position."""
+        with _redis_errors(f"read the offloaded results of run {run_id}"):
+            raw = self.client.hgetall(self.keys.run(run_id).blobs)
+        return {str(pos): str(blob) for pos, blob in raw.items()}
+
+    def save_progress(self, keys: RunKeys, token: str, position: int, record: str) -> int:
+        """Save the progress of the step at ``position`` (save_progress.lua; fenced).
+        Returns the script's code."""
+        with _redis_errors(f"save the progress of step {position} of {keys.run}"):
+            return int(self.scripts.save_progress([keys.run, keys.progress],
+                                                  [token, position, record]))
+
+    def load_progress(self, keys: RunKeys, position: int) -> str | None:
+        """The progress record last saved for the step at ``position``, or None."""
+        with _redis_errors(f"read the progress of step {position} of {keys.run}"):
+            value = self.client.hget(keys.progress, str(position))
+        return None if value is None else str(value)
+
+    def extend_deadline(self, keys: RunKeys, token: str, deadline_ms: int,
+                        known_ms: int) -> int:
+        """Move the run's run_timeout deadline to ``deadline_ms`` unless it is already later
+        (extend_timeout.lua; fenced). Returns the deadline in force or a negative code."""
+        with _redis_errors(f"extend the timeout of {keys.run}"):
+            return int(self.scripts.extend_timeout(
+                [keys.run, keys.trace],
+                [token, deadline_ms, known_ms, self.settings.trace_maxlen, now_ms()]))
+
+    def set_version(self, keys: RunKeys, token: str, version: str, found: str) -> int:
+        """Record that the run goes on with code ``version`` (set_version.lua; fenced)."""
+        with _redis_errors(f"record the code version of {keys.run}"):
+            return int(self.scripts.set_version(
+                [keys.run, keys.trace],
+                [token, version, found, self.settings.trace_maxlen, now_ms()]))
+
+    def decide_patch(self, keys: RunKeys, change_id: str, decision: bool) -> bool:
+        """Record ``decision`` for ``patched(change_id)`` unless the run already has one;
+        return the recorded decision (the first one wins, forever, for this run)."""
+        field = f"patch:{change_id}"
+        with _redis_errors(f"record patch {change_id!r} of {keys.run}"), \
+                self.client.pipeline(False) as pipe:
+            pipe.hsetnx(keys.run, field, "1" if decision else "0")
+            pipe.hget(keys.run, field)
+            _, stored = pipe.execute()
+        return bool(stored == "1")
 
     def end_attempt(
         self,
@@ -433,6 +498,29 @@ class RunStore:
         with _redis_errors("release an idempotency key"):
             return bool(self.scripts.release_idempotency([redis_key], [run_id]))
 
+    def idempotency_run(self, redis_key: str) -> str | None:
+        """The run an idempotency key names, or None if the key is gone."""
+        with _redis_errors("read an idempotency key"):
+            raw = self.client.get(redis_key)
+        return str(json.loads(raw)["run"]) if raw else None
+
+    def note_tick(self, entry: str, tick: str, ttl_ms: int) -> None:
+        """Remember that a beat is about to claim ``tick`` of ``entry``."""
+        key = self.keys.beat_ticks(entry)
+        with _redis_errors("record a beat tick"), self.client.pipeline(False) as pipe:
+            pipe.zadd(key, {tick: now_ms()}, nx=True)
+            pipe.pexpire(key, ttl_ms)
+            pipe.execute()
+
+    def ticks_older_than(self, entry: str, before_ms: int) -> list[str]:
+        with _redis_errors("read beat ticks"):
+            return [str(t) for t in self.client.zrangebyscore(
+                self.keys.beat_ticks(entry), "-inf", before_ms, start=0, num=100)]
+
+    def forget_tick(self, entry: str, tick: str) -> None:
+        with _redis_errors("forget a beat tick"):
+            self.client.zrem(self.keys.beat_ticks(entry), tick)
+
     def run_exists(self, run_id: str) -> bool:
         with _redis_errors(f"read run {run_id}"):
             return bool(self.client.exists(self.keys.run(run_id).run))
@@ -515,8 +603,10 @@ class RunStore:
         *,
         origin: str,
         from_step: str,
+        blobs: dict[str, str] | None = None,
     ) -> None:
-        """Record a new pending run that starts with ``checkpoints`` (positions 0..n-1)."""
+        """Record a new pending run that starts with ``checkpoints`` (positions 0..n-1) and
+        the offloaded results (``blobs``) they refer to."""
         s, k, ts = self.settings, self.keys.run(run_id), now_ms()
 
         def build(pipe: Any) -> None:
@@ -526,6 +616,9 @@ class RunStore:
             if checkpoints:
                 pipe.hset(k.steps, mapping=checkpoints)
                 pipe.pexpire(k.steps, s.active_ttl_ms)
+            if blobs:
+                pipe.hset(k.blobs, mapping=blobs)
+                pipe.pexpire(k.blobs, s.active_ttl_ms)
             pipe.hset(k.run, mapping={"step_count": len(checkpoints), "forked_from": origin,
                                       "forked_at_step": from_step})
             pipe.xadd(k.trace, {"type": "run_forked_from", "origin": origin,

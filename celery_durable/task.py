@@ -25,6 +25,7 @@ from .rates import RateSpec
 from .requeue import encode_options, resume_info
 from .retry import RetryPolicy, to_seconds
 from .store import store_for
+from .versions import check_policy, check_version
 
 logger = logging.getLogger("celery_durable")
 
@@ -121,6 +122,8 @@ DURABLE_OPTIONS: dict[str, tuple[str, Callable[[Any, str], Any]]] = {
     "concurrency_limit": ("durable_concurrency_limit", _limit),
     "concurrency_key": ("durable_concurrency_key",
                         _function("the key (a tenant, a user) the limit applies to")),
+    "version": ("durable_version", check_version),
+    "version_policy": ("durable_version_policy", check_policy),
     "fairness_key": ("durable_fairness_key",
                      _function("the key (a tenant) waiting runs take turns by")),
     "rate_limit": ("durable_rate_limit", _rate),
@@ -212,6 +215,10 @@ class DurableTask(Task[Any, Any]):
     durable_concurrency_limit: ClassVar[int | None] = None
     #: Function of the task's arguments giving the key the limit applies to (a tenant).
     durable_concurrency_key: ClassVar[Callable[..., str] | None] = None
+    #: The task's code version (``version=``); None: a digest of its and its steps' source.
+    durable_version: ClassVar[str | None] = None
+    #: What a run does when it resumes on another code version: continue, fail or route.
+    durable_version_policy: ClassVar[str] = "continue"
     #: Function of the task's arguments giving the key waiting runs take turns by.
     durable_fairness_key: ClassVar[Callable[..., str] | None] = None
     #: Starts allowed per period across the cluster (Celery's rate_limit, made global).
@@ -413,8 +420,12 @@ def durable_task(fn: Callable[..., Any] | None = None, /, **options: Any) -> Any
     ``concurrency_limit`` (runs allowed at once across all workers), ``concurrency_key``
     (a function of the task's arguments: the limit then applies per key),
     ``idempotency_key`` (a function of the task's arguments returning the key of a call,
-    used by ``.delay()``, ``.apply_async()`` and canvas) and ``idempotency_ttl`` (seconds or
-    a timedelta; default ``durable_idempotency_ttl_s``).
+    used by ``.delay()``, ``.apply_async()`` and canvas), ``idempotency_ttl`` (seconds or
+    a timedelta; default ``durable_idempotency_ttl_s``), ``run_timeout`` (seconds a run may
+    take across all its attempts and waits), ``version`` (the code version runs record;
+    default: a digest of the source of the task and its steps) and ``version_policy``
+    (``"continue"``, ``"fail"`` or ``"route"``: what a run does when it resumes on code of
+    another version; see ``celery_durable.versions``).
 
     Raises:
         ConfigurationError: at decoration time, for an unknown or invalid option.

@@ -117,9 +117,11 @@ def fork_run(
     new_id = str(uuid.uuid4())
     args_json = encode_arguments(list(args)) if args is not None else raw.get("args", "[]")
     kwargs_json = encode_arguments(kwargs) if kwargs is not None else raw.get("kwargs", "{}")
+    kept = {str(p) for p, _ in ordered[:cut]}
+    blobs = {p: v for p, v in store.read_blobs(run_id).items() if p in kept}
     store.create_fork(new_id, raw.get("task", ""), args_json, kwargs_json,
                       raw.get("queue", ""), dict((str(p), v) for p, v in ordered[:cut]),
-                      origin=run_id, from_step=from_step)
+                      origin=run_id, from_step=from_step, blobs=blobs)
     store.append_event(run_id, "run_forked", {"fork": new_id, "from_step": from_step})
     publish_resume(app, new_id, stored_resume_info(raw.get("task", ""), args_json, kwargs_json,
                                                    raw.get("queue", "")))

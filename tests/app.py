@@ -21,7 +21,7 @@ app = Celery(
     "durable_tests",
     broker=BROKER_URL,
     backend=f"{BASE_URL}/1",
-    include=["tests.tasks", "tests.tasks_obs"],
+    include=["tests.tasks", "tests.tasks_obs", "tests.long_tasks"],
     # RabbitMQ runs: this run's queues have unique names (see tests/brokers.py).
     amqp="tests.brokers:RunAMQP" if os.environ.get("DURABLE_TEST_QUEUE_RUN") else None,
 )
@@ -62,3 +62,24 @@ for _name, _kind in (("log_level", str), ("log_max_records", int), ("log_max_cha
                      ("metrics_port", int), ("log_capture", lambda v: v == "1")):
     if os.environ.get(f"DURABLE_TEST_{_name.upper()}"):
         app.conf[f"durable_{_name}"] = _kind(os.environ[f"DURABLE_TEST_{_name.upper()}"])
+if os.environ.get("DURABLE_TEST_KEY_PREFIX"):
+    app.conf.durable_key_prefix = os.environ["DURABLE_TEST_KEY_PREFIX"]
+if os.environ.get("DURABLE_TEST_OFFLOAD_BYTES"):
+    app.conf.durable_offload_bytes = int(os.environ["DURABLE_TEST_OFFLOAD_BYTES"])
+if os.environ.get("DURABLE_TEST_BEAT_ENTRY"):
+    # One interval entry of a durable task, for the tests that run `celery beat`.
+    app.conf.beat_scheduler = os.environ.get("DURABLE_TEST_BEAT_SCHEDULER",
+                                             "celery_durable.beat:DurableScheduler")
+    app.conf.beat_max_loop_interval = 1
+    # redbeat: schedule and lock in Redis, a short lock so that a killed beat is replaced.
+    app.conf.redbeat_redis_url = f"{BASE_URL}/0"
+    app.conf.redbeat_key_prefix = f"redbeat-{os.environ['DURABLE_TEST_BEAT_ENTRY']}:"
+    app.conf.redbeat_lock_timeout = 3
+    app.conf.beat_schedule = {
+        os.environ["DURABLE_TEST_BEAT_ENTRY"]: {
+            "task": "tests.long_tasks.scheduled_tick",
+            "schedule": float(os.environ.get("DURABLE_TEST_BEAT_EVERY", "2")),
+            "args": (os.environ["DURABLE_TEST_BEAT_ENTRY"],),
+            "options": {"queue": os.environ.get("DURABLE_TEST_QUEUE", "celery")},
+        },
+    }

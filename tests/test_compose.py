@@ -1,9 +1,16 @@
 """docker-compose.yml runs the quickstart the way celery-durable needs: a persistent Redis that
-never evicts, and a worker and Flower that point at it and at an example app that exists."""
+never evicts, a worker, Flower with the Runs tab (the conf file the package ships) behind a
+password, the demo, and, in the ``rabbitmq`` profile, RabbitMQ with a worker using it as the
+broker while the checkpoints stay in Redis. No Docker here: the file is parsed, and every
+path and setting it relies on is checked against the repository."""
 
 from __future__ import annotations
 
+import json
+import os
 import shlex
+import subprocess
+import sys
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -121,3 +128,76 @@ def test_flower_serves_port_5555(compose: dict[str, Any]) -> None:
     assert "--port=5555" in argv or option(argv, "--port") == "5555"
     assert any(str(p).split(":")[-1] == "5555" for p in flower.get("ports") or [])
     assert host_dir(flower, flower["working_dir"]) == ROOT / "examples" / "quickstart"
+
+
+def option_value(argv: list[str], name: str) -> str | None:
+    """The value of ``--name=value`` or ``--name value`` in a command line."""
+    for i, word in enumerate(argv):
+        if word.startswith(f"{name}="):
+            return word.split("=", 1)[1]
+        if word == name and i + 1 < len(argv):
+            return argv[i + 1]
+    return None
+
+
+def test_flower_has_the_runs_tab_from_the_shipped_conf(compose: dict[str, Any]) -> None:
+    flower = service(compose, "flower")
+    argv = words(flower["command"])
+    conf = option_value(argv, "--conf")
+    assert conf == "/app/celery_durable/flower/flowerconfig.py", argv
+    # The package is installed from /app (pip install -e), so that is the shipped file.
+    shipped = host_dir(flower, conf)
+    assert shipped == ROOT / "celery_durable" / "flower" / "flowerconfig.py"
+    assert "celery_durable.flower.install()" in shipped.read_text()
+
+
+def test_flower_asks_for_a_password(compose: dict[str, Any]) -> None:
+    flower = service(compose, "flower")
+    auth = option_value(words(flower["command"]), "--basic-auth")
+    assert auth is not None and auth.startswith("admin:"), auth
+    # $$ in compose is a literal $: the shell reads the password from the environment.
+    assert auth == "admin:$$FLOWER_PASSWORD"
+    assert "FLOWER_PASSWORD" in environment(flower)
+
+
+def test_the_demo_runs_the_quickstart_order_once(compose: dict[str, Any]) -> None:
+    demo = service(compose, "demo")
+    argv = words(demo["command"])
+    assert argv[-2:] == ["python", "run_demo.py"], argv
+    app_dir = host_dir(demo, demo["working_dir"])
+    assert (app_dir / "run_demo.py").is_file()
+    assert str(demo.get("restart")) == "no"
+    assert {"redis", "worker"} <= depends_on(demo)
+
+
+def test_rabbitmq_is_optional(compose: dict[str, Any]) -> None:
+    default = {name for name, svc in compose["services"].items() if not svc.get("profiles")}
+    assert default == {"redis", "worker", "flower", "demo"}
+    for name in ("rabbitmq", "worker-rabbitmq"):
+        assert service(compose, name)["profiles"] == ["rabbitmq"]
+    rabbit = service(compose, "rabbitmq")
+    assert str(rabbit["image"]).startswith("rabbitmq:3")
+    assert "rabbitmq-diagnostics" in rabbit["healthcheck"]["test"]
+
+
+def test_the_rabbitmq_worker_keeps_its_checkpoints_in_redis(compose: dict[str, Any]) -> None:
+    worker = service(compose, "worker-rabbitmq")
+    assert {"rabbitmq", "redis"} <= depends_on(worker)
+    assert worker["depends_on"]["rabbitmq"]["condition"] == "service_healthy"
+    argv = words(worker["command"])
+    assert argv[argv.index("celery") + 1:argv.index("celery") + 4] == ["-A", "proj", "worker"]
+    # The quickstart app, given this service's environment, uses RabbitMQ as its broker and
+    # Redis (the compose one) for the checkpoints, under a prefix of its own.
+    env = environment(worker)
+    app_dir = host_dir(worker, worker["working_dir"])
+    probe = ("import json; from proj import app; from celery_durable.config import "
+             "settings_for; s = settings_for(app); print(json.dumps([app.conf.broker_url, "
+             "s.redis_url, s.key_prefix]))")
+    out = subprocess.run([sys.executable, "-c", probe], cwd=app_dir, capture_output=True,
+                         text=True, timeout=60,
+                         env={**os.environ, **env, "PYTHONPATH": str(app_dir)})
+    assert out.returncode == 0, out.stderr
+    broker, store, prefix = json.loads(out.stdout)
+    assert broker == "amqp://guest:guest@rabbitmq:5672//"
+    assert store == "redis://redis:6379/2"
+    assert prefix == "durable-amqp:"

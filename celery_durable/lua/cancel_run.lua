@@ -3,6 +3,8 @@
 -- KEYS[1] run hash      P{<run_id>}:run
 -- KEYS[2] steps hash    P{<run_id>}:steps
 -- KEYS[3] trace stream  P{<run_id>}:trace
+-- KEYS[4] progress hash P{<run_id>}:progress  KEYS[5] blobs hash P{<run_id>}:blobs
+--          (only their TTL is set here)
 -- ARGV[1] now_ms  ARGV[2] retention (ms)  ARGV[3] trace maxlen  ARGV[4] reason
 -- Returns the previous status ('' if the run does not exist); a run that already ended is
 -- left as it is and its status returned.
@@ -14,5 +16,5 @@ redis.call('HSET', KEYS[1], 'status', 'cancelled', 'finished_ms', ARGV[1], 'upda
            'lease_owner', '', 'lease_nonce', '', 'lease_expires_ms', 0)
 redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[3], '*', 'type', 'run_cancelled',
            'reason', ARGV[4])
-for i = 1, 3 do redis.call('PEXPIRE', KEYS[i], ARGV[2]) end
+for i = 1, #KEYS do redis.call('PEXPIRE', KEYS[i], ARGV[2]) end
 return status

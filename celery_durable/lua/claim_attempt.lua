@@ -6,6 +6,8 @@
 -- KEYS[1] run hash      P{<run_id>}:run
 -- KEYS[2] steps hash    P{<run_id>}:steps
 -- KEYS[3] trace stream  P{<run_id>}:trace
+-- KEYS[4] progress hash P{<run_id>}:progress  KEYS[5] blobs hash P{<run_id>}:blobs
+--          (only their TTL is set here)
 -- ARGV[1] now_ms  ARGV[2] owner (worker id)  ARGV[3] claim nonce (unique per attempt)
 -- ARGV[4] lease TTL (ms)  ARGV[5] task name  ARGV[6] active TTL (ms)  ARGV[7] trace maxlen
 -- ARGV[8] args (JSON)  ARGV[9] kwargs (JSON)  ARGV[10] queue (used if the run is new)
@@ -13,14 +15,16 @@
 -- ARGV[13] max crashes  ARGV[14] retention (ms, for a run that fails here)
 -- ARGV[15] pid of a process of this same worker known to be dead: its lease counts as
 --          expired ('' if none; the caller checked the pid, which only this host can do)
+-- ARGV[16] the code version of the claiming worker's task: recorded if the run has none
+--          yet ('' records nothing)
 -- Returns one of
 --   {'done', status, result}                  the run is completed/failed/cancelled
 --   {'busy', owner, lease_expires_ms, pid}    another attempt holds a live lease
 --   {'crashed', crashes}                      too many crashes: the run is now failed
 --   {'claimed', token, attempt, prev_status ('new' if this claim created the run), crashes,
---    failures, created_ms, pos1, payload1,
---    ...}
---   (failures: attempts that ended in an error, which the retry policy counts)
+--    failures, created_ms, deadline_ms, version, pos1, payload1, ...}
+--   (failures: attempts that ended in an error, which the retry policy counts;
+--    deadline_ms: an extended run_timeout deadline or ''; version: the recorded version)
 local run = KEYS[1]
 local now = tonumber(ARGV[1])
 local status = redis.call('HGET', run, 'status')
@@ -55,7 +59,7 @@ else
       redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[7], '*', 'type', 'run_failed',
                  'crashes', crashes, 'error_type', 'celery_durable.errors.RunCrashedError',
                  'error_message', cjson.decode(err)['error_message'])
-      for i = 1, 3 do redis.call('PEXPIRE', KEYS[i], ARGV[14]) end
+      for i = 1, #KEYS do redis.call('PEXPIRE', KEYS[i], ARGV[14]) end
       return {'crashed', crashes}
     end
     redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[7], '*', 'type', 'crash_detected',
@@ -76,13 +80,14 @@ else
              'attempt_started_ms', ARGV[1], 'lease_pid', ARGV[11], 'trace_maxlen', ARGV[7])
   if ARGV[12] ~= '' then redis.call('HSET', run, 'delivery_tag', ARGV[12]) end
   redis.call('HSETNX', run, 'started_ms', ARGV[1])
+  if (ARGV[16] or '') ~= '' then redis.call('HSETNX', run, 'version', ARGV[16]) end
   redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[7], '*', 'type', 'attempt_started',
              'attempt', attempt, 'worker', ARGV[2], 'pid', ARGV[11])
-  for i = 1, 3 do redis.call('PEXPIRE', KEYS[i], ARGV[6]) end
+  for i = 1, #KEYS do redis.call('PEXPIRE', KEYS[i], ARGV[6]) end
 end
-local extra = redis.call('HMGET', run, 'failures', 'created_ms')
+local extra = redis.call('HMGET', run, 'failures', 'created_ms', 'deadline_ms', 'version')
 local reply = {'claimed', token, attempt, status, crashes, tonumber(extra[1] or '0'),
-               tonumber(extra[2] or ARGV[1])}
+               tonumber(extra[2] or ARGV[1]), extra[3] or '', extra[4] or ''}
 local steps = redis.call('HGETALL', KEYS[2])
 for i = 1, #steps do reply[#reply + 1] = steps[i] end
 return reply

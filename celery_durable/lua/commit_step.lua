@@ -7,6 +7,8 @@
 -- ARGV[1] lease token  ARGV[2] position (0-based)  ARGV[3] checkpoint (JSON, which also
 -- holds the attempt and the step's start/end times)  ARGV[4] step id ("fetch", "fetch#2")
 -- ARGV[5] now_ms
+-- KEYS[4] blobs hash P{<run_id>}:blobs and ARGV[6] the encoded result, only for a result
+--         offloaded out of the checkpoint (durable_offload_bytes); written in the same call
 -- Returns 1 if committed, 0 if this position already had a checkpoint,
 --        -1 if the lease token is stale (taken over), -2 if the run is no longer running,
 --        -3 if the position is not the next one (a gap: the caller's replay is out of step).
@@ -20,6 +22,10 @@ local count = tonumber(cur[3])
 if pos < count then return 0 end
 if pos > count then return -3 end
 redis.call('HSET', KEYS[2], ARGV[2], ARGV[3])
+if ARGV[6] then
+  redis.call('HSET', KEYS[4], ARGV[2], ARGV[6])
+  redis.call('PEXPIRE', KEYS[4], redis.call('PTTL', run))
+end
 if pos == 0 then
   -- The first checkpoint creates the steps hash: give it the run's TTL.
   redis.call('PEXPIRE', KEYS[2], redis.call('PTTL', run))

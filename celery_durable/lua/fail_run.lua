@@ -3,6 +3,8 @@
 -- KEYS[1] run hash      P{<run_id>}:run
 -- KEYS[2] steps hash    P{<run_id>}:steps
 -- KEYS[3] trace stream  P{<run_id>}:trace
+-- KEYS[4] progress hash P{<run_id>}:progress  KEYS[5] blobs hash P{<run_id>}:blobs
+--          (only their TTL is set here)
 -- ARGV[1] worker id (must hold the lease)  ARGV[2] now_ms  ARGV[3] retention (ms)
 -- ARGV[4] trace maxlen  ARGV[5] error (JSON)  ARGV[6] error type  ARGV[7] error message
 -- Returns 1 if the run was failed, 0 if it is not running under this worker's lease.
@@ -14,5 +16,5 @@ redis.call('HSET', KEYS[1], 'status', 'failed', 'finished_ms', ARGV[2], 'updated
 redis.call('HINCRBY', KEYS[1], 'failures', 1)
 redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[4], '*', 'type', 'run_failed',
            'error_type', ARGV[6], 'error_message', ARGV[7])
-for i = 1, 3 do redis.call('PEXPIRE', KEYS[i], ARGV[3]) end
+for i = 1, #KEYS do redis.call('PEXPIRE', KEYS[i], ARGV[3]) end
 return 1

@@ -3,6 +3,8 @@
 -- KEYS[1] run hash      P{<run_id>}:run
 -- KEYS[2] steps hash    P{<run_id>}:steps
 -- KEYS[3] trace stream  P{<run_id>}:trace
+-- KEYS[4] progress hash P{<run_id>}:progress  KEYS[5] blobs hash P{<run_id>}:blobs
+--          (only their TTL is set here)
 -- ARGV[1] now_ms  ARGV[2] active TTL (ms)  ARGV[3] trace maxlen
 -- Returns the previous status ('' if the run does not exist); only 'failed' and
 -- 'cancelled' runs are reopened.
@@ -15,5 +17,5 @@ redis.call('HSET', KEYS[1], 'status', 'pending', 'failures', 0, 'crashes', 0,
 redis.call('HDEL', KEYS[1], 'error', 'finished_ms', 'result')
 redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[3], '*', 'type', 'run_replayed',
            'previous', status)
-for i = 1, 3 do redis.call('PEXPIRE', KEYS[i], ARGV[2]) end
+for i = 1, #KEYS do redis.call('PEXPIRE', KEYS[i], ARGV[2]) end
 return status

@@ -3,7 +3,8 @@ as user code sees them."""
 
 from __future__ import annotations
 
-from typing import assert_type
+import datetime as dt
+from typing import Any, assert_type
 
 from celery_durable import (
     DurableClient,
@@ -26,7 +27,13 @@ def charge(order: dict[str, int], amount_cents: int) -> str:
     return "ch_1"
 
 
+@step(timeout=30)
+def crunch(rows: int) -> int:
+    return rows
+
+
 def body() -> None:
+    assert_type(crunch(3), int)
     assert_type(fetch("o1"), dict[str, int])
     assert_type(charge({"id": 1}, 100), str)
     ctx = current_run()
@@ -34,6 +41,9 @@ def body() -> None:
     assert_type(ctx.step("double", lambda x: x * 2, 21), int)
     assert_type(ctx.step_key, str)
     assert_type(ctx.attempt, int)
+    assert_type(ctx.last_progress(0), Any)
+    assert_type(ctx.patched("change"), bool)
+    assert_type(ctx.extend_timeout(60), dt.datetime)
 
 
 def admin(client: DurableClient) -> None:
