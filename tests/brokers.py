@@ -78,10 +78,14 @@ def purge_queue(app: Celery, name: str) -> None:
 
 def delete_run_queues(app: Celery, logical: set[str]) -> None:
     """Delete this run's RabbitMQ queues and exchanges (their unique names only)."""
+    from celery_durable.versions import extra_queues
+
     run = os.environ[RUN_ENV]
+    unique = {f"{name}.{run}" for name in logical}
+    # Workers also consume version-tagged queues named after the (unique) queue names.
+    unique |= set(extra_queues(app, sorted(unique)))
     with app.connection_for_write() as conn:
         channel = conn.default_channel
-        for name in sorted(logical):
-            unique = f"{name}.{run}"
-            channel.queue_delete(unique)
-            channel.exchange_delete(unique)
+        for name in sorted(unique):
+            channel.queue_delete(name)
+            channel.exchange_delete(name)
