@@ -7,8 +7,10 @@ import warnings
 
 import redis
 from celery import Celery
+from redis.cluster import RedisCluster
 
 from .config import DurableSettings
+from .connections import StoreClient
 from .errors import ConfigurationError
 
 logger = logging.getLogger("celery_durable")
@@ -23,8 +25,20 @@ def _warn(message: str) -> None:
     warnings.warn(message, RuntimeWarning, stacklevel=3)
 
 
-def server_problems(client: redis.Redis) -> list[str]:
-    """What is wrong with the server for holding checkpoints (empty when all is well)."""
+def server_problems(client: StoreClient) -> list[str]:
+    """What is wrong with the server for holding checkpoints (empty when all is well); on
+    Redis Cluster, with every primary (each problem names its node)."""
+    if isinstance(client, RedisCluster):
+        problems = []
+        for node in client.get_primaries():  # type: ignore[no-untyped-call]
+            node_client = client.get_redis_connection(node)
+            problems += [f"cluster node {node.name}: {problem}"
+                         for problem in _node_problems(node_client)]
+        return problems
+    return _node_problems(client)
+
+
+def _node_problems(client: redis.Redis) -> list[str]:
     problems = []
     info = client.info("server")
     version = tuple(int(p) for p in str(info.get("redis_version", "0.0")).split(".")[:2])
@@ -60,7 +74,7 @@ def settings_problems(app: Celery, settings: DurableSettings) -> list[str]:
     return problems
 
 
-def run_startup_checks(app: Celery, settings: DurableSettings, client: redis.Redis) -> None:
+def run_startup_checks(app: Celery, settings: DurableSettings, client: StoreClient) -> None:
     """Warn (or raise, with ``durable_eviction_check='error'``) about unsafe conditions."""
     if settings.eviction_check == "ignore":
         problems = settings_problems(app, settings)

@@ -55,6 +55,11 @@ DEFAULT_LOG_MAX_RECORDS = 1000
 DEFAULT_LOG_MAX_CHARS = 4000
 
 _REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
+#: ``durable_redis_url`` schemes of a Redis Cluster (see connections.py).
+CLUSTER_SCHEMES = ("redis+cluster://", "rediss+cluster://")
+#: ``durable_redis_url`` scheme of Redis Sentinel (kombu's form; see connections.py).
+SENTINEL_SCHEME = "sentinel://"
+_STORE_SCHEMES = (*_REDIS_SCHEMES, *CLUSTER_SCHEMES, SENTINEL_SCHEME)
 
 
 class DurableSettings(BaseModel):
@@ -63,6 +68,10 @@ class DurableSettings(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid", arbitrary_types_allowed=True)
 
     redis_url: str
+    #: The master name the Sentinels monitor (``sentinel://`` URLs only).
+    redis_sentinel_master: str | None = None
+    #: The password of the Sentinels themselves (the URL's password is the master's).
+    redis_sentinel_password: str | None = None
     key_prefix: str = DEFAULT_KEY_PREFIX
     retention_s: float = Field(default=DEFAULT_RETENTION_S, gt=0)
     active_ttl_s: float = Field(default=DEFAULT_ACTIVE_TTL_S, gt=0)
@@ -129,9 +138,22 @@ class DurableSettings(BaseModel):
     @field_validator("redis_url")
     @classmethod
     def _redis_scheme(cls, value: str) -> str:
-        if not value.startswith(_REDIS_SCHEMES):
-            raise ValueError("must start with redis://, rediss:// or unix://")
+        if not value.startswith(_STORE_SCHEMES):
+            raise ValueError(
+                "must start with redis://, rediss:// or unix:// (one server), "
+                "redis+cluster:// or rediss+cluster:// (Redis Cluster) or sentinel:// "
+                "(Redis Sentinel)")
         return value
+
+    @model_validator(mode="after")
+    def _sentinel(self) -> DurableSettings:
+        if self.redis_url.startswith(SENTINEL_SCHEME) and not self.redis_sentinel_master:
+            raise ValueError(
+                "durable_redis_url is a sentinel:// URL but no master name is set: set "
+                "durable_redis_sentinel_master = '<name>' (the name the Sentinels monitor), "
+                "or broker_transport_options['master_name'] when the store uses the "
+                "broker's URL")
+        return self
 
     @field_validator("key_prefix")
     @classmethod
@@ -209,13 +231,20 @@ def _read(app: Celery) -> DurableSettings:
             raw[key.removeprefix("durable_")] = app.conf[key]
     if raw.get("redis_url") is None:
         broker = app.conf.broker_url or ""
-        if not isinstance(broker, str) or not broker.startswith(_REDIS_SCHEMES):
+        if not isinstance(broker, str) or not broker.startswith(
+                (*_REDIS_SCHEMES, SENTINEL_SCHEME)):
             raise ConfigurationError(
                 "durable_redis_url is not set and the broker is not Redis "
                 f"({str(broker).split('://')[0] or 'none'}://): set "
                 "app.conf.durable_redis_url = 'redis://host:6379/0' for the checkpoint store"
             )
         raw["redis_url"] = broker
+        if broker.startswith(SENTINEL_SCHEME):
+            # The store shares the broker's Sentinels: and, unless told otherwise, its master.
+            options = app.conf.broker_transport_options or {}
+            raw.setdefault("redis_sentinel_master", options.get("master_name"))
+            sentinel_kwargs = options.get("sentinel_kwargs") or {}
+            raw.setdefault("redis_sentinel_password", sentinel_kwargs.get("password"))
     try:
         return DurableSettings(**raw)
     except ValidationError as exc:

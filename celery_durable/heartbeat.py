@@ -85,28 +85,50 @@ def live_delivery_tags() -> list[str]:
 
 
 class UnackedBumper:
-    """Keeps kombu's ``unacked_index`` score of live messages at "now" (Redis broker only)."""
+    """Keeps kombu's ``unacked_index`` score of live messages at "now" (Redis broker only,
+    also behind Sentinel: there kombu's own channel finds the current master)."""
 
     def __init__(self, app: Celery) -> None:
         options = app.conf.broker_transport_options or {}
         prefix = options.get("global_keyprefix", "")
         self.key = f"{prefix}{options.get('unacked_index_key', 'unacked_index')}"
-        self.client: redis.Redis | None = None
-        if broker_is_redis(app) and str(app.conf.broker_url).startswith(("redis", "rediss")):
-            self.client = redis.Redis.from_url(str(app.conf.broker_url), socket_timeout=5,
-                                               socket_connect_timeout=5)
+        self.app = app
+        self.client: Any = None
+        self._connection: Any = None
+        url = str(app.conf.broker_url)
+        self.enabled = broker_is_redis(app)
+        if self.enabled and url.startswith(("redis", "rediss")):
+            self.client = redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5)
+
+    def _redis(self) -> Any:
+        if self.client is None:
+            # A Sentinel broker: connected on first use, so a broker that is down at worker
+            # start delays the bumps instead of failing the worker.
+            connection = self.app.connection_for_write()
+            try:
+                channel: Any = connection.default_channel
+                self.client = channel.client
+            except Exception:
+                connection.release()
+                raise
+            self._connection = connection
+        return self.client
 
     def bump(self, tags: list[str]) -> None:
-        if self.client is None or not tags:
+        if not self.enabled or not tags:
             return
         now = f"{time.time():.3f}"  # formatted once, not once per tag
         # XX: only refresh entries kombu still has (never resurrect an acked message).
-        self.client.execute_command(  # type: ignore[no-untyped-call]
+        self._redis().execute_command(
             "ZADD", self.key, "XX", *(item for tag in tags for item in (now, tag)))
 
     def close(self) -> None:
-        if self.client is not None:
+        if self._connection is not None:
+            self._connection.release()
+            self._connection = None
+        elif self.client is not None:
             self.client.close()
+        self.client = None
 
 
 class Heartbeat:

@@ -13,6 +13,7 @@ from importlib import resources
 from typing import Any
 
 import redis
+from redis.cluster import RedisCluster
 from redis.commands.core import Script
 
 SCRIPT_NAMES = (
@@ -56,11 +57,12 @@ class Scripts:
     rate: Script
 
     @classmethod
-    def register(cls, client: redis.Redis) -> Scripts:
+    def register(cls, client: redis.Redis | RedisCluster) -> Scripts:
         return cls(**{name: client.register_script(script_source(name)) for name in SCRIPT_NAMES})
 
-    def load_all(self, client: redis.Redis) -> None:
-        """Load every script into the server's script cache (after a restart or a flush)."""
+    def load_all(self, client: redis.Redis | RedisCluster) -> None:
+        """Load every script into the server's script cache (after a restart or a flush);
+        a cluster client loads them on every primary."""
         for name in SCRIPT_NAMES:
             client.script_load(getattr(self, name).script)
 
@@ -70,6 +72,8 @@ def queue_call(pipe: Any, script: Script, keys: Sequence[str], args: Sequence[An
 
     Unlike calling the Script with ``client=pipe``, this does not make redis-py send a
     SCRIPT EXISTS round trip before every pipeline; a NOSCRIPT reply is handled by
-    RunStore, which loads the scripts and runs the pipeline again.
+    RunStore, which loads the scripts and runs the pipeline again. The command is queued
+    by name because redis-py's cluster pipeline blocks its ``evalsha`` method, while it
+    routes an EVALSHA command by its keys' slot (so ``keys`` must share one).
     """
-    pipe.evalsha(script.sha, len(keys), *keys, *args)
+    pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)

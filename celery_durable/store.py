@@ -20,12 +20,12 @@ from typing import Any
 
 import redis
 from celery import Celery
-from redis.backoff import ExponentialBackoff
+from redis.crc import key_slot
 from redis.exceptions import NoScriptError
-from redis.retry import Retry
 
 from . import durability
 from .config import DurableSettings, settings_for
+from .connections import StoreClient, is_cluster, make_client
 from .errors import DurabilityError, StoreError
 from .indexes import RunIndexes
 from .keys import KeySpace, LimitKeys, RunKeys
@@ -87,30 +87,15 @@ def _checkpoints(fmt: str, data: str) -> dict[str, str]:
     return dict(zip(flat[::2], flat[1::2], strict=True))
 
 
-def make_client(settings: DurableSettings) -> redis.Redis:
-    """A Redis client with explicit timeouts, bounded retries and RESP2 replies.
-
-    redis-py retries a command after a connection error; every script we send is idempotent
-    (commits check the position, claims carry a nonce), so a re-sent command is harmless.
-    """
-    return redis.Redis.from_url(
-        settings.redis_url,
-        decode_responses=True,
-        protocol=2,
-        socket_timeout=settings.redis_socket_timeout_s,
-        socket_connect_timeout=min(5.0, settings.redis_socket_timeout_s),
-        retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), 3),
-        health_check_interval=30,
-    )
-
-
 class RunStore:
     """Typed operations on runs, over one Redis client."""
 
-    def __init__(self, settings: DurableSettings, client: redis.Redis | None = None) -> None:
+    def __init__(self, settings: DurableSettings, client: StoreClient | None = None) -> None:
         self.settings = settings
         self.keys = KeySpace(settings.key_prefix)
-        self.client = client if client is not None else make_client(settings)
+        self.client: StoreClient = client if client is not None else make_client(settings)
+        #: On Redis Cluster a script may only take keys of one hash slot.
+        self.cluster = is_cluster(self.client)
         self.scripts = Scripts.register(self.client)
         self._commit_script = self.scripts.commit_step
         self.indexes = RunIndexes(self.keys, settings)
@@ -242,6 +227,12 @@ class RunStore:
             DurabilityError: the server cannot honour ``mode``.
         """
         if mode not in self._commit_waits:
+            if self.cluster or not isinstance(self.client, redis.Redis):
+                # WAIT/WAITAOF cover one connection's writes; a cluster pipeline spreads a
+                # commit's round trip over nodes, so there is no single connection to wait on.
+                raise DurabilityError(
+                    f"commit durability {mode!r} is not supported with Redis Cluster: use "
+                    "durable_commit_durability='none' there, or a single server or Sentinel")
             with _redis_errors(f"detect whether Redis can honour commit durability {mode!r}"):
                 caps = durability.detect(self.client)
             s = self.settings
@@ -492,11 +483,21 @@ class RunStore:
         self, pipe: Any, worker_id: str, run_ids: Sequence[str], expires: int
     ) -> None:
         """Queue renew_lease.lua for ``run_ids``: one call for all of them (the keys of many
-        runs in one script), in batches to bound the script's run time."""
+        runs in one script), in batches to bound the script's run time. On Redis Cluster
+        a script's keys must share a hash slot: one call per slot (in practice per run),
+        all still in one pipeline (one round trip per node)."""
         keys = [self.keys.run(run_id).run for run_id in run_ids]
-        for start in range(0, len(keys), LEASE_BATCH):
-            queue_call(pipe, self.scripts.renew_lease, keys[start:start + LEASE_BATCH],
-                       [worker_id, expires])
+        batches: list[list[str]] = []
+        if self.cluster:
+            by_slot: dict[int, list[str]] = {}
+            for key in keys:
+                by_slot.setdefault(key_slot(key.encode()), []).append(key)
+            batches = list(by_slot.values())
+        else:
+            batches = [keys[start:start + LEASE_BATCH]
+                       for start in range(0, len(keys), LEASE_BATCH)]
+        for batch in batches:
+            queue_call(pipe, self.scripts.renew_lease, batch, [worker_id, expires])
 
     def forget_worker(self, worker_id: str) -> None:
         """Remove a worker that stopped cleanly (its runs were released or ended)."""

@@ -2,6 +2,8 @@
 
 Redis comes from ``DURABLE_TEST_REDIS_URL`` (a server the session fixture started), using
 db 0 as the broker and checkpoint store, db 1 as the result backend and db 3 for counters.
+``DURABLE_TEST_BROKER_URL`` (RabbitMQ runs, see tests/brokers.py) replaces the broker; the
+checkpoint store then stays on db 0 unless ``DURABLE_TEST_STORE_URL`` moves it.
 """
 
 from __future__ import annotations
@@ -13,11 +15,15 @@ from celery import Celery
 
 BASE_URL = os.environ.get("DURABLE_TEST_REDIS_URL", "redis://127.0.0.1:6379").rstrip("/")
 
+BROKER_URL = os.environ.get("DURABLE_TEST_BROKER_URL") or f"{BASE_URL}/0"
+
 app = Celery(
     "durable_tests",
-    broker=f"{BASE_URL}/0",
+    broker=BROKER_URL,
     backend=f"{BASE_URL}/1",
     include=["tests.tasks", "tests.tasks_obs", "tests.long_tasks"],
+    # RabbitMQ runs: this run's queues have unique names (see tests/brokers.py).
+    amqp="tests.brokers:RunAMQP" if os.environ.get("DURABLE_TEST_QUEUE_RUN") else None,
 )
 # Shared tasks resolve through the current app, which is per thread: make this app the
 # default so tests that call tasks from threads find it.
@@ -35,6 +41,12 @@ if os.environ.get("DURABLE_TEST_MAX_CRASHES"):
     app.conf.durable_max_crashes = int(os.environ["DURABLE_TEST_MAX_CRASHES"])
 if os.environ.get("DURABLE_TEST_STORE_URL"):
     app.conf.durable_redis_url = os.environ["DURABLE_TEST_STORE_URL"]
+elif not BROKER_URL.startswith(("redis", "sentinel")):
+    app.conf.durable_redis_url = f"{BASE_URL}/0"
+if BROKER_URL.startswith("sentinel"):
+    # A Sentinel broker; the store follows it (same Sentinels, same master name).
+    app.conf.broker_transport_options = {
+        "master_name": os.environ["DURABLE_TEST_SENTINEL_MASTER"]}
 if os.environ.get("DURABLE_TEST_VT"):
     # A short visibility timeout with fast kombu sweeps, to prove the heartbeat keeps long
     # tasks from being redelivered.

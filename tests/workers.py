@@ -12,21 +12,32 @@ from contextlib import contextmanager
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+#: Every queue a worker of this session consumed (RabbitMQ runs delete them at the end).
+QUEUES_USED: set[str] = set()
 
 
 def spawn_worker(
     redis_base_url: str, *, pool: str, queue: str, concurrency: int = 2,
     name: str | None = None, extra_env: dict[str, str] | None = None,
+    node: str | None = None, also: tuple[str, ...] = (),
 ) -> subprocess.Popen[bytes]:
-    """Start ``celery -A tests.app worker`` consuming ``queue`` (stop it with stop_worker).
-    Its output goes to a temporary file whose path is ``proc.log_path``."""
+    """Start ``celery -A tests.app worker`` consuming ``queue`` (and the queues ``also``;
+    stop it with stop_worker). ``node`` is its full node name (default
+    ``<name or queue>@<this host>``). Its output goes to a temporary file whose path is
+    ``proc.log_path``."""
+    QUEUES_USED.update((queue, *also))
     env = {**os.environ, "DURABLE_TEST_REDIS_URL": redis_base_url, "DURABLE_TEST_QUEUE": queue,
            "PYTHONPATH": str(ROOT), **(extra_env or {})}
     log = tempfile.NamedTemporaryFile(prefix=f"worker-{name or pool}-", suffix=".log",
                                       delete=False)
     cmd = [sys.executable, "-m", "celery", "-A", "tests.app", "worker", "-P", pool,
-           "-c", str(concurrency), "-Q", queue, "-n", f"{name or queue}@%h", "--loglevel=INFO",
-           "--without-gossip", "--without-mingle", "--without-heartbeat"]
+           "-c", str(concurrency), "-Q", ",".join((queue, *also)),
+           "-n", node or f"{name or queue}@%h", "--loglevel=INFO",
+           "--without-gossip", "--without-mingle",
+           # On RabbitMQ the worker heartbeat's timer keeps kombu's event loop from
+           # sleeping up to 10 s with a delivery (or a SIGTERM) waiting (see README).
+           *(() if os.environ.get("DURABLE_TEST_BROKER_URL", "").startswith("amqp")
+             else ("--without-heartbeat",))]
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
                             start_new_session=True)
     log.close()
@@ -38,10 +49,12 @@ def spawn_worker(
 def celery_worker(
     redis_base_url: str, *, pool: str, queue: str, concurrency: int = 2,
     name: str | None = None, extra_env: dict[str, str] | None = None,
+    node: str | None = None, also: tuple[str, ...] = (),
 ) -> Iterator[subprocess.Popen[bytes]]:
-    """Run ``celery -A tests.app worker`` consuming ``queue``; stop it by PID afterwards."""
+    """Run ``celery -A tests.app worker`` (see :func:`spawn_worker`); stop it by PID
+    afterwards."""
     proc = spawn_worker(redis_base_url, pool=pool, queue=queue, concurrency=concurrency,
-                        name=name, extra_env=extra_env)
+                        name=name, extra_env=extra_env, node=node, also=also)
     try:
         yield proc
     finally:

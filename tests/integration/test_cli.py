@@ -18,6 +18,8 @@ ROOT = Path(__file__).resolve().parent.parent.parent
 
 def cli(redis_base_url: str, *args: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "DURABLE_TEST_REDIS_URL": redis_base_url, "PYTHONPATH": str(ROOT)}
+    if redis_base_url != os.environ.get("DURABLE_TEST_REDIS_URL"):
+        env.pop("DURABLE_TEST_STORE_URL", None)  # another server: the store is there too
     return subprocess.run([sys.executable, "-m", "celery", "-A", "tests.app", "durable", *args],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
 

@@ -7,12 +7,12 @@ import time
 import uuid
 
 import pytest
-import redis
 
 from celery_durable import IdempotencyConflictError, PayloadValidationError, RunStatus
+from tests.brokers import purge_queue, queue_length
 
 
-def test_concurrent_producers_get_one_run_per_key(tasks, client, redis_base_url) -> None:
+def test_concurrent_producers_get_one_run_per_key(tasks, client, test_app) -> None:
     # 8 threads x 200 calls over 50 keys, to a queue no worker consumes: count what lands.
     queue = f"idem-{uuid.uuid4().hex[:8]}"
     prefix = uuid.uuid4().hex[:8]
@@ -38,11 +38,10 @@ def test_concurrent_producers_get_one_run_per_key(tasks, client, redis_base_url)
     assert not errors
     assert len(seen) == 50
     assert all(len(ids) == 1 for ids in seen.values())
-    broker = redis.Redis.from_url(f"{redis_base_url}/0")
-    assert broker.llen(queue) == 50  # one message per key, nothing more
+    assert queue_length(test_app, queue) == 50  # one message per key, nothing more
     run_ids = {next(iter(ids)) for ids in seen.values()}
     assert all(client.get_run(r).status is RunStatus.PENDING for r in run_ids)
-    broker.delete(queue)
+    purge_queue(test_app, queue)
 
 
 def test_key_function_delay_and_conflicts(worker, tasks, client) -> None:

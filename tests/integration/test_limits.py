@@ -9,6 +9,7 @@ import pytest
 import redis
 
 from celery_durable import RunStatus
+from tests.brokers import purge_queue, queue_length
 from tests.workers import celery_worker
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
@@ -126,15 +127,14 @@ def test_queue_limit_is_shared_by_every_task_routed_there(redis_base_url, tasks,
 
 
 def test_a_full_limit_parks_runs_at_publish_without_a_message(redis_base_url, tasks, client,
-                                                              token) -> None:
+                                                              token, test_app) -> None:
     # Given a limit of 1 and no worker yet, only the first run is put on the queue: the
     # others wait in Redis, in order, instead of each taking a trip through a worker.
     queue = "limits-publish"
-    broker = redis.Redis.from_url(f"{redis_base_url}/0")
-    broker.delete(queue)
+    purge_queue(test_app, queue)
     client.set_concurrency_limit(tasks.adjustable.name, 1)
     results = [tasks.adjustable.apply_async((token, i, 0.1), queue=queue) for i in range(4)]
-    assert broker.llen(queue) == 1
+    assert queue_length(test_app, queue) == 1
     info = client.concurrency_limit(tasks.adjustable.name)
     assert info.holders == [results[0].id]
     assert info.parked == [r.id for r in results[1:]]
@@ -152,15 +152,14 @@ def test_a_full_limit_parks_runs_at_publish_without_a_message(redis_base_url, ta
 
 
 def test_a_delayed_publish_takes_its_slot_when_it_starts(redis_base_url, tasks, client,
-                                                         token) -> None:
+                                                         token, test_app) -> None:
     queue = "limits-delayed"
-    broker = redis.Redis.from_url(f"{redis_base_url}/0")
-    broker.delete(queue)
+    purge_queue(test_app, queue)
     client.set_concurrency_limit(tasks.adjustable.name, 1)
     first = tasks.adjustable.apply_async((token, 0, 0.1), queue=queue)
     delayed = tasks.adjustable.apply_async((token, 1, 0.1), queue=queue, countdown=0.5)
     # The delayed one is on the queue (its slot is not held while it waits for its ETA).
-    assert broker.llen(queue) == 2
+    assert queue_length(test_app, queue) == 2
     assert client.concurrency_limit(tasks.adjustable.name).holders == [first.id]
     with celery_worker(redis_base_url, pool="threads", queue=queue, concurrency=2, name="d1"):
         assert first.get(timeout=60) == 0 and delayed.get(timeout=60) == 1
@@ -182,13 +181,16 @@ def test_a_failed_publish_gives_its_slot_back(tasks, client, token, monkeypatch)
     assert info.holders == [] and info.parked == []
 
 
-def test_a_later_high_priority_run_goes_next(redis_base_url, tasks, client, token) -> None:
+def test_a_later_high_priority_run_goes_next(redis_base_url, tasks, client, token,
+                                            test_app) -> None:
     # Given one slot, taken, and 20 runs waiting for it: a run published afterwards with a
-    # high priority (0 with a Redis broker, as in Celery) starts as soon as the slot frees.
+    # high priority (0 with a Redis broker, as in Celery; 9 with RabbitMQ) starts as soon as
+    # the slot frees.
     queue = "limits-priority"
+    high = 0 if str(test_app.conf.broker_url).startswith("redis") else 9
     client.set_concurrency_limit(tasks.adjustable.name, 1)
     results = [tasks.adjustable.apply_async((token, i, 0.05), queue=queue) for i in range(21)]
-    urgent = tasks.adjustable.apply_async((token, 99, 0.05), queue=queue, priority=0)
+    urgent = tasks.adjustable.apply_async((token, 99, 0.05), queue=queue, priority=high)
     assert client.concurrency_limit(tasks.adjustable.name).parked[0] == urgent.id
     with celery_worker(redis_base_url, pool="threads", queue=queue, concurrency=4, name="pr"):
         for r in [*results, urgent]:

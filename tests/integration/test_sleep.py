@@ -92,4 +92,9 @@ def test_a_worker_crash_during_a_sleep_does_not_repeat_it(redis_base_url, tasks,
         before, after = result.get(timeout=30)
     assert 3.0 <= after - before and time.time() - started < 10
     run = client.get_run(result.id)
-    assert [s.attempt for s in run.steps] == [1, 1, 2]  # the nap was recorded once
+    attempts = [s.attempt for s in run.steps]
+    # The nap was recorded once, by the first attempt. The next attempt is the timer's; on
+    # RabbitMQ one more may come first (the killed worker's message, redelivered before its
+    # ack was sent: it replays both steps and suspends again), so the last step's attempt
+    # is 2 on Redis and 2 or 3 on RabbitMQ.
+    assert attempts[:2] == [1, 1] and attempts[2] in (2, 3), attempts

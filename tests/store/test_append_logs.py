@@ -5,23 +5,24 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 
 from celery_durable.config import DurableSettings
 from celery_durable.models import RunStatus
 from celery_durable.store import RunStore
+from tests.conftest import wipe_store
 
 
 @pytest.fixture
-def store(redis_base_url: str) -> Iterator[RunStore]:
-    settings = DurableSettings(redis_url=f"{redis_base_url}/6", key_prefix="l:",
+def store(store_url: Callable[[int], str]) -> Iterator[RunStore]:
+    settings = DurableSettings(redis_url=store_url(6), key_prefix="l:",
                                retention_s=100, active_ttl_s=1000)
     st = RunStore(settings)
-    st.client.flushdb()
+    wipe_store(st.client, "l:")
     yield st
-    st.client.flushdb()
+    wipe_store(st.client, "l:")
     st.client.close()
 
 

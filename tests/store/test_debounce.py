@@ -3,20 +3,21 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 
 from celery_durable.config import DurableSettings
 from celery_durable.store import RunStore
+from tests.conftest import wipe_store
 
 
 @pytest.fixture
-def store(redis_base_url: str) -> Iterator[RunStore]:
-    st = RunStore(DurableSettings(redis_url=f"{redis_base_url}/7", key_prefix="d:"))
-    st.client.flushdb()
+def store(store_url: Callable[[int], str]) -> Iterator[RunStore]:
+    st = RunStore(DurableSettings(redis_url=store_url(7), key_prefix="d:"))
+    wipe_store(st.client, "d:")
     yield st
-    st.client.flushdb()
+    wipe_store(st.client, "d:")
     st.client.close()
 
 

@@ -4,24 +4,25 @@ positions, TTLs shared by all of a run's keys."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 
 from celery_durable.config import DurableSettings
 from celery_durable.models import RunStatus
 from celery_durable.store import RunStore, now_ms
+from tests.conftest import wipe_store
 from tests.store.test_scripts import checkpoint, claim
 
 
 @pytest.fixture
-def store(redis_base_url: str) -> Iterator[RunStore]:
-    settings = DurableSettings(redis_url=f"{redis_base_url}/6", key_prefix="l:",
+def store(store_url: Callable[[int], str]) -> Iterator[RunStore]:
+    settings = DurableSettings(redis_url=store_url(6), key_prefix="l:",
                                lease_ttl_s=30, retention_s=100, active_ttl_s=1000)
     st = RunStore(settings)
-    st.client.flushdb()
+    wipe_store(st.client, "l:")
     yield st
-    st.client.flushdb()
+    wipe_store(st.client, "l:")
     st.client.close()
 
 

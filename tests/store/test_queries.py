@@ -3,7 +3,7 @@ keeps a page from reading a whole index."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -14,16 +14,17 @@ from celery_durable.config import DurableSettings
 from celery_durable.models import RunStatus
 from celery_durable.queries import MAX_SCAN, RunQuery
 from celery_durable.store import RunStore
+from tests.conftest import wipe_store
 
 
 @pytest.fixture
-def client(redis_base_url: str) -> Iterator[DurableClient]:
-    settings = DurableSettings(redis_url=f"{redis_base_url}/12", key_prefix="q:")
+def client(redis_base_url: str, store_url: Callable[[int], str]) -> Iterator[DurableClient]:
+    settings = DurableSettings(redis_url=store_url(12), key_prefix="q:")
     store = RunStore(settings)
-    store.client.flushdb()
+    wipe_store(store.client, "q:")
     app = Celery("queries", broker=f"{redis_base_url}/12", set_as_current=False)
     yield DurableClient(app, store=store)
-    store.client.flushdb()
+    wipe_store(store.client, "q:")
     store.client.close()
 
 

@@ -2,21 +2,22 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 
 from celery_durable.config import DurableSettings
 from celery_durable.rates import RateRef, RateSpec, reserve
 from celery_durable.store import RunStore, now_ms
+from tests.conftest import wipe_store
 
 
 @pytest.fixture
-def store(redis_base_url: str) -> Iterator[RunStore]:
-    st = RunStore(DurableSettings(redis_url=f"{redis_base_url}/8", key_prefix="q:"))
-    st.client.flushdb()
+def store(store_url: Callable[[int], str]) -> Iterator[RunStore]:
+    st = RunStore(DurableSettings(redis_url=store_url(8), key_prefix="q:"))
+    wipe_store(st.client, "q:")
     yield st
-    st.client.flushdb()
+    wipe_store(st.client, "q:")
     st.client.close()
 
 

@@ -2,25 +2,26 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 
 from celery_durable.concurrency import SlotRef, acquire, release
 from celery_durable.config import DurableSettings
 from celery_durable.store import RunStore
+from tests.conftest import wipe_store
 
 REF = SlotRef("task:t.limited", "_", 1)
 
 
 @pytest.fixture
-def store(redis_base_url: str) -> Iterator[RunStore]:
-    settings = DurableSettings(redis_url=f"{redis_base_url}/6", key_prefix="s:",
+def store(store_url: Callable[[int], str]) -> Iterator[RunStore]:
+    settings = DurableSettings(redis_url=store_url(6), key_prefix="s:",
                                priority_step=10)
     st = RunStore(settings)
-    st.client.flushdb()
+    wipe_store(st.client, "s:")
     yield st
-    st.client.flushdb()
+    wipe_store(st.client, "s:")
     st.client.close()
 
 
