@@ -201,7 +201,7 @@ class NullStore:
         self.settings = settings
         self.keys = KeySpace(settings.key_prefix)
 
-    def commit_step(self, *args: Any) -> int:
+    def commit_step(self, *args: Any, **kwargs: Any) -> int:
         return 1
 
 

@@ -88,15 +88,15 @@ def _install() -> None:
     _original = original
 
     def run_step(self: RunContext, name: str, fn: Callable[..., Any], args: tuple[Any, ...],
-                 kwargs: dict[str, Any], policy: Any, *more: Any) -> Any:
+                 kwargs: dict[str, Any], policy: Any, *more: Any, **options: Any) -> Any:
         if self.current_step is None:  # a nested call belongs to its outer step
             for fault in list(_active):
                 if fault.name == name:
                     fn = fault.wrap(fn)
                     break
-        return original(self, name, fn, args, kwargs, policy, *more)
+        return original(self, name, fn, args, kwargs, policy, *more, **options)
 
-    RunContext.run_step = run_step  # type: ignore[method-assign,assignment]
+    RunContext.run_step = run_step  # type: ignore[method-assign]
 
 
 def _uninstall() -> None:
