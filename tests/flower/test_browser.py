@@ -90,7 +90,7 @@ def test_runs_list_and_trace_in_a_browser(browser_page: Any, flower_worker: Any,
     # A long step output is cut, with "show more"; secrets are redacted.
     page.goto(f"/durable/runs/{done}")
     page.locator('.durable-step[data-step="fetch_order"] a').click()
-    value = page.locator("#durable-step-0 .durable-value")
+    value = page.locator("#durable-step-0 .durable-step-output .durable-value")
     value.locator(".durable-more").click()
     assert value.locator(".durable-full").is_visible()
     assert not value.locator(".durable-preview").is_visible()

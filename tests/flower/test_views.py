@@ -150,7 +150,8 @@ def test_secrets_are_redacted(flower: FlowerServer, seeded: Seeded) -> None:
     assert run["steps"][0]["inputs"] == {"args": ["o-1"], "kwargs": {}}
     assert run["steps"][1]["inputs"]["args"][0]["api_key"] == "[redacted]"
     page = flower.get(f"/durable/runs/{seeded.completed}")
-    assert '<div class="small fw-semibold">input</div>' in page.body
+    assert '<div class="durable-step-input"><div class="small fw-semibold">input</div>' \
+        in page.body
     for body in (page.body, json.dumps(run)):
         assert "SECRET" not in body
     assert "[redacted]" in page.body
