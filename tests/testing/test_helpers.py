@@ -11,10 +11,10 @@ import pytest
 
 from celery_durable import HarnessError, RunStatus, RunWaitTimeoutError
 from celery_durable.testing import (
+    durable_worker,
     fail_step,
     kill_run_worker,
     redis_server,
-    run_and_wait,
     wait_for_run,
     wait_for_step,
     worker_process,
@@ -99,11 +99,15 @@ def test_a_crash_between_steps_resumes_on_the_other_worker(  # type: ignore[no-u
 
 
 def test_injected_failures_count_against_the_step_policy(  # type: ignore[no-untyped-def]
-        worker, test_app, tasks, token) -> None:
+        test_app, tasks, token) -> None:
     """step_with_policy retries itself up to 4 times inside the attempt: two injected
-    failures are absorbed there, and the function runs once."""
-    with fail_step("step_with_policy", times=2) as fault:
-        run = run_and_wait(tasks.step_policy_task, token, 0, app=test_app)
+    failures are absorbed there, and the function runs once. (An embedded worker of its
+    own, on its own queue: faults reach workers in this process only.)"""
+    queue = f"faults-{os.getpid()}"
+    with durable_worker(test_app, queues=[queue]), \
+            fail_step("step_with_policy", times=2) as fault:
+        result = tasks.step_policy_task.apply_async((token, 0), queue=queue)
+        run = wait_for_run(test_app, result.id)
     assert run.status is RunStatus.COMPLETED and run.attempt == 1
     assert fault.calls == 3 and fault.failed == 2
     assert tasks.count(token, "policy") == 1
