@@ -179,3 +179,18 @@ def publish(out: Path, stem: str, data: Mapping[str, Any], markdown: str,
     print(markdown)
     took = "" if elapsed_s is None else f" in {elapsed_s:.1f} s"
     progress(f"wrote {json_path} and {md_path}{took}")
+
+
+def run_and_publish(
+    args: argparse.Namespace, stem: str, run: Callable[[argparse.Namespace], dict[str, Any]],
+    render: Callable[[Mapping[str, Any]], str],
+    targets: Callable[[Mapping[str, Any]], list[Any]] | None = None,
+) -> int:
+    """What every benchmark's ``main`` does once its arguments are parsed: run it, add its
+    configuration (and wall time, seconds) and its judged targets, write ``<stem>.json``
+    and ``<stem>.md``."""
+    result, elapsed = run_timed(run, args)
+    result = {"config": config_of(args, wall_time_s=round(elapsed, 1)), **result}
+    result["targets"] = targets(result) if targets is not None else []
+    publish(args.out, stem, result, render(result), elapsed)
+    return 0

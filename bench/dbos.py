@@ -289,11 +289,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.child:
         print(json.dumps(dbos_child(args.child, args.repeats, args.rounds)))
         return 0
-    result, elapsed = common.run_timed(run_benchmark, args)
-    result = {"config": common.config_of(args, wall_time_s=round(elapsed, 1)), **result}
-    result["targets"] = targets_of(result)
-    common.publish(args.out, "dbos", result, render_markdown(result), elapsed)
-    return 0
+    return common.run_and_publish(args, "dbos", run_benchmark, render_markdown, targets_of)
 
 
 if __name__ == "__main__":

@@ -185,11 +185,7 @@ def render_markdown(result: Mapping[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    result, elapsed = common.run_timed(run_benchmark, args)
-    result = {"config": common.config_of(args, wall_time_s=round(elapsed, 1)), **result,
-              "targets": []}
-    common.publish(args.out, "durability", result, render_markdown(result), elapsed)
-    return 0
+    return common.run_and_publish(args, "durability", run_benchmark, render_markdown)
 
 
 if __name__ == "__main__":

@@ -175,11 +175,7 @@ def render_markdown(result: Mapping[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    result, elapsed = common.run_timed(run_benchmark, args)
-    result = {"config": common.config_of(args, wall_time_s=round(elapsed, 1)), **result}
-    result["targets"] = targets_of(result)
-    common.publish(args.out, "resume", result, render_markdown(result), elapsed)
-    return 0
+    return common.run_and_publish(args, "resume", run_benchmark, render_markdown, targets_of)
 
 
 if __name__ == "__main__":
