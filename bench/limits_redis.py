@@ -22,13 +22,12 @@ import time
 from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from importlib import resources
 from typing import Any
 
 import redis
 import redis.lock
 
-import celery_durable
+from celery_durable.scripts import SCRIPT_NAMES, script_source
 
 #: Commands the measuring client itself sends (never counted).
 OWN_COMMANDS = frozenset({"info", "echo", "client|info", "monitor"})
@@ -58,9 +57,7 @@ def script_names() -> dict[str, str]:
     for attr, value in vars(redis.lock.Lock).items():  # kombu's restore mutex uses it
         if attr.startswith("LUA_") and isinstance(value, str):
             names[_sha(value)] = f"redis-py:Lock.{attr}"
-    lua = resources.files(celery_durable).joinpath("lua")
-    names.update({_sha(f.read_text("utf-8")): f.name.removesuffix(".lua")
-                  for f in lua.iterdir() if f.name.endswith(".lua")})
+    names.update({_sha(script_source(name)): name for name in SCRIPT_NAMES})
     return names
 
 

@@ -1,8 +1,10 @@
 """What happens before a new run is put on its queue: its turn of a rate limit, its slots.
 
 ``apply_async`` of a durable task calls :func:`admit_and_publish` once the run is known. A
-run over its task's rate waits for its reserved turn without a worker (an ETA message when
-the turn is near, a Redis timer when it is far), or is cancelled with ``rate_mode="drop"``;
+run over its task's rate waits for its turn without a worker: an ETA message when its turn
+comes within the lookahead and nobody waits before it, else in the limit's queue, from which
+a dispatcher hands turns out best first (priority, fairness keys); with
+``rate_mode="drop"`` it is cancelled instead;
 a run over a full concurrency limit is parked in Redis instead of being published. A run
 that reaches a worker without having taken its turn (sent by name, published with a
 countdown) takes it there: :func:`take_turn_in_worker`.
@@ -28,8 +30,8 @@ from .concurrency import (
     release,
     slots_for,
 )
-from .rates import RATE_HEADER, RateRef, delay_ms, rate_ref, reserve
-from .requeue import resume_info
+from .rates import RATE_HEADER, RateRef, delay_ms, rate_ref, reserve, take
+from .requeue import request_options, resume_info
 from .store import RunStore, now_ms, store_for
 
 if TYPE_CHECKING:
@@ -59,14 +61,24 @@ def admit_and_publish(
     delayed = bool(options.get("countdown") or options.get("eta"))
     rate = None if delayed else task_rate(task, args, kwargs)
     if rate is not None:
-        start = reserve(store, rate, task.durable_rate_mode)
-        options["headers"] = {**(options.get("headers") or {}), RATE_HEADER: start or 0}
-        if start is None:
-            return task.AsyncResult(run_id), lambda: _drop(task, run_id, rate)
+        if task.durable_rate_mode == "drop":
+            start = reserve(store, rate, "drop")
+            if start is None:
+                return task.AsyncResult(run_id), lambda: _drop(task, run_id, rate)
+        else:
+            info = resume_info(task.name, args, kwargs, queue, options.get("headers"), options)
+            turn = take(store, rate, run_id, info,
+                        rank=priority_rank(task.app, options.get("priority", task.priority)),
+                        fairness_key=fairness_key_of(task, args or (), kwargs or {}))
+            if turn.start_ms is None:
+                return task.AsyncResult(run_id), lambda: _note_waiting(task, store, run_id,
+                                                                       rate, turn.position)
+            start = turn.start_ms
+        options["headers"] = {**(options.get("headers") or {}), RATE_HEADER: start}
         wait_ms = delay_ms(start)
         if wait_ms > 0:
-            result = _publish_at(task, store, run_id, queue, args, kwargs, options, publish,
-                                 start, wait_ms)
+            # A turn within the lookahead: the message waits for it as an ETA.
+            result = publish({**options, "countdown": wait_ms / 1000})
             return result, lambda: _note_turn(task, store, run_id, rate, start, wait_ms)
     refs = [] if delayed else slots_for(task, args or (), kwargs or {}, queue, store.settings)
     if not refs:
@@ -87,33 +99,30 @@ def admit_and_publish(
         raise
 
 
-def _publish_at(
-    task: DurableTask, store: RunStore, run_id: str, queue: str, args: Any, kwargs: Any,
-    options: dict[str, Any], publish: Publish, start_ms: int, wait_ms: int,
-) -> AsyncResult[Any]:
-    """Publish a run whose rate turn comes in ``wait_ms``: with an ETA if that is near
-    (within ``durable_max_countdown_s``), else from a Redis timer (never a far ETA)."""
-    if wait_ms <= store.settings.max_countdown_s * 1000:
-        return publish({**options, "countdown": wait_ms / 1000})
-    store.schedule(run_id, start_ms,
-                   resume_info(task.name, args, kwargs, queue, options.get("headers"), options))
-    return task.AsyncResult(run_id)
-
-
 def _note_turn(task: DurableTask, store: RunStore, run_id: str, rate: RateRef, start_ms: int,
                wait_ms: int) -> None:
     signals.rate_limited.send(sender=task.name, run_id=run_id, limit=rate.name,
-                              start_ms=start_ms)
+                              start_ms=start_ms, position=-1, dropped=False)
     store.append_event(run_id, "rate_limited", {"limit": rate.name, "start_ms": start_ms,
                                                 "wait_ms": wait_ms})
     logger.info("run %s: rate limit %s (%s) is busy; it starts in %.3f s", run_id, rate.name,
                 rate.spec, wait_ms / 1000)
 
 
+def _note_waiting(task: DurableTask, store: RunStore, run_id: str, rate: RateRef,
+                  position: int) -> None:
+    signals.rate_limited.send(sender=task.name, run_id=run_id, limit=rate.name,
+                              start_ms=None, position=position, dropped=False)
+    store.append_event(run_id, "rate_limited", {"limit": rate.name, "position": position})
+    logger.info("run %s: rate limit %s (%s) is busy; it waits at position %d", run_id,
+                rate.name, rate.spec, position)
+
+
 def _drop(task: DurableTask, run_id: str, rate: RateRef) -> None:
     from .client import DurableClient
 
-    signals.rate_limited.send(sender=task.name, run_id=run_id, limit=rate.name, start_ms=None)
+    signals.rate_limited.send(sender=task.name, run_id=run_id, limit=rate.name, start_ms=None,
+                              position=-1, dropped=True)
     DurableClient(task.app).cancel(
         run_id, f"over the rate limit {rate.name} ({rate.spec}, rate_mode='drop')")
 
@@ -141,23 +150,34 @@ def take_turn_in_worker(task: DurableTask, store: RunStore, run_id: str, args: A
         req.headers = {}  # a message without custom headers (send_task by name)
     headers: dict[str, Any] = req.headers
     rate = task_rate(task, args, kwargs)
-    if rate is None or on_time(headers.get(RATE_HEADER), rate):
+    turn_header = headers.get(RATE_HEADER)
+    if rate is None or on_time(turn_header, rate):
         return
-    start = reserve(store, rate, task.durable_rate_mode)
-    headers[RATE_HEADER] = start or 0  # this attempt's turn, for the messages it publishes
-    if start is None:
+    if task.durable_rate_mode == "drop":
+        start = reserve(store, rate, "drop")
+        headers[RATE_HEADER] = start or 0  # this attempt's turn, for the messages it publishes
+        if start is None:
+            record()
+            _drop(task, run_id, rate)
+            raise Ignore()
+        return
+    # A run that already had a turn (it started late, or is a retry or a resume) waits
+    # first in the queue: it is already under way.
+    info = resume_info(task.name, args, kwargs, queue, dict(headers), request_options(req))
+    turn = take(store, rate, run_id, info,
+                rank=priority_rank(task.app, (req.delivery_info or {}).get("priority")),
+                fairness_key=fairness_key_of(task, args or (), kwargs or {}),
+                first=bool(turn_header))
+    if turn.start_ms is None:
         record()
-        _drop(task, run_id, rate)
+        _note_waiting(task, store, run_id, rate, turn.position)
         raise Ignore()
-    wait_ms = delay_ms(start)
+    headers[RATE_HEADER] = turn.start_ms
+    wait_ms = delay_ms(turn.start_ms)
     if wait_ms <= 0:
         return
     record()
-    if wait_ms <= store.settings.max_countdown_s * 1000:
-        task.signature_from_request(req, args, kwargs, countdown=wait_ms / 1000,
-                                    headers=dict(headers)).apply_async()
-    else:
-        store.schedule(run_id, start, resume_info(task.name, args, kwargs, queue,
-                                                  dict(headers)))
-    _note_turn(task, store, run_id, rate, start, wait_ms)
+    task.signature_from_request(req, args, kwargs, countdown=wait_ms / 1000,
+                                headers=dict(headers)).apply_async()
+    _note_turn(task, store, run_id, rate, turn.start_ms, wait_ms)
     raise Ignore()

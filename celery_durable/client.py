@@ -243,9 +243,11 @@ class DurableClient:
             pipe.hget(k.config, "limit")
             pipe.zrange(k.holders, 0, -1)
             pipe.zrange(k.parked, 0, -1)
-            override, holders, parked = pipe.execute()
+            pipe.hgetall(k.fair)
+            override, holders, parked, fair = pipe.execute()
         return LimitInfo(name=base, key=key, limit=int(override) if override else None,
-                         holders=[str(h) for h in holders], parked=[str(p) for p in parked])
+                         holders=[str(h) for h in holders], parked=[str(p) for p in parked],
+                         parked_by_priority=_ranks(fair))
 
     def versions(self, task: str | None = None) -> dict[str, dict[str, int]]:
         """In-flight runs (not ended) per task and code version: ``{task: {version: n}}``.
@@ -285,9 +287,28 @@ class DurableClient:
         config = self.store.keys.rate(base, "_")[0]
         if rate is None:
             self.store.set_rate_config(config, None)
+            self._wake_rate_queues(base)
             return
         spec = RateSpec.parse(rate, burst if burst is not None else 1, where="rate")
         self.store.set_rate_config(config, spec.count, spec.period_ms, spec.burst)
+        self._wake_rate_queues(base)
+
+    def _wake_rate_queues(self, base: str) -> None:
+        """A changed rate applies to waiting runs at once: their dispatchers run now."""
+        members = [m for m in self.store.rate_queue_members()
+                   if json.loads(m)[0] == base]
+        self.store.wake_rate_queues(members)
+
+    def rate_queues(self, name: str | None = None) -> list[tuple[str, str | None]]:
+        """The rate limits (``(base, key)``; key None for a limit without a rate key) that
+        have runs waiting for a turn, all of them or those of ``name``."""
+        base = rate_base(name, self.app) if name else None
+        found = []
+        for member in self.store.rate_queue_members():
+            limit, sub = (str(x) for x in json.loads(member))
+            if base is None or limit == base:
+                found.append((limit, None if sub == NO_KEY else sub))
+        return sorted(found, key=lambda item: (item[0], item[1] or ""))
 
     def rate_limit(self, name: str, key: str | None = None) -> RateLimitInfo:
         """The state of a rate limit: coded and runtime rate, starts allowed right now,
@@ -295,6 +316,7 @@ class DurableClient:
         base = rate_base(name, self.app)
         coded = coded_rate(base, self.app)
         config, tat = self.store.rate_state(self.store.keys.rate(base, key or "_"))
+        waiting, ranks = self.store.rate_waiting(self.store.keys.rate_queue(base, key or "_"))
         runtime = (RateSpec(float(config["count"]), int(config["period_ms"]),
                             int(config.get("burst") or 1)) if config.get("count") else None)
         spec = runtime or coded
@@ -306,7 +328,8 @@ class DurableClient:
             wait = 0 if available else int(ahead - interval * (spec.burst - 1))
         return RateLimitInfo(name=base, key=key, coded=str(coded) if coded else None,
                              runtime=str(runtime) if runtime else None,
-                             available_now=available, next_turn_in_ms=max(0, wait))
+                             available_now=available, next_turn_in_ms=max(0, wait),
+                             waiting=waiting, waiting_by_priority=ranks)
 
     def reset_idempotency_key(self, task: str, key: str) -> bool:
         """Forget ``key`` of ``task``: the next call with it creates a new run. Returns
@@ -378,3 +401,9 @@ class DurableClient:
 
 def _summary(run_id: str, raw: Mapping[str, str]) -> RunSummary:
     return RunSummary(**_summary_fields(run_id, raw))
+
+
+def _ranks(fair: dict[Any, Any]) -> dict[int, int]:
+    """Waiting runs per priority rank, from a queue's bookkeeping hash (``p:<rank>``)."""
+    return {int(str(k)[2:]): int(v) for k, v in fair.items()
+            if str(k).startswith("p:") and int(v) > 0}

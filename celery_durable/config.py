@@ -215,6 +215,15 @@ class DurableSettings(BaseModel):
         return int(self.worker_ttl_s * 1000)
 
     @property
+    def rate_lookahead_ms(self) -> int:
+        """How far ahead a rate limit's dispatcher hands out turns (ms): the runs it hands
+        a turn wait for it as ETA messages, and it runs again before those turns are used up.
+        Dispatchers are due timers read once per heartbeat, so two beats (plus a margin)
+        keep a busy limit's turns from going unused; a run that waits can be overtaken by a
+        better one only until its turn comes within this window."""
+        return int(2 * self.heartbeat_interval_s * 1000) + 250
+
+    @property
     def lease_renew_every_s(self) -> float:
         """How often the heartbeat renews leases: a third of the lease (two renewals can be
         missed before it expires), at least one beat."""

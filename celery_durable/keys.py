@@ -53,6 +53,16 @@ Rate limits (one Cluster slot per limit, tagged by its base name: "task:<task>" 
                                       coded rate; no TTL (set by an operator, deleted by one)
     Prate:{<base>}:<sub>      string  GCRA theoretical arrival time (ms, when the limit is
                                       idle again); TTL: until then + one period
+    Prate:{<base>}:<sub>:parked  zset  run id -> queue order of runs waiting for a turn
+    Prate:{<base>}:<sub>:info    hash  run id -> JSON to publish it; "_spec" -> coded rate
+    Prate:{<base>}:<sub>:fair    hash  the queue's order bookkeeping (as for limits)
+    Prate:{<base>}:<sub>:handed  zset  run id -> hand-over expiry (ms): handed a turn, not
+                                       yet confirmed published by its dispatcher
+    (the queue keys TTL'd: durable_active_ttl_s, refreshed on use)
+    Prate-timers              zset  JSON [base, sub] of a rate queue -> when its dispatcher
+                                    should run (ms); taken with ZREM by exactly one worker
+    Prate-queues              set   JSON [base, sub] of rate queues with waiting runs (for
+                                    the safety sweep and the operators' views)
 
 Debounce (one Cluster slot per task and debounce key)::
 
@@ -154,6 +164,21 @@ class KeySpace:
         rate.lua takes them)."""
         tag = f"{self.prefix}rate:{{{base}}}"
         return [f"{tag}:config", f"{tag}:{sub}"]
+
+    def rate_queue(self, base: str, sub: str) -> list[str]:
+        """Every key of rate limit ``base`` for rate key ``sub``, with its queue of waiting
+        runs (the order rate.lua takes them: config, state, parked, info, fair, handed)."""
+        config, state = self.rate(base, sub)
+        return [config, state, f"{state}:parked", f"{state}:info", f"{state}:fair",
+                f"{state}:handed"]
+
+    @property
+    def rate_timers(self) -> str:
+        return f"{self.prefix}rate-timers"
+
+    @property
+    def rate_queues(self) -> str:
+        return f"{self.prefix}rate-queues"
 
     @property
     def limits(self) -> str:

@@ -94,11 +94,14 @@ class LimitInfo(_Record):
     limit: int | None
     holders: list[str]
     parked: list[str]
+    #: Waiting runs per priority rank (higher goes first).
+    parked_by_priority: dict[int, int] = {}
 
 
 class RateLimitInfo(_Record):
     """A rate limit as stored: the coded rate, the runtime one (None = the coded one
-    applies), the starts it would allow right now and when the next turn is free."""
+    applies), the starts it would allow right now, when the next turn is free and the runs
+    waiting for one."""
 
     name: str
     key: str | None
@@ -106,6 +109,9 @@ class RateLimitInfo(_Record):
     runtime: str | None
     available_now: int
     next_turn_in_ms: int
+    #: Runs waiting in the limit's queue for a turn, and how many of each priority rank.
+    waiting: int = 0
+    waiting_by_priority: dict[int, int] = {}
 
 
 class RunSummary(_Record):

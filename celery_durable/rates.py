@@ -11,6 +11,8 @@ is cancelled at once, a step is skipped; both are recorded in the trace.
 
 from __future__ import annotations
 
+import json
+import logging
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -19,7 +21,10 @@ from typing import Any
 from celery import Celery
 
 from .errors import ConfigurationError
+from .requeue import publish_resume
 from .store import RunStore, now_ms
+
+logger = logging.getLogger("celery_durable")
 
 #: Message header marking a run that already took its turn of its task's rate limit.
 RATE_HEADER = "durable_rate_admitted"
@@ -142,3 +147,66 @@ def reserve(store: RunStore, ref: RateRef, mode: str) -> int | None:
 def delay_ms(start_ms: int) -> int:
     """Milliseconds from now until ``start_ms`` (0 if it has come)."""
     return max(0, start_ms - now_ms())
+
+
+@dataclass(frozen=True, slots=True)
+class Turn:
+    """A run's turn of a rate limit: it starts at ``start_ms`` (now or soon), or, with
+    ``start_ms`` None, it waits at ``position`` (0-based) in the limit's queue."""
+
+    start_ms: int | None
+    position: int = -1
+
+
+def queue_member(ref: RateRef) -> str:
+    """How the rate timers and the registry name the queue of ``ref``."""
+    return json.dumps([ref.base, ref.sub])
+
+
+def take(store: RunStore, ref: RateRef, run_id: str, info_json: str, *, rank: int = 0,
+         fairness_key: str = "", first: bool = False) -> Turn:
+    """A lossless run's turn of ``ref``: now or within the lookahead when nobody waits,
+    else a place in the limit's queue (best ``rank`` first, fairness keys taking turns;
+    ``first`` for a run that already had a turn and started late). ``info_json`` is what
+    the dispatcher needs to publish the run when its turn comes."""
+    start, position = store.rate_take(
+        store.keys.rate_queue(ref.base, ref.sub), queue_member(ref), ref.spec.count,
+        ref.spec.period_ms, ref.spec.burst, run_id, info_json, rank=rank,
+        fairness_key=fairness_key, first=first)
+    return Turn(None, position) if start == -2 else Turn(start)
+
+
+def dispatch_queue(app: Celery, store: RunStore, member: str) -> int:
+    """Run the dispatcher of the rate queue ``member`` (a due timer; exactly one worker
+    wins it): publish the waiting runs whose turns have come, each with an ETA at its turn,
+    and set the next dispatch. Returns how many runs were published."""
+    try:
+        base, sub = (str(part) for part in json.loads(member))
+    except (ValueError, TypeError):
+        logger.error("celery-durable: ignoring an unreadable rate timer %r", member)
+        store.client.zrem(store.keys.rate_timers, member)
+        return 0
+    keys = store.keys.rate_queue(base, sub)
+    reply = store.rate_dispatch(keys, member)
+    if reply is None:
+        return 0  # another worker dispatches it
+    due, handed = int(reply[0]), reply[4:]
+    published: list[str] = []
+    for i in range(0, len(handed), 3):
+        run_id, info, start = str(handed[i]), str(handed[i + 1]), int(handed[i + 2])
+        try:
+            if publish_resume(app, run_id, info, countdown=delay_ms(start) / 1000,
+                              headers={RATE_HEADER: start}):
+                published.append(run_id)
+        except Exception:
+            # Unconfirmed: after the hand-over TTL it waits first in the queue again.
+            logger.exception("celery-durable: could not publish run %s for its rate turn",
+                             run_id)
+    store.rate_confirm(keys, member, published, due)
+    return len(published)
+
+
+def sweep_queues(store: RunStore) -> int:
+    """The safety net of rate queues: a queue with waiting runs but no dispatcher timer
+    (its dispatcher died mid-way) gets one. Returns how many were missing."""
+    return store.ensure_rate_timers(store.rate_queue_members())

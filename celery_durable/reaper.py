@@ -16,6 +16,7 @@ from celery import Celery
 
 from .concurrency import publish_woken, sweep
 from .errors import DurableError
+from .rates import dispatch_queue, sweep_queues
 from .requeue import broker_is_redis, requeue_run, restore_stale_messages
 from .store import RunStore
 from .waits import dispatch_debounce, dispatch_timer
@@ -81,7 +82,8 @@ class Reaper:
         for run_id in self.store.expired_leases():
             resumed += self._resume(run_id, "")
         return (resumed + self.restore_orphaned_messages() + self.wake_parked()
-                + self.dispatch_timers() + self.dispatch_debounces())
+                + self.dispatch_timers() + self.dispatch_debounces()
+                + self.dispatch_rate_queues())
 
     def dispatch_timers(self) -> int:
         """Publish the runs whose timer is due (sleeps, wait timeouts, long backoffs).
@@ -94,6 +96,12 @@ class Reaper:
         return sum(dispatch_debounce(self.app, self.store, key)
                    for key in self.store.due_debounces())
 
+    def dispatch_rate_queues(self) -> int:
+        """Hand the turns of rate limits out to their waiting runs (each queue's dispatcher
+        is a due timer that exactly one worker takes)."""
+        return sum(dispatch_queue(self.app, self.store, member)
+                   for member in self.store.due_rate_queues())
+
     def wake_parked(self) -> int:
         """The safety net of concurrency limits, every ``SLOT_SWEEP_EVERY`` sweeps: hand
         free slots to parked runs whose wake-up was lost (a worker died mid-release, a
@@ -101,6 +109,10 @@ class Reaper:
         self._sweeps += 1
         if self._sweeps % SLOT_SWEEP_EVERY:
             return 0
+        missing = sweep_queues(self.store)
+        if missing:
+            logger.warning("celery-durable: %d rate queue(s) had lost their dispatcher timer",
+                           missing)
         woken = sweep(self.store)
         publish_woken(self.app, woken)
         if woken:

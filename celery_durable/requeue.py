@@ -119,17 +119,21 @@ def resume_info(task_name: str, args: Any, kwargs: Any, queue: str,
                        "options": canvas_options(options)}, default=str)
 
 
-def publish_resume(app: Celery, run_id: str, info: str) -> bool:
-    """Publish run ``run_id`` again from :func:`resume_info` data (same run id)."""
+def publish_resume(app: Celery, run_id: str, info: str, *, countdown: float = 0,
+                   headers: dict[str, Any] | None = None) -> bool:
+    """Publish run ``run_id`` again from :func:`resume_info` data (same run id), in
+    ``countdown`` seconds if given, with ``headers`` added to the recorded ones."""
     try:
         data = json.loads(info)
     except ValueError:
         logger.error("celery-durable: run %s cannot be published again: its resume data is "
                      "unreadable", run_id)
         return False
+    merged = {**(data.get("headers") or {}), **(headers or {})}
+    extra: dict[str, Any] = {"countdown": countdown} if countdown > 0 else {}
     app.send_task(data["task"], args=data["args"], kwargs=data["kwargs"], task_id=run_id,
-                  queue=data.get("queue") or None, headers=data.get("headers") or None,
-                  **canvas_options(data.get("options")))
+                  queue=data.get("queue") or None, headers=merged or None,
+                  **canvas_options(data.get("options")), **extra)
     return True
 
 

@@ -24,10 +24,20 @@ SCRIPT_NAMES = (
 )
 
 
+#: Scripts that keep runs waiting in order: ``lua/_waiting.lua`` (the order of a queue of
+#: waiting runs, with fairness keys and priorities) is prepended to them.
+WAITING_QUEUES = ("slots", "rate")
+
+
 @cache
 def script_source(name: str) -> str:
-    """The text of ``lua/<name>.lua`` (read once per process)."""
-    return resources.files(__package__).joinpath("lua", f"{name}.lua").read_text("utf-8")
+    """The text of ``lua/<name>.lua`` (read once per process), with the shared queue
+    functions in front of the scripts that use them."""
+    lua = resources.files(__package__).joinpath("lua")
+    text = lua.joinpath(f"{name}.lua").read_text("utf-8")
+    if name in WAITING_QUEUES:
+        text = lua.joinpath("_waiting.lua").read_text("utf-8") + text
+    return text
 
 
 @dataclass(frozen=True, slots=True)

@@ -20,7 +20,8 @@ Arguments:
 - ``run_cancelled``: sender=None, run_id, reason
 - ``slot_denied``: sender=task name, run_id, limit, position
 - ``rate_limited``: sender=task name, run_id, limit, start_ms (when its turn comes; None:
-  a lossy limit dropped the run)
+  it waits in the limit's queue, or a lossy limit dropped it), position (its place in the
+  queue, 0-based; -1 when it has a turn or was dropped), dropped (bool)
 - ``step_skipped``: sender=task name, run_id, attempt, step, reason (a lossy step rate limit)
 """
 
@@ -49,7 +50,7 @@ run_cancelled = Signal(name="durable_run_cancelled", providing_args=["run_id", "
 slot_denied = Signal(name="durable_slot_denied",
                      providing_args=["run_id", "limit", "position"])
 rate_limited = Signal(name="durable_rate_limited",
-                     providing_args=["run_id", "limit", "start_ms"])
+                      providing_args=["run_id", "limit", "start_ms", "position", "dropped"])
 step_skipped = Signal(name="durable_step_skipped",
                       providing_args=["run_id", "attempt", "step", "reason"])
 

@@ -810,10 +810,105 @@ class RunStore:
 
     def rate_reserve(self, keys: Sequence[str], count: float, period_ms: int, burst: int,
                      mode: str) -> int:
-        """Run rate.lua: the epoch ms the caller may start at, or -1 (lossy, over the rate)."""
+        """Reserve the next turn (rate.lua 'reserve'): the epoch ms the caller may start at,
+        or -1 (lossy, over the rate)."""
         with _redis_errors("take a turn of a rate limit"):
-            reply = self.scripts.rate(list(keys), [now_ms(), count, period_ms, burst, mode])
+            reply = self.scripts.rate(list(keys[:2]), ["reserve", now_ms(), count, period_ms,
+                                                       burst, "wait" if mode != "drop" else mode])
         return int(reply[0])
+
+    def rate_take(
+        self, keys: Sequence[str], member: str, count: float, period_ms: int, burst: int,
+        run_id: str, info_json: str, *, rank: int = 0, fairness_key: str = "",
+        first: bool = False,
+    ) -> tuple[int, int]:
+        """A run's turn of a rate limit (rate.lua 'take'): ``(start_ms, -1)`` when it may
+        start then (now or within the lookahead), ``(-2, position)`` when it waits in the
+        limit's queue; then its dispatcher is due (``member`` names the queue in the rate
+        timers and the registry), in a second round trip only for a run that waits."""
+        s = self.settings
+        argv: list[Any] = ["take", now_ms(), count, period_ms, burst, "wait", run_id,
+                           info_json, rank, fairness_key, s.priority_step,
+                           s.rate_lookahead_ms, int(s.slot_handoff_s * 1000), s.active_ttl_ms,
+                           "1" if first else "0"]
+        with _redis_errors("take a turn of a rate limit"):
+            reply = self.scripts.rate(list(keys), argv)
+            start, position, due = int(reply[0]), int(reply[4]), int(reply[5])
+            if start == -2:
+                with self.client.pipeline(False) as pipe:
+                    pipe.zadd(self.keys.rate_timers, {member: due}, lt=True)
+                    pipe.pexpire(self.keys.rate_timers, s.active_ttl_ms)
+                    pipe.sadd(self.keys.rate_queues, member)
+                    pipe.execute()
+        return start, position
+
+    def due_rate_queues(self, limit: int = 100) -> list[str]:
+        """Rate queues whose dispatcher is due (members: JSON ``[base, sub]``)."""
+        with _redis_errors("read the rate timers"):
+            return [str(m) for m in self.client.zrangebyscore(
+                self.keys.rate_timers, "-inf", now_ms(), start=0, num=limit)]
+
+    def rate_dispatch(self, keys: Sequence[str], member: str) -> list[Any] | None:
+        """Claim a rate queue's due timer (exactly one dispatcher wins; None for the others)
+        and hand its next turns out (rate.lua 'dispatch'): ``[due_ms, count, period_ms,
+        burst, run1, info1, start1, ...]``."""
+        s = self.settings
+        with _redis_errors("dispatch a rate limit"):
+            if not self.client.zrem(self.keys.rate_timers, member):
+                return None
+            return list(self.scripts.rate(list(keys), [
+                "dispatch", now_ms(), "", "", "", "", "", "", 0, "", 0, s.rate_lookahead_ms,
+                int(s.slot_handoff_s * 1000), s.active_ttl_ms, "0"]))
+
+    def rate_confirm(self, keys: Sequence[str], member: str, run_ids: Sequence[str],
+                     due_ms: int) -> None:
+        """The dispatcher published ``run_ids``: forget their hand-overs, and set the
+        queue's next dispatch at ``due_ms`` (-1: nothing waits, leave the registry)."""
+        with _redis_errors("confirm rate hand-overs"), self.client.pipeline(False) as pipe:
+            if run_ids:
+                pipe.zrem(keys[5], *run_ids)
+                pipe.hdel(keys[3], *run_ids)
+            if due_ms >= 0:
+                pipe.zadd(self.keys.rate_timers, {member: due_ms}, lt=True)
+                pipe.pexpire(self.keys.rate_timers, self.settings.active_ttl_ms)
+            pipe.execute()
+            if due_ms < 0:
+                # A run that started waiting meanwhile set the timer again (rate_take).
+                if not self.client.zscore(self.keys.rate_timers, member):
+                    self.client.srem(self.keys.rate_queues, member)
+
+    def rate_queue_members(self) -> list[str]:
+        """The registry of rate queues with waiting runs (JSON ``[base, sub]``)."""
+        with _redis_errors("read the registry of rate queues"):
+            return [str(m) for m in self.client.smembers(self.keys.rate_queues)]
+
+    def ensure_rate_timers(self, members: Sequence[str]) -> int:
+        """The safety net: give every registered rate queue a due timer unless it has one
+        (a dispatcher that died between taking the timer and setting it again). Returns how
+        many were missing."""
+        if not members:
+            return 0
+        with _redis_errors("check the rate timers"):
+            added = self.client.zadd(self.keys.rate_timers, dict.fromkeys(members, now_ms()),
+                                     nx=True)
+        return int(added or 0)
+
+    def wake_rate_queues(self, members: Sequence[str]) -> None:
+        """Make the dispatchers of these rate queues due now (a rate changed)."""
+        if not members:
+            return
+        with _redis_errors("wake rate queues"):
+            self.client.zadd(self.keys.rate_timers, dict.fromkeys(members, now_ms()), lt=True)
+
+    def rate_waiting(self, keys: Sequence[str]) -> tuple[int, dict[int, int]]:
+        """How many runs wait in a rate queue, and how many of each priority rank."""
+        with _redis_errors("read a rate queue"), self.client.pipeline(False) as pipe:
+            pipe.zcard(keys[2])
+            pipe.hgetall(keys[4])
+            waiting, fair = pipe.execute()
+        ranks = {int(k[2:]): int(v) for k, v in fair.items()
+                 if str(k).startswith("p:") and int(v) > 0}
+        return int(waiting), ranks
 
     def set_rate_config(self, config_key: str, count: float | None, period_ms: int = 0,
                         burst: int = 1) -> None:

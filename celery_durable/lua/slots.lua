@@ -7,47 +7,27 @@
 -- KEYS[3] parked zset   P limit:{<base>}:<sub>:parked    run id -> queue order
 -- KEYS[4] woken zset    P limit:{<base>}:<sub>:woken     run id -> hand-over expiry (ms)
 -- KEYS[5] info hash     P limit:{<base>}:<sub>:info      run id -> JSON to re-publish it
--- KEYS[6] fair hash     P limit:{<base>}:<sub>:fair      '_v' -> virtual time (the order
---                       number of the last run handed a slot); 'k:<fairness key>' -> the
---                       order number of that key's last parked run; 'r:<run id>' ->
---                       '<order number>|<fairness key>' of each parked run
+-- KEYS[6] fair hash     P limit:{<base>}:<sub>:fair      the queue's bookkeeping
+--                       (_waiting.lua): virtual time, fairness keys, ranks
 -- ARGV[1] op: 'acquire' | 'release' | 'sweep'   ARGV[2] run id ('' for sweep)
 -- ARGV[3] now_ms  ARGV[4] lease TTL (ms)  ARGV[5] default limit  ARGV[6] info JSON (acquire)
 -- ARGV[7] hand-over TTL (ms)  ARGV[8] TTL (ms) of these keys when idle
 -- ARGV[9] priority rank (acquire; >= 0, higher goes first)  ARGV[10] fairness key ('' none)
 -- ARGV[11] priority step: waiting runs a run of rank r may overtake = r x step
--- Order of waiting runs: a parked run gets order number max(its fairness key's last, the
--- virtual time) + 1, so keys take turns (a key with 10,000 waiting runs does not hold back
--- another key's first one), minus rank x step (a priority boost, bounded: a run is overtaken
--- at most (highest rank - its rank) x step times, so nothing starves).
+-- Order of waiting runs: see _waiting.lua (fairness keys take turns, bounded priority boost).
 -- Returns {admitted, held, limit, position, run1, info1, run2, info2, ...}:
 --   admitted 1 = the run holds a slot, 0 = it is parked at `position` (0-based), -1 = n/a
 --   (release, sweep: `position` is then the number of runs parked or being handed a slot);
 --   then the runs just handed a slot, with what is needed to publish them.
 local op, run, now = ARGV[1], ARGV[2], tonumber(ARGV[3])
 local limit = tonumber(redis.call('HGET', KEYS[1], 'limit') or ARGV[5])
--- Take run r off the waiting queue; the virtual time moves on to its order number, and a
--- fairness key whose last waiting run it was is forgotten (the hash stays small).
-local function unpark(r)
-  redis.call('ZREM', KEYS[3], r)
-  local meta = redis.call('HGET', KEYS[6], 'r:' .. r)
-  if not meta then return end
-  redis.call('HDEL', KEYS[6], 'r:' .. r)
-  local sep = string.find(meta, '|', 1, true)
-  local order, fkey = tonumber(string.sub(meta, 1, sep - 1)), string.sub(meta, sep + 1)
-  if order > tonumber(redis.call('HGET', KEYS[6], '_v') or '0') then
-    redis.call('HSET', KEYS[6], '_v', order)
-  end
-  if tonumber(redis.call('HGET', KEYS[6], 'k:' .. fkey) or '-1') == order then
-    redis.call('HDEL', KEYS[6], 'k:' .. fkey)
-  end
-end
+local step = tonumber(ARGV[11])
+local function unpark(r) unpark_waiting(KEYS[3], KEYS[6], r) end
 -- Hand-overs that were never taken: back to the head of the queue.
 for _, r in ipairs(redis.call('ZRANGEBYSCORE', KEYS[4], '-inf', now)) do
   redis.call('ZREM', KEYS[4], r)
   redis.call('ZREM', KEYS[2], r)
-  local first = redis.call('ZRANGE', KEYS[3], 0, 0, 'WITHSCORES')
-  redis.call('ZADD', KEYS[3], first[2] and (tonumber(first[2]) - 1) or 0, r)
+  park_first(KEYS[3], KEYS[6], r)
 end
 redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
 local admitted, position = -1, -1
@@ -61,15 +41,7 @@ if op == 'acquire' then
     redis.call('HDEL', KEYS[5], run)
     admitted = 1
   else
-    -- Order numbers count, they are not clocks: runs parked in one millisecond keep their
-    -- order.
-    if not redis.call('ZSCORE', KEYS[3], run) then
-      local fkey = ARGV[10]
-      local last = tonumber(redis.call('HGET', KEYS[6], 'k:' .. fkey) or '0')
-      local order = math.max(last, tonumber(redis.call('HGET', KEYS[6], '_v') or '0')) + 1
-      redis.call('HSET', KEYS[6], 'k:' .. fkey, order, 'r:' .. run, order .. '|' .. fkey)
-      redis.call('ZADD', KEYS[3], order - tonumber(ARGV[9]) * tonumber(ARGV[11]), run)
-    end
+    park_waiting(KEYS[3], KEYS[6], run, ARGV[10], tonumber(ARGV[9]), step)
     redis.call('HSET', KEYS[5], run, ARGV[6])
     admitted = 0
   end

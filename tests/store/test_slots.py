@@ -77,6 +77,8 @@ def test_the_fairness_hash_only_remembers_waiting_runs(store: RunStore) -> None:
     for i in range(20):
         acquire(store, f"r{i}", [REF], "{}", fairness_key=f"tenant-{i}")
     fair = store.keys.limit(REF.base, REF.sub).fair
-    assert store.client.hlen(fair) == 40  # 20 keys and 20 runs (no virtual time yet)
+    # 20 keys, 20 runs' order and rank, one count of rank 0 (no virtual time yet)
+    assert store.client.hlen(fair) == 61
+    assert store.client.hget(fair, "p:0") == "20"
     admissions(store, "holder", 20)
     assert set(store.client.hkeys(fair)) == {"_v"}
