@@ -190,7 +190,7 @@ def dispatch_queue(app: Celery, store: RunStore, member: str) -> int:
     reply = store.rate_dispatch(keys, member)
     if reply is None:
         return 0  # another worker dispatches it
-    due, handed = int(reply[0]), reply[4:]
+    due, expiry, handed = int(reply[0]), int(reply[4]), reply[5:]
     published: list[str] = []
     for i in range(0, len(handed), 3):
         run_id, info, start = str(handed[i]), str(handed[i + 1]), int(handed[i + 2])
@@ -202,8 +202,17 @@ def dispatch_queue(app: Celery, store: RunStore, member: str) -> int:
             # Unconfirmed: after the hand-over TTL it waits first in the queue again.
             logger.exception("celery-durable: could not publish run %s for its rate turn",
                              run_id)
-    store.rate_confirm(keys, member, published, due)
+    if len(published) * 3 < len(handed):
+        # Some were not published: look again when their hand-overs expire.
+        expiry = now_ms() + int(store.settings.slot_handoff_s * 1000)
+    store.rate_confirm(keys, member, published, _earliest(due, expiry))
     return len(published)
+
+
+def _earliest(*times_ms: int) -> int:
+    """The earliest of these epoch-ms times, ignoring -1 (none); -1 if all are -1."""
+    known = [t for t in times_ms if t >= 0]
+    return min(known) if known else -1
 
 
 def sweep_queues(store: RunStore) -> int:

@@ -492,6 +492,13 @@ def rated(token: str, i: int) -> int:
     return i
 
 
+@durable_task(retry=FAST, rate_limit="4/s", fairness_key=lambda token, tenant, i: tenant)
+def rate_shared(token: str, tenant: str, i: int) -> str:
+    """A rate shared by tenants (fairness key) and by priorities."""
+    note_time(token, "starts", f"{tenant}:{i}")
+    return f"{tenant}:{i}"
+
+
 @durable_task(retry=FAST, rate_limit="1/m", rate_mode="drop",
               rate_key=lambda token, i: token)
 def rated_lossy(token: str, i: int) -> int:

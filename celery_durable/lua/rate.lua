@@ -30,8 +30,10 @@
 --   'take'     {start_ms, count, period, burst, -1, 0}: the run's turn (<= now + lookahead)
 --              {-2, count, period, burst, position, due_ms}: it waits at `position`
 --              (0-based); a dispatcher should look at the queue at due_ms
---   'dispatch' {due_ms, count, period, burst, run1, info1, start1, ...}: the runs handed a
---              turn (to publish, then confirm); due_ms: when to dispatch again, -1: never
+--   'dispatch' {due_ms, count, period, burst, expiry_ms, run1, info1, start1, ...}: the
+--              runs handed a turn (to publish, then confirm); due_ms: when to dispatch
+--              again for the runs still waiting (-1: none wait); expiry_ms: the earliest
+--              expiry of earlier hand-overs never confirmed (-1: none)
 -- Starts in any window of W ms number at most burst + W x count / period.
 local op, now = ARGV[1], tonumber(ARGV[2])
 local coded = {ARGV[3], ARGV[4], ARGV[5]}
@@ -76,19 +78,17 @@ for _, r in ipairs(redis.call('ZRANGEBYSCORE', KEYS[6], '-inf', now)) do
   redis.call('ZREM', KEYS[6], r)
   park_first(KEYS[3], KEYS[5], r)
 end
--- When the queue's dispatcher should run next: a lookahead before the next turn (the
--- earliest hand-over expiry if that is sooner), -1 if nothing waits.
-local function due()
-  local d = -1
-  if redis.call('ZCARD', KEYS[3]) > 0 then
-    if count <= 0 then
-      d = now + period
-    else
-      d = math.max(now, math.floor(next_turn() - lookahead))
-    end
-  end
+-- When the queue's dispatcher should run next for its waiting runs: a lookahead before the
+-- next turn, -1 if nothing waits.
+local function due_turns()
+  if redis.call('ZCARD', KEYS[3]) == 0 then return -1 end
+  if count <= 0 then return now + period end
+  return math.max(now, math.floor(next_turn() - lookahead))
+end
+-- The earliest of d and the expiry of the hand-overs already there (-1: none).
+local function with_hand_overs(d)
   local expiry = redis.call('ZRANGE', KEYS[6], 0, 0, 'WITHSCORES')[2]
-  if expiry and (d < 0 or tonumber(expiry) < d) then d = tonumber(expiry) end
+  if expiry and (d < 0 or tonumber(expiry) < d) then return tonumber(expiry) end
   return d
 end
 local function keep()
@@ -111,11 +111,12 @@ if op == 'take' then
   end
   redis.call('HSET', KEYS[4], run, ARGV[8], '_spec', coded[1] .. '|' .. coded[2] .. '|' .. coded[3])
   keep()
-  return {-2, count, period, burst, redis.call('ZRANK', KEYS[3], run) or 0, due()}
+  return {-2, count, period, burst, redis.call('ZRANK', KEYS[3], run) or 0,
+          with_hand_overs(due_turns())}
 end
 
 -- 'dispatch': hand the turns that come within the lookahead to the best waiting runs.
-local reply = {-1, count, period, burst}
+local reply = {-1, count, period, burst, with_hand_overs(-1)}
 while count > 0 do
   local head = redis.call('ZRANGE', KEYS[3], 0, 0)[1]
   if not head then break end
@@ -128,6 +129,6 @@ while count > 0 do
   reply[#reply + 1] = redis.call('HGET', KEYS[4], head) or ''
   reply[#reply + 1] = math.floor(start)
 end
-reply[1] = due()
+reply[1] = due_turns()
 keep()
 return reply

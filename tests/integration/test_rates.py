@@ -88,3 +88,53 @@ def test_rates_change_at_runtime(tasks, client) -> None:
     finally:
         client.set_rate_limit(name, None)
     assert client.rate_limit(name).runtime is None
+
+
+def waited_in_queue(client, results) -> set[str]:
+    """The runs that waited in the rate limit's queue (not just for an ETA turn)."""
+    return {r.id for r in results
+            if any(e.type == "rate_limited" and "position" in e.fields
+                   for e in client.get_run(r.id).events)}
+
+
+def test_a_later_high_priority_run_takes_the_next_free_turn(redis_base_url, tasks, client,
+                                                            token, test_app) -> None:
+    # 4 starts a second: of 20 runs published at once, those whose turns come within the
+    # dispatch lookahead get them at once; the rest wait in the limit's queue. A run
+    # published afterwards with a high priority (0 with a Redis broker, 9 with RabbitMQ)
+    # goes before every run that waits.
+    queue = "rates-priority"
+    high = 0 if str(test_app.conf.broker_url).startswith("redis") else 9
+    results = [tasks.rate_shared.apply_async((token, "a", i), queue=queue) for i in range(20)]
+    urgent = tasks.rate_shared.apply_async((token, "a", 99), queue=queue, priority=high)
+    info = client.rate_limit(tasks.rate_shared.name)
+    assert info.waiting >= 5 and info.waiting_by_priority.get(9) == 1
+    waited = waited_in_queue(client, results)
+    assert len(waited) >= 5
+    with celery_worker(redis_base_url, pool="threads", queue=queue, concurrency=4, name="rp"):
+        for r in [*results, urgent]:
+            r.get(timeout=60)
+    order = [label for _, label in times(redis_base_url, token, "starts")]
+    queued = [f"a:{i}" for i, r in enumerate(results) if r.id in waited]
+    assert order.index("a:99") < min(order.index(label) for label in queued)
+    assert [label for label in order if label in queued] == queued  # the others in order
+    assert client.rate_limit(tasks.rate_shared.name).waiting == 0
+
+
+def test_a_tenant_with_a_backlog_does_not_hold_back_another_under_a_rate(
+        redis_base_url, tasks, client, token) -> None:
+    queue = "rates-fair"
+    a = [tasks.rate_shared.apply_async((token, "a", i), queue=queue) for i in range(24)]
+    b = [tasks.rate_shared.apply_async((token, "b", i), queue=queue) for i in range(2)]
+    waited = waited_in_queue(client, [*a, *b])
+    assert {r.id for r in b} <= waited
+    with celery_worker(redis_base_url, pool="threads", queue=queue, concurrency=4, name="rf"):
+        for r in [*a, *b]:
+            r.get(timeout=60)
+    order = [label for _, label in times(redis_base_url, token, "starts")]
+    queued = [label for label in order
+              if any(r.id in waited and label == f"{t}:{i}"
+                     for t, runs in (("a", a), ("b", b)) for i, r in enumerate(runs))]
+    # Tenant b's two runs are among the first few of the waiting runs to start, not behind
+    # the rest of tenant a's backlog.
+    assert {"b:0", "b:1"} <= set(queued[:4])
