@@ -19,7 +19,7 @@ from .checks import server_problems, settings_problems
 from .client import DurableClient
 from .concurrency import limit_base
 from .errors import ConfigurationError, DurableError, StoreError
-from .models import LogRecordInfo, RunInfo, RunStatus
+from .models import LogRecordInfo, RunInfo, RunStatus, by_priority
 from .rates import known_rates, rate_base
 from .task import DurableTask
 from .versions import code_version
@@ -250,6 +250,9 @@ def limits(ctx: click.Context, name: str | None, limit: int | None, rate: str | 
         names = sorted(coded)
     infos = [client.concurrency_limit(n) for n in names]
     rates = [client.rate_limit(n) for n in sorted(rated)]
+    # Per-key rate limits appear while runs wait for a turn of them.
+    rates += [client.rate_limit(base, key) for base, key in client.rate_queues()
+              if key is not None and base in rated]
     if as_json:
         for info in infos:
             click.echo(json.dumps({"kind": "concurrency", **info.model_dump(),
@@ -258,13 +261,17 @@ def limits(ctx: click.Context, name: str | None, limit: int | None, rate: str | 
             click.echo(json.dumps({"kind": "rate", **r.model_dump()}))
         return
     if infos or not rates:
-        click.echo(_table(["limit", "in code", "runtime", "in use", "waiting"], [
+        click.echo(_table(["limit", "in code", "runtime", "in use", "waiting", "by priority"], [
             [i.name, str(coded.get(i.name, "-")), str(i.limit if i.limit is not None else "-"),
-             str(len(i.holders)), str(len(i.parked))] for i in infos]))
+             str(len(i.holders)), str(len(i.parked)), by_priority(i.parked_by_priority)]
+            for i in infos]))
     if rates:
-        click.echo(_table(["rate limit", "in code", "runtime", "free now", "next turn in"], [
-            [r.name, r.coded or "-", r.runtime or "-", str(r.available_now),
-             f"{r.next_turn_in_ms / 1000:.1f} s"] for r in rates]))
+        click.echo(_table(["rate limit", "key", "in code", "runtime", "free now",
+                           "next turn in", "waiting", "by priority"], [
+            [r.name, r.key or "-", r.coded or "-", r.runtime or "-", str(r.available_now),
+             f"{r.next_turn_in_ms / 1000:.1f} s", str(r.waiting),
+             by_priority(r.waiting_by_priority)] for r in rates]))
+
 
 
 @durable.command(cls=CeleryCommand)

@@ -156,3 +156,10 @@ class RunPage(_Record):
     runs: list[RunSummary]
     next_cursor: int | None
     counts: dict[str, int]
+
+
+def by_priority(counts: dict[int, int]) -> str:
+    """Waiting runs per priority rank, best first (``"rank 9: 1, rank 0: 20"``; ``"-"``
+    for none), as the CLI and Flower show them."""
+    return ", ".join(f"rank {rank}: {n}"
+                     for rank, n in sorted(counts.items(), reverse=True)) or "-"

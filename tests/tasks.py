@@ -499,6 +499,12 @@ def rate_shared(token: str, tenant: str, i: int) -> str:
     return f"{tenant}:{i}"
 
 
+@durable_task(retry=FAST, rate_limit="1/m", rate_key=lambda token, i: token)
+def rate_keyed(token: str, i: int) -> int:
+    """One start a minute per token: the second call of a token waits in the queue."""
+    return i
+
+
 @durable_task(retry=FAST, rate_limit="1/m", rate_mode="drop",
               rate_key=lambda token, i: token)
 def rated_lossy(token: str, i: int) -> int:

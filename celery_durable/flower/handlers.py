@@ -18,7 +18,7 @@ from ..models import RateLimitInfo, RunPage, RunStatus, RunSummary
 from ..queries import RunQuery
 from .actions import Outcome, run_action, set_limit
 from .base import DurablePage, http_message
-from .limits import LimitRow, limit_rows, rate_rows
+from .limits import LimitRow, by_priority, limit_rows, rate_rows
 from .params import run_query
 from .redaction import Redactor
 from .trace import TraceView, build_trace
@@ -109,7 +109,8 @@ class LimitsView(DurablePage):
     async def get(self) -> None:
         rows: list[LimitRow] = await self.blocking(limit_rows, self.client())
         rates: list[RateLimitInfo] = await self.blocking(rate_rows, self.client())
-        self.render_page("durable_limits.html", active_tab="limits", rows=rows, rates=rates)
+        self.render_page("durable_limits.html", active_tab="limits", rows=rows, rates=rates,
+                         by_priority=by_priority)
 
     @tornado.web.authenticated
     async def post(self) -> None:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from ..client import DurableClient
 from ..concurrency import NO_KEY, SlotRef
-from ..models import RateLimitInfo
+from ..models import RateLimitInfo, by_priority
 from ..queries import durable_task_names
 from ..rates import known_rates
 
@@ -28,6 +28,7 @@ class LimitRow:
     runtime: int | None
     holders: list[str]
     parked: list[str]
+    parked_by_priority: dict[int, int]
 
     @property
     def effective(self) -> int | None:
@@ -59,11 +60,20 @@ def limit_rows(client: DurableClient) -> list[LimitRow]:
         info = client.concurrency_limit(base, None if sub == NO_KEY else sub)
         rows.append(LimitRow(name=base, key=None if sub == NO_KEY else sub,
                              coded=coded.get(base), runtime=info.limit,
-                             holders=info.holders, parked=info.parked))
+                             holders=info.holders, parked=info.parked,
+                             parked_by_priority=info.parked_by_priority))
     return rows
 
 
 def rate_rows(client: DurableClient) -> list[RateLimitInfo]:
     """Every rate limit set in code that the Flower process knows (its durable tasks', and
-    the steps of the task modules it imported), with its runtime rate and free turns."""
-    return [client.rate_limit(base) for base in known_rates(client.app)]
+    the steps of the task modules it imported), with its runtime rate, free turns and
+    waiting runs; and every per-key rate limit while runs wait for a turn of it."""
+    known = known_rates(client.app)
+    rows = [client.rate_limit(base) for base in known]
+    rows += [client.rate_limit(base, key) for base, key in client.rate_queues()
+             if key is not None]
+    return rows
+
+
+__all__ = ["LimitRow", "by_priority", "coded_limits", "limit_rows", "rate_rows"]

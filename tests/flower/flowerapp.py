@@ -132,3 +132,10 @@ def call_api(n: int) -> int:
 @durable_task(name="flower_tests.rated", rate_limit="10/s", rate_burst=2)
 def rated(n: int) -> int:
     return call_api(n)
+
+
+@durable_task(name="flower_tests.rated_per_tenant", rate_limit="1/m",
+              rate_key=lambda tenant, n: tenant)
+def rated_per_tenant(tenant: str, n: int) -> int:
+    """One start a minute per tenant: a tenant's next runs wait in its queue."""
+    return n

@@ -7,6 +7,7 @@ import html
 import json
 import re
 import time
+import uuid
 from typing import Any
 from urllib.parse import quote
 
@@ -292,6 +293,22 @@ def test_rate_limits_are_shown_and_edited(flower: FlowerServer) -> None:
                          {"name": "task:flower_tests.rated", "rate": "coded"})
     rates = {r["name"]: r for r in flower.get("/api/durable/limits").json()["rates"]}
     assert rates["task:flower_tests.rated"]["runtime"] is None
+
+
+def test_runs_waiting_for_a_rate_are_shown_per_key_and_priority(flower: FlowerServer,
+                                                                 flower_app: Any) -> None:
+    # Published to a queue no worker reads: the first run of the tenant takes its turn, the
+    # other two wait, one of them with a high priority (0 goes first with a Redis broker).
+    tenant = f"tenant-{uuid.uuid4().hex[:8]}"
+    task = flower_app.rated_per_tenant
+    for n, priority in ((0, None), (1, None), (2, 0)):
+        task.apply_async((tenant, n), queue="flower-nowhere", priority=priority)
+    rates = [r for r in flower.get("/api/durable/limits").json()["rates"]
+             if r["key"] == tenant]
+    assert len(rates) == 1 and rates[0]["name"] == "task:flower_tests.rated_per_tenant"
+    assert rates[0]["waiting"] == 2 and rates[0]["waiting_by_priority"] == {"9": 1, "0": 1}
+    page = flower.get("/durable/limits").body
+    assert f"<td>{tenant}</td>" in page and "rank 9: 1, rank 0: 1" in page
 
 
 def test_cross_site_posts_are_refused(flower: FlowerServer, seeded: Seeded) -> None:

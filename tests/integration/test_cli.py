@@ -78,6 +78,25 @@ def test_send_event_cancel_replay_limits(worker, tasks, client, redis_base_url, 
     cli(redis_base_url, "limits", name, "1")
 
 
+def test_limits_show_runs_waiting_for_a_rate_per_key_and_priority(tasks, redis_base_url,
+                                                                   token) -> None:
+    # One start a minute per key: the first run takes it, the others wait in the key's queue
+    # (published to a queue no worker reads, so they stay there).
+    queue = "rates-cli-nowhere"
+    tasks.rate_keyed.apply_async((token, 0), queue=queue)
+    tasks.rate_keyed.apply_async((token, 1), queue=queue)
+    tasks.rate_keyed.apply_async((token, 2), queue=queue, priority=0)  # Redis: 0 goes first
+    shown = cli(redis_base_url, "limits", tasks.rate_keyed.name)
+    assert shown.returncode == 0, shown.stderr
+    row = next(line for line in shown.stdout.splitlines() if token in line)
+    assert "task:tests.tasks.rate_keyed" in row and "1/m" in row
+    assert " 2 " in row and "rank 9: 1, rank 0: 1" in row
+    as_json = [json.loads(line) for line in cli(redis_base_url, "limits", "--json",
+                                                tasks.rate_keyed.name).stdout.splitlines()]
+    keyed = next(r for r in as_json if r.get("key") == token)
+    assert keyed["waiting"] == 2 and keyed["waiting_by_priority"] == {"9": 1, "0": 1}
+
+
 @pytest.mark.slow
 def test_gc_and_doctor(redis_base_url, client) -> None:
     store = client.store
