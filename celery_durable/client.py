@@ -294,9 +294,13 @@ class DurableClient:
         self._wake_rate_queues(base)
 
     def _wake_rate_queues(self, base: str) -> None:
-        """A changed rate applies to waiting runs at once: their dispatchers run now."""
+        """A changed rate applies at once: the turns booked at the old rate are forgotten
+        (the limit starts afresh, idle, at the new rate) and the dispatchers of its waiting
+        runs run now."""
         members = [m for m in self.store.rate_queue_members()
                    if json.loads(m)[0] == base]
+        subs = {"_", *(str(json.loads(m)[1]) for m in members)}
+        self.store.reset_rate_states([self.store.keys.rate(base, sub)[1] for sub in subs])
         self.store.wake_rate_queues(members)
 
     def rate_queues(self, name: str | None = None) -> list[tuple[str, str | None]]:

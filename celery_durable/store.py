@@ -893,6 +893,13 @@ class RunStore:
                                      nx=True)
         return int(added or 0)
 
+    def reset_rate_states(self, state_keys: Sequence[str]) -> None:
+        """Forget the turns booked on these rate states (a runtime rate change); the keys
+        of one limit share its Cluster slot, so one DEL does."""
+        if state_keys:
+            with _redis_errors("reset rate limits"):
+                self.client.delete(*state_keys)
+
     def wake_rate_queues(self, members: Sequence[str]) -> None:
         """Make the dispatchers of these rate queues due now (a rate changed)."""
         if not members:

@@ -90,6 +90,25 @@ def test_rates_change_at_runtime(tasks, client) -> None:
     assert client.rate_limit(name).runtime is None
 
 
+def test_runs_waiting_for_a_slow_rate_start_when_it_is_raised(redis_base_url, tasks, client,
+                                                               token) -> None:
+    # One start a minute per key: the second and third runs wait (no worker holds them).
+    # Raising the rate at runtime forgets the turns booked at the old one and dispatches
+    # the waiting runs at once.
+    queue = "rates-raised"
+    name = tasks.rate_keyed.name
+    with celery_worker(redis_base_url, pool="threads", queue=queue, concurrency=2, name="rr"):
+        results = [tasks.rate_keyed.apply_async((token, i), queue=queue) for i in range(3)]
+        assert results[0].get(timeout=30) == 0
+        assert client.rate_limit(name, token).waiting == 2
+        try:
+            client.set_rate_limit(name, "100/s")
+            assert [r.get(timeout=30) for r in results[1:]] == [1, 2]
+        finally:
+            client.set_rate_limit(name, None)
+    assert client.rate_limit(name, token).waiting == 0
+
+
 def waited_in_queue(client, results) -> set[str]:
     """The runs that waited in the rate limit's queue (not just for an ETA turn)."""
     return {r.id for r in results
