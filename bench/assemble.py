@@ -79,12 +79,15 @@ def limits_targets(data: Mapping[str, Any]) -> list[dict[str, Any]]:
         s = {k: v * 100 for k, v in data["slots"]["summary"]["share_of_ideal"].items()}
         out.append(target("–", "concurrency_limit=4 slot utilisation (share of the ideal "
                           "80 runs/s)", s["median"], ">=", 90.0, "%", s))
-    if "polling" in data:
-        scaling = data["polling"]["scaling"]
+    for part, what in (("polling", "parked runs"),
+                       ("rate_polling", "runs waiting for a rate turn")):
+        if part not in data:
+            continue
+        scaling = data[part]["scaling"]
         low, high = scaling["compared"]
         added = scaling["all_commands_total"]["per_parked_run"] * (high - low)
-        out.append(target("–", f"parked runs: Redis commands/s added from {low} to {high} "
-                          "parked runs (more would be busy polling)", added, "<=",
+        out.append(target("–", f"{what}: Redis commands/s added from {low} to {high} "
+                          "(more would be busy polling)", added, "<=",
                           scaling["threshold_per_s"], "/s"))
     return out
 

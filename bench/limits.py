@@ -12,6 +12,8 @@ Starts a throwaway redis-server (no persistence) on a free loopback port, measur
    subprocesses with more threads than slots, as a share of the ideal 4 / 0.05 s;
 3. the Redis commands per second while runs are parked on a paused limit, at several
    numbers of parked runs (busy polling would grow with them), then resumes them;
+4. the same while runs wait for a turn of a rate limit (one start an hour), then raises
+   the rate and times how soon they start;
 
 writes ``bench/results/limits.json`` and ``bench/results/limits.md``, and stops every process
 it started by PID (also on error, Ctrl-C or SIGTERM). See bench/README.md.
@@ -28,13 +30,18 @@ from typing import Any
 
 from . import common
 from .limits_app import ENV_URL, LIMIT, REF_QUEUE, WORK_QUEUE, app, configure
-from .limits_measure import measure_enqueue, measure_polling, measure_slots
+from .limits_measure import (
+    measure_enqueue,
+    measure_polling,
+    measure_rate_polling,
+    measure_slots,
+)
 from .limits_report import render_markdown
 from .worker_procs import WorkerSet, cpu_seconds, local_ports
 
 #: ``celery -A`` of the worker subprocesses.
 APP_REF = "bench.limits_app:app"
-PARTS = ("enqueue", "slots", "polling")
+PARTS = ("enqueue", "slots", "polling", "rate-polling")
 
 
 def _levels(text: str) -> list[int]:
@@ -55,7 +62,8 @@ def _parts(text: str) -> list[str]:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = common.make_parser("bench.limits", __doc__)
     p.add_argument("--parts", type=_parts, default=list(PARTS),
-                   help="comma-separated subset of enqueue,slots,polling (default: all)")
+                   help="comma-separated subset of enqueue,slots,polling,rate-polling "
+                        "(default: all)")
     p.add_argument("--repeats", type=int, default=5,
                    help="repeats of measurements 1 and 2 (default 5)")
     p.add_argument("--rounds", type=int, default=20,
@@ -124,7 +132,7 @@ def measure_all(args: argparse.Namespace, url: str, workers: WorkerSet, referenc
     if "enqueue" in args.parts:
         result["enqueue"] = measure_enqueue(url, args.repeats, args.rounds, args.batch_size,
                                             labels, common.progress)
-    if "slots" not in args.parts and "polling" not in args.parts:
+    if not {"slots", "polling", "rate-polling"} & set(args.parts):
         return result
     workers.start(args.workers)
     common.progress(f"workers: {', '.join(f'{w.name} pid {w.pid}' for w in workers.workers)}")
@@ -149,6 +157,10 @@ def measure_all(args: argparse.Namespace, url: str, workers: WorkerSet, referenc
             references.stop_all()  # not running during measurement 3
     if "polling" in args.parts:
         result["polling"] = measure_polling(
+            url, args.parked, args.windows, args.window_s, args.settle_s, args.sleep,
+            args.timeout, labels, workers.check_alive, cpu, common.progress, args.threshold)
+    if "rate-polling" in args.parts:
+        result["rate_polling"] = measure_rate_polling(
             url, args.parked, args.windows, args.window_s, args.settle_s, args.sleep,
             args.timeout, labels, workers.check_alive, cpu, common.progress, args.threshold)
     return result

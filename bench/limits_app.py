@@ -48,6 +48,10 @@ ENQUEUE_DURABLE = "bench.limits.enqueue_durable"
 ENQUEUE_PLAIN = "bench.limits.enqueue_plain"
 ENQUEUE_RATED = "bench.limits.enqueue_rated"
 LIMITED = "bench.limits.limited"
+RATE_WAITING = "bench.limits.rate_waiting"
+#: The rate of ``rate_waiting`` in code: one start an hour, so every run after the first
+#: waits in the limit's queue (measurement 4).
+SLOW_RATE = "1/h"
 BLOCKER = "bench.limits.blocker"
 REF_PLAIN = "bench.limits.reference_plain"
 REF_DURABLE = "bench.limits.reference_durable"
@@ -143,6 +147,12 @@ def _spanned(task: Any, token: str, i: int, body: Callable[[float], None],
 @durable(name=LIMITED, concurrency_limit=LIMIT, bind=True)
 def limited(self: Any, token: str, i: int, seconds: float) -> int:
     """At most LIMIT at once across all workers; the body is one step of ``seconds``."""
+    return _spanned(self, token, i, nap, seconds)
+
+
+@durable(name=RATE_WAITING, rate_limit=SLOW_RATE, bind=True)
+def rate_waiting(self: Any, token: str, i: int, seconds: float) -> int:
+    """One start an hour: runs wait in the rate limit's queue until the rate is raised."""
     return _spanned(self, token, i, nap, seconds)
 
 

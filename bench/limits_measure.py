@@ -30,6 +30,7 @@ from .limits_app import (
     ENQUEUE_RATED,
     LIMIT,
     LIMITED,
+    RATE_WAITING,
     REF_DURABLE,
     REF_PLAIN,
     REF_QUEUE,
@@ -528,6 +529,72 @@ def scaling(levels: Mapping[int, Mapping[str, Any]], threshold: float) -> dict[s
                 out["all_commands_total"]["per_parked_run"]) * (top - low)
     out["busy_polling"] = extra > threshold
     return out
+
+
+def wait_rate_waiting(client: DurableClient, n: int, timeout_s: float,
+                      check: Callable[[], None]) -> None:
+    """Wait until ``n`` runs wait for a turn of ``rate_waiting``'s rate limit."""
+    deadline = time.monotonic() + timeout_s
+    while (waiting := client.rate_limit(RATE_WAITING).waiting) != n:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{waiting} of {n} runs wait for a rate turn after "
+                               f"{timeout_s:g} s")
+        check()
+        time.sleep(0.1)
+
+
+def measure_rate_polling(url: str, levels: Sequence[int], windows: int, window_s: float,
+                         settle_s: float, seconds: float, timeout_s: float,
+                         sources: Callable[[], dict[str, str]], check: Callable[[], None],
+                         cpu: CpuProbe, progress: Callable[[str], None],
+                         threshold: float) -> dict[str, Any]:
+    """Runs waiting for a turn of a rate limit (one start an hour): observe Redis at each
+    number of waiting runs, then raise the rate and time how fast they all start."""
+    client = DurableClient(app)
+    records = records_client(url)
+    task = app.tasks[RATE_WAITING]
+    token = uuid.uuid4().hex
+    first = task.apply_async((token, -1, seconds), queue=WORK_QUEUE)  # takes the hour's turn
+    wait_spans(records, token, 1, timeout_s, check)
+    ids: list[str] = []
+    by_level: dict[int, Any] = {}
+    try:
+        for level in sorted(levels):
+            while len(ids) < level:
+                ids.append(str(task.apply_async((token, len(ids), seconds),
+                                                queue=WORK_QUEUE).id))
+            wait_rate_waiting(client, level, timeout_s, check)
+            drain_result_messages()
+            time.sleep(settle_s)
+            cpu0, t0 = cpu(), time.monotonic()
+            observed = observe(url, windows, window_s, sources)
+            used, elapsed = cpu_delta(cpu0, cpu()), time.monotonic() - t0
+            check()
+            by_level[level] = {"summary": level_summary(observed),
+                               "windows": [w.as_dict() for w in observed],
+                               "cpu_percent": {k: v / elapsed * 100 for k, v in used.items()},
+                               "waiting_after": client.rate_limit(RATE_WAITING).waiting}
+            s = by_level[level]["summary"]
+            progress(f"{level} waiting for a rate turn: {s['top_level_total']['median']:.1f} "
+                     f"commands/s sent, {s['all_commands_total']['median']:.1f}/s executed")
+        raised_at = time.time()
+        client.set_rate_limit(RATE_WAITING, "1000/s", burst=100)
+        spans = [s for s in wait_spans(records, token, len(ids) + 1, timeout_s, check)
+                 if s[2] >= 0]  # not the first run, which took the hour's turn
+        outcomes = run_outcomes(store_for(app), [first.id, *ids])
+        drain_result_messages()
+    finally:
+        client.set_rate_limit(RATE_WAITING, None)
+        records.close()
+    starts = sorted(s[0] for s in spans)
+    resume = {"runs": len(ids) + 1, "completed": outcomes["statuses"].get("completed", 0),
+              "outcomes": outcomes,
+              "first_start_after_s": (starts[0] - raised_at) if starts else None,
+              "all_started_after_s": (starts[-1] - raised_at) if starts else None,
+              "waiting_after": client.rate_limit(RATE_WAITING).waiting}
+    levels_summary = {lv: v["summary"] for lv, v in by_level.items()}
+    return {"levels": by_level, "scaling": scaling(levels_summary, threshold),
+            "resume": resume}
 
 
 def measure_polling(url: str, levels: Sequence[int], windows: int, window_s: float,

@@ -311,6 +311,51 @@ def polling_section(p: Mapping[str, Any], config: Mapping[str, Any]) -> list[str
     return lines
 
 
+def rate_polling_section(p: Mapping[str, Any], config: Mapping[str, Any]) -> list[str]:
+    levels = {str(k): v["summary"] for k, v in p["levels"].items()}
+    keys = list(levels)
+    sc, resume = p["scaling"], p["resume"]
+
+    def total(what: str, label: str, unit: str) -> str:
+        return f"| {label} | " + " | ".join(
+            f"{levels[k][what]['median']:.1f} ({levels[k][what]['min']:.1f}–"
+            f"{levels[k][what]['max']:.1f})" for k in keys) + f" | {unit} |"
+
+    low, top = sc["compared"]
+    per_all = sc["all_commands_total"]["per_parked_run"]
+    grew = ", ".join(f"{k} +{v:g}/s" for k, v in sc["grew"].items()) or "nothing"
+    first, last = resume["first_start_after_s"], resume["all_started_after_s"]
+    started = (f"the first waiting run started {first * 1000:.0f} ms after the call, the "
+               f"last {last:.2f} s after it" if first is not None else "no run was waiting")
+    return [
+        "### 4. Runs waiting for a rate turn: no busy polling",
+        "",
+        "A rate limit of one start an hour (`rate_limit=\"1/h\"`): a first run takes the "
+        f"hour's turn, then runs published until {', '.join(keys)} wait in the limit's "
+        "queue. Windows and figures as in 3 (per second, median (min–max), whole server).",
+        "",
+        "| per second | " + " | ".join(f"{k} waiting" for k in keys) + " | unit |",
+        "|---|" + "---:|" * len(keys) + "---|",
+        total("top_level_total", "commands sent by clients (MONITOR)", "commands/s"),
+        total("all_commands_total", "commands executed (with script-internal ones)",
+              "commands/s"),
+        total("redis_usec_total", "Redis time (commandstats usec)", "µs/s"),
+        "",
+        "Commands sent, by process and command (EVALSHA named by script):",
+        "",
+        *_level_table(levels, "by_source_command", "process and command"),
+        "",
+        f"Scaling with the number of waiting runs ({low} → {top}): {per_all:+.4f} commands "
+        f"executed/s per waiting run; commands whose rate grew by more than "
+        f"{sc['threshold_per_s'] / 2:g}/s: {grew}. Busy polling: "
+        f"**{'yes' if sc['busy_polling'] else 'no'}**.",
+        "",
+        f"Rate raised at runtime to 1000/s (`set_rate_limit`): {resume['completed']} of "
+        f"{resume['runs']} runs completed, {started}; runs still waiting afterwards: "
+        f"{resume['waiting_after']}.",
+    ]
+
+
 def render_markdown(result: Mapping[str, Any]) -> str:
     config, machine = result["config"], result["machine"]
     lines = [
@@ -327,6 +372,8 @@ def render_markdown(result: Mapping[str, Any]) -> str:
         lines += slots_section(result["slots"], config) + [""]
     if "polling" in result:
         lines += polling_section(result["polling"], config) + [""]
+    if "rate_polling" in result:
+        lines += rate_polling_section(result["rate_polling"], config) + [""]
     errors = result.get("worker_errors") or []
     lines.append(f"Worker log errors: {len(errors)}." + (
         " First ones: " + "; ".join(f"`{e[:160]}`" for e in errors[:5]) if errors else ""))
