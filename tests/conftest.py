@@ -14,6 +14,7 @@ that build their own store use :func:`store_url` and :func:`wipe_store`.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import os
 import shutil
@@ -168,13 +169,34 @@ def test_app(redis_base_url: str, cluster_url: str | None,  # type: ignore[no-un
 
 
 @pytest.fixture(scope="session")
-def worker(test_app):  # type: ignore[no-untyped-def]
-    """An embedded solo-pool worker (a thread of the test process) on the default queue."""
+def _embedded_worker(test_app):  # type: ignore[no-untyped-def]
+    """Starts the embedded worker of the ``worker`` fixture, again if it has stopped.
+
+    Celery stops embedded workers through a process-wide flag
+    (``celery.worker.state.should_terminate``), so when a test's own embedded worker stops
+    (``durable_worker``, ``start_worker``), every other one in this process stops too.
+    """
+    from celery.bootsteps import RUN
     from celery.contrib.testing.worker import start_worker
 
-    with start_worker(test_app, pool="solo", perform_ping_check=False, loglevel="WARNING",
-                      shutdown_timeout=10) as w:
-        yield w
+    stack = contextlib.ExitStack()
+    current: list[Any] = []
+
+    def ensure() -> Any:
+        if not current or current[-1].blueprint.state != RUN:
+            current.append(stack.enter_context(start_worker(
+                test_app, pool="solo", perform_ping_check=False, loglevel="WARNING",
+                shutdown_timeout=10, queues=[test_app.conf.task_default_queue])))
+        return current[-1]
+
+    with stack:
+        yield ensure
+
+
+@pytest.fixture
+def worker(_embedded_worker):  # type: ignore[no-untyped-def]
+    """An embedded solo-pool worker (a thread of the test process) on the default queue."""
+    return _embedded_worker()
 
 
 @pytest.fixture

@@ -42,6 +42,10 @@ def durable_worker(
     waits, retries and child runs behave as in production. ``queues`` defaults to the app's
     default queue. Faults from :func:`fail_step` reach it (same process).
 
+    Run one at a time: Celery stops embedded workers through a process-wide flag, so when
+    this one stops, any other embedded worker of the process (a session-wide one, say)
+    stops too; start that one again after the block if later tests need it.
+
     Raises:
         StoreError: the checkpoint store (``durable_redis_url``) does not answer; checked
             first, so that a test fails with that reason rather than a timeout.
@@ -57,10 +61,18 @@ def durable_worker(
     options: dict[str, Any] = {}
     if queues:
         options["queues"] = list(queues)
-    with start_worker(app, pool=pool, concurrency=concurrency, loglevel=loglevel,
-                      perform_ping_check=False, shutdown_timeout=shutdown_timeout,
-                      **options) as worker:
-        yield worker
+    # A worker given queues selects them on the app itself (kombu's Queues.select): give
+    # the app its selection back afterwards, so that later workers consume what they did.
+    queues_of_app = app.amqp.queues
+    selected = getattr(queues_of_app, "_consume_from", None)
+    try:
+        with start_worker(app, pool=pool, concurrency=concurrency, loglevel=loglevel,
+                          perform_ping_check=False, shutdown_timeout=shutdown_timeout,
+                          **options) as worker:
+            yield worker
+    finally:
+        if hasattr(queues_of_app, "_consume_from"):
+            queues_of_app._consume_from = selected
     gc.collect()  # results the worker published unsubscribe now, while Redis is up
 
 
