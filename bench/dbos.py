@@ -156,7 +156,7 @@ def pg_admin(url: str, sql: str) -> None:
     import psycopg
 
     with psycopg.connect(url, autocommit=True, connect_timeout=5) as conn:
-        conn.execute(sql)  # type: ignore[arg-type]
+        conn.execute(sql)
 
 
 def with_database(url: str, name: str) -> str:

@@ -92,8 +92,8 @@ class Committer:
 
     def __init__(self, server: RedisServer, mode: str) -> None:
         self.mode = mode
-        self.store = RunStore(DurableSettings(redis_url=f"{server.url}/0",
-                                              commit_durability=mode))
+        self.store = RunStore(DurableSettings.model_validate(
+            {"redis_url": f"{server.url}/0", "commit_durability": mode}))
         self._new_run()
         self.wait = self.store.commit_wait(mode)
 

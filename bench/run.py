@@ -26,7 +26,8 @@ from celery import Celery
 from celery.contrib.testing.worker import start_worker
 
 from celery_durable.config import settings_for
-from celery_durable.store import RunStore, make_client
+from celery_durable.connections import make_client
+from celery_durable.store import RunStore
 
 from . import common
 from . import measure as m
@@ -156,6 +157,7 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
     with common.bench_redis(args.redis_server) as (server, info):
         app = make_app(server.url)
         client = make_client(settings_for(app))
+        assert isinstance(client, redis.Redis), "bench.run measures a single Redis server"
         try:
             makers = redis_op_makers(app, client, args.batch_size)
             ops = primitive_ops(app, makers)

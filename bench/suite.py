@@ -64,7 +64,8 @@ def main(argv: list[str] | None = None) -> int:
     for name, full, quick in BENCHMARKS:
         if name not in args.only or (args.quick and quick is None):
             continue
-        cmd = [sys.executable, "-m", f"bench.{name}", *(quick if args.quick else full),
+        chosen = quick if args.quick and quick is not None else full
+        cmd = [sys.executable, "-m", f"bench.{name}", *chosen,
                "--out", str(args.out)]
         common.progress(f"== bench.{name}: {' '.join(cmd[3:])}")
         t0 = time.monotonic()

@@ -97,7 +97,8 @@ def drain(app: Celery, producer: Celery, results: redis.Redis, node: str, kind: 
         time.sleep(POLL_S)
     wall = time.monotonic() - started
     app.control.cancel_consumer(queue, destination=[node], reply=True, timeout=10)
-    metas = [json.loads(raw) for raw in results.mget([f"celery-task-meta-{i}" for i in ids])]
+    metas = [json.loads(raw or "null")
+             for raw in results.mget([f"celery-task-meta-{i}" for i in ids])]
     failed = [m for m in metas if m["status"] != "SUCCESS"]
     if failed:
         raise RuntimeError(f"{len(failed)} {kind} tasks failed, e.g. {failed[0]}")
@@ -139,8 +140,9 @@ def pool_run(app: Celery, producer: Celery, results: redis.Redis, server_url: st
         repeats = []
         for r in range(args.repeats):
             order = KINDS[r % len(KINDS):] + KINDS[:r % len(KINDS)]
-            rep = {f"{kind}_{steps}": drain(app, producer, results, node, kind, steps,
-                                            args.tasks, args.timeout) for kind, steps in order}
+            rep: dict[str, Any] = {
+                f"{kind}_{steps}": drain(app, producer, results, node, kind, steps, args.tasks,
+                                         args.timeout) for kind, steps in order}
             rep["ratio_1"] = rep["durable_1"]["tasks_per_s"] / rep["plain_1"]["tasks_per_s"]
             rep["ratio_10"] = rep["durable_10"]["tasks_per_s"] / rep["plain_10"]["tasks_per_s"]
             common.progress(f"{pool} repeat {r + 1}/{args.repeats}: durable/plain "
