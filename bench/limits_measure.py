@@ -531,6 +531,49 @@ def scaling(levels: Mapping[int, Mapping[str, Any]], threshold: float) -> dict[s
     return out
 
 
+@dataclass(frozen=True)
+class Observation:
+    """How each level of waiting runs is observed (measurements 3 and 4)."""
+
+    url: str
+    windows: int
+    window_s: float
+    settle_s: float
+    sources: Callable[[], dict[str, str]]
+    check: Callable[[], None]
+    cpu: CpuProbe
+    progress: Callable[[str], None]
+
+
+def observe_levels(levels: Sequence[int], publish_one: Callable[[], None],
+                   wait_level: Callable[[int], None], waiting: Callable[[], int], label: str,
+                   how: Observation) -> dict[int, Any]:
+    """For each level (ascending), publish runs until that many wait, let them settle, and
+    observe Redis over ``how.windows`` windows: the figures per level."""
+    by_level: dict[int, Any] = {}
+    published = 0
+    for level in sorted(levels):
+        while published < level:
+            publish_one()
+            published += 1
+        wait_level(level)
+        drain_result_messages()
+        time.sleep(how.settle_s)
+        cpu0, t0 = how.cpu(), time.monotonic()
+        observed = observe(how.url, how.windows, how.window_s, how.sources)
+        used, elapsed = cpu_delta(cpu0, how.cpu()), time.monotonic() - t0
+        how.check()
+        by_level[level] = {"summary": level_summary(observed),
+                           "windows": [w.as_dict() for w in observed],
+                           "cpu_percent": {k: v / elapsed * 100 for k, v in used.items()},
+                           "waiting_after": waiting()}
+        s = by_level[level]["summary"]
+        how.progress(f"{level} {label}: {s['top_level_total']['median']:.1f} commands/s sent, "
+                     f"{s['all_commands_total']['median']:.1f}/s executed (with "
+                     "script-internal ones)")
+    return by_level
+
+
 def wait_rate_waiting(client: DurableClient, n: int, timeout_s: float,
                       check: Callable[[], None]) -> None:
     """Wait until ``n`` runs wait for a turn of ``rate_waiting``'s rate limit."""
@@ -557,26 +600,13 @@ def measure_rate_polling(url: str, levels: Sequence[int], windows: int, window_s
     first = task.apply_async((token, -1, seconds), queue=WORK_QUEUE)  # takes the hour's turn
     wait_spans(records, token, 1, timeout_s, check)
     ids: list[str] = []
-    by_level: dict[int, Any] = {}
     try:
-        for level in sorted(levels):
-            while len(ids) < level:
-                ids.append(str(task.apply_async((token, len(ids), seconds),
-                                                queue=WORK_QUEUE).id))
-            wait_rate_waiting(client, level, timeout_s, check)
-            drain_result_messages()
-            time.sleep(settle_s)
-            cpu0, t0 = cpu(), time.monotonic()
-            observed = observe(url, windows, window_s, sources)
-            used, elapsed = cpu_delta(cpu0, cpu()), time.monotonic() - t0
-            check()
-            by_level[level] = {"summary": level_summary(observed),
-                               "windows": [w.as_dict() for w in observed],
-                               "cpu_percent": {k: v / elapsed * 100 for k, v in used.items()},
-                               "waiting_after": client.rate_limit(RATE_WAITING).waiting}
-            s = by_level[level]["summary"]
-            progress(f"{level} waiting for a rate turn: {s['top_level_total']['median']:.1f} "
-                     f"commands/s sent, {s['all_commands_total']['median']:.1f}/s executed")
+        by_level = observe_levels(
+            levels, lambda: ids.append(str(task.apply_async((token, len(ids), seconds),
+                                                            queue=WORK_QUEUE).id)),
+            lambda level: wait_rate_waiting(client, level, timeout_s, check),
+            lambda: client.rate_limit(RATE_WAITING).waiting, "waiting for a rate turn",
+            Observation(url, windows, window_s, settle_s, sources, check, cpu, progress))
         raised_at = time.time()
         client.set_rate_limit(RATE_WAITING, "1000/s", burst=100)
         spans = [s for s in wait_spans(records, token, len(ids) + 1, timeout_s, check)
@@ -609,28 +639,14 @@ def measure_polling(url: str, levels: Sequence[int], windows: int, window_s: flo
     task = app.tasks[LIMITED]
     token = uuid.uuid4().hex
     ids: list[str] = []
-    by_level: dict[int, Any] = {}
     try:
         client.set_concurrency_limit(LIMITED, 0)
-        for level in sorted(levels):
-            while len(ids) < level:
-                ids.append(str(task.apply_async((token, len(ids), seconds),
-                                                queue=WORK_QUEUE).id))
-            wait_parked(client, broker, level, timeout_s, check)
-            drain_result_messages()
-            time.sleep(settle_s)
-            cpu0, t0 = cpu(), time.monotonic()
-            observed = observe(url, windows, window_s, sources)
-            used, elapsed = cpu_delta(cpu0, cpu()), time.monotonic() - t0
-            check()
-            by_level[level] = {"summary": level_summary(observed),
-                               "windows": [w.as_dict() for w in observed],
-                               "cpu_percent": {k: v / elapsed * 100 for k, v in used.items()},
-                               "parked_after": limit_state(client)[1]}
-            s = by_level[level]["summary"]
-            progress(f"{level} parked: {s['top_level_total']['median']:.1f} commands/s sent, "
-                     f"{s['all_commands_total']['median']:.1f}/s executed "
-                     f"(with script-internal ones)")
+        by_level = observe_levels(
+            levels, lambda: ids.append(str(task.apply_async((token, len(ids), seconds),
+                                                            queue=WORK_QUEUE).id)),
+            lambda level: wait_parked(client, broker, level, timeout_s, check),
+            lambda: limit_state(client)[1], "parked",
+            Observation(url, windows, window_s, settle_s, sources, check, cpu, progress))
         resumed_at = time.time()
         client.set_concurrency_limit(LIMITED, LIMIT)
         spans = wait_spans(records, token, len(ids), timeout_s, check)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from .common import commit, versions
@@ -228,15 +228,22 @@ def _cpu_rows(levels: Mapping[Any, Any], keys: Sequence[str]) -> list[str]:
         + " | % of one CPU |" for name in names]
 
 
+def _total_row(levels: Mapping[str, Any]) -> Callable[[str, str, str], str]:
+    """A table row of one total per level: median (min–max)."""
+
+    def total(what: str, label: str, unit: str) -> str:
+        return f"| {label} | " + " | ".join(
+            f"{v[what]['median']:.1f} ({v[what]['min']:.1f}–{v[what]['max']:.1f})"
+            for v in levels.values()) + f" | {unit} |"
+
+    return total
+
+
 def polling_section(p: Mapping[str, Any], config: Mapping[str, Any]) -> list[str]:
     levels = {str(k): v["summary"] for k, v in p["levels"].items()}
     keys = list(levels)
     sc, resume = p["scaling"], p["resume"]
-
-    def total(what: str, label: str, unit: str) -> str:
-        return f"| {label} | " + " | ".join(
-            f"{levels[k][what]['median']:.1f} ({levels[k][what]['min']:.1f}–"
-            f"{levels[k][what]['max']:.1f})" for k in keys) + f" | {unit} |"
+    total = _total_row(levels)
 
     low, top = sc["compared"]
     lines = [
@@ -315,11 +322,7 @@ def rate_polling_section(p: Mapping[str, Any], config: Mapping[str, Any]) -> lis
     levels = {str(k): v["summary"] for k, v in p["levels"].items()}
     keys = list(levels)
     sc, resume = p["scaling"], p["resume"]
-
-    def total(what: str, label: str, unit: str) -> str:
-        return f"| {label} | " + " | ".join(
-            f"{levels[k][what]['median']:.1f} ({levels[k][what]['min']:.1f}–"
-            f"{levels[k][what]['max']:.1f})" for k in keys) + f" | {unit} |"
+    total = _total_row(levels)
 
     low, top = sc["compared"]
     per_all = sc["all_commands_total"]["per_parked_run"]
