@@ -28,7 +28,7 @@ from .models import (
     ms_to_datetime,
 )
 from .queries import RunQuery, search_runs
-from .rates import RateSpec, coded_rate, rate_base
+from .rates import RateSpec, coded_rate, dispatch_queue, rate_base
 from .store import RunStore, now_ms, store_for
 from .waits import fork_run, publish_run, send_event
 
@@ -302,6 +302,8 @@ class DurableClient:
         subs = {"_", *(str(json.loads(m)[1]) for m in members)}
         self.store.reset_rate_states([self.store.keys.rate(base, sub)[1] for sub in subs])
         self.store.wake_rate_queues(members)
+        for member in members:
+            dispatch_queue(self.app, self.store, member)  # or a worker's reaper, if first
 
     def rate_queues(self, name: str | None = None) -> list[tuple[str, str | None]]:
         """The rate limits (``(base, key)``; key None for a limit without a rate key) that
