@@ -78,9 +78,10 @@ def _wrap(fn: Callable[P, R], name: str | None, retry: RetryPolicy | None,
         ctx = get_run_context()
         if ctx is None:
             return fn(*args, **kwargs)
-        ref = rate_ref(f"step:{step_name}", spec, key_fn, args, kwargs)
-        if ref is not None and not ctx.take_turn(step_name, ref, mode):
-            return None  # type: ignore[return-value]  # a lossy rate limit skipped it
+        if spec is not None:
+            ref = rate_ref(f"step:{step_name}", spec, key_fn, args, kwargs)
+            if ref is not None and not ctx.take_turn(step_name, ref, mode):
+                return None  # type: ignore[return-value]  # a lossy rate limit skipped it
         body = fn
         if timeout is not None and ctx.current_step is None:
             body = with_timeout(fn, timeout,

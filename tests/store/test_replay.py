@@ -1,0 +1,66 @@
+"""Replaying checkpoints as a resumed attempt does: the one-pass decode of every loaded
+checkpoint, and the per-checkpoint fallback that names a broken one."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from celery_durable.config import DurableSettings
+from celery_durable.context import RunContext, bind_context, unbind_context
+from celery_durable.errors import CheckpointDecodeError, NondeterminismError
+from celery_durable.steps import step
+from celery_durable.store import RunStore
+
+
+@pytest.fixture
+def store(store_url: Callable[[int], str]) -> Iterator[RunStore]:
+    st = RunStore(DurableSettings(redis_url=store_url(8), key_prefix="rp:"))
+    yield st
+    st.client.close()
+
+
+@step(name="piece")
+def piece(i: int) -> object:
+    raise AssertionError("a replayed step must not execute")
+
+
+def checkpoint(step_id: str, value: object) -> str:
+    return json.dumps({"id": step_id, "v": value, "t0": 1, "t1": 2, "a": 1},
+                      separators=(",", ":"))
+
+
+def replay(store: RunStore, checkpoints: dict[str, str], calls: int) -> list[object]:
+    ctx = RunContext(run_id="r", attempt=2, task_name="t", token="tok", owner="o",
+                     store=store, checkpoints=checkpoints)
+    bound = bind_context(ctx)
+    try:
+        return [piece(i) for i in range(calls)]
+    finally:
+        unbind_context(bound)
+
+
+def test_every_checkpoint_replays_its_value(store: RunStore) -> None:
+    when = {"__cd__": "datetime", "v": "2026-12-01T10:00:00+00:00"}
+    checkpoints = {"0": checkpoint("piece", {"i": 0}),
+                   "1": checkpoint("piece#2", when),
+                   "2": checkpoint("piece#3", [1, "two", None])}
+    assert replay(store, checkpoints, 3) == [
+        {"i": 0}, dt.datetime(2026, 12, 1, 10, tzinfo=dt.timezone.utc), [1, "two", None]]
+
+
+def test_a_broken_checkpoint_is_named_by_its_position(store: RunStore) -> None:
+    checkpoints = {"0": checkpoint("piece", 1), "1": '{"id": "piece#2", "v": 2} trailing',
+                   "2": checkpoint("piece#3", 3)}
+    with pytest.raises(CheckpointDecodeError, match="position 1"):
+        replay(store, checkpoints, 3)
+    with pytest.raises(CheckpointDecodeError, match="position 0"):
+        replay(store, {"0": "[1, 2]"}, 1)
+
+
+def test_a_different_step_order_is_reported(store: RunStore) -> None:
+    with pytest.raises(NondeterminismError, match="recorded as 'other'"):
+        replay(store, {"0": checkpoint("other", 1)}, 1)
