@@ -90,10 +90,12 @@ def test_runs_list_and_trace_in_a_browser(browser_page: Any, flower_worker: Any,
     # A long step output is cut, with "show more"; secrets are redacted.
     page.goto(f"/durable/runs/{done}")
     page.locator('.durable-step[data-step="fetch_order"] a').click()
+    # Bootstrap's collapse animates: wait until the step's details are fully open.
+    page.locator("#durable-step-0.collapse.show").wait_for(state="visible")
     value = page.locator("#durable-step-0 .durable-step-output .durable-value")
     value.locator(".durable-more").click()
-    assert value.locator(".durable-full").is_visible()
-    assert not value.locator(".durable-preview").is_visible()
+    value.locator(".durable-full").wait_for(state="visible", timeout=5_000)
+    value.locator(".durable-preview").wait_for(state="hidden", timeout=5_000)
     assert "x" * 900 in value.locator(".durable-full").inner_text()
     assert "[redacted]" in value.locator(".durable-full").inner_text()
     assert "SECRET" not in page.locator("body").inner_text()
