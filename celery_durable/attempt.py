@@ -91,11 +91,12 @@ def run_attempt(task: DurableTask, args: tuple[Any, ...], kwargs: dict[str, Any]
     owner = current_worker_id(req.hostname)
     properties = req.properties or {}
     queue = queue_of(task, {"delivery_info": req.delivery_info or {}})
+    version = code_version(task)
     try:
         take_turn_in_worker(task, store, run_id, args, kwargs, queue,
                             lambda: _record_if_missing(task, store, run_id, args, kwargs, queue))
         slots = _take_slots(task, store, run_id, args, kwargs, queue)
-        claim = _claim(task, store, run_id, owner, args, kwargs, properties)
+        claim = _claim(task, store, run_id, owner, args, kwargs, properties, queue, version)
     except StoreError as exc:
         # Redis is unreachable: nothing ran; try again later with the same message id.
         delay = min(60.0, 2.0 ** min(int(req.retries or 0), 6)) * random.uniform(0.5, 1.0)
@@ -140,7 +141,7 @@ def run_attempt(task: DurableTask, args: tuple[Any, ...], kwargs: dict[str, Any]
                      if task.durable_run_timeout is not None else None),
         logs=logcapture.RunLogs(settings, claim.attempt) if settings.log_capture else None,
         meters=meters,
-        code_version=code_version(task),
+        code_version=version,
         recorded_version=claim.version,
         durability=task.durable_commit_durability,
     )
@@ -152,7 +153,7 @@ def run_attempt(task: DurableTask, args: tuple[Any, ...], kwargs: dict[str, Any]
         with otel.attempt_span(task.name, run_id, ctx.attempt, req.headers) as span:
             ctx.traced = span is not None and span.is_recording()
             try:
-                value = _run_body(task, store, ctx, args, kwargs)
+                value = _run_body(task, store, ctx, args, kwargs, queue)
             except Retry:
                 otel.set_outcome(span, "retrying")
                 raise
@@ -219,7 +220,10 @@ def _claim(
     args: tuple[Any, ...],
     kwargs: dict[str, Any],
     properties: dict[str, Any],
+    queue: str,
+    version: str,
 ) -> Claim:
+    """Claim the run (``queue`` and ``version`` as run_attempt computed them once)."""
     claim_with = functools.partial(
         store.claim,
         run_id,
@@ -227,10 +231,10 @@ def _claim(
         task=task.name,
         args_json=encode_arguments(list(args)),
         kwargs_json=encode_arguments(kwargs),
-        queue=queue_of(task, {"delivery_info": task.request.delivery_info or {}}),
+        queue=queue,
         pid=os.getpid(),
         delivery_tag=str(properties.get("delivery_tag") or ""),
-        version=code_version(task),
+        version=version,
     )
     claim = claim_with(nonce=uuid.uuid4().hex)
     if claim.outcome == "busy" and claim.owner == owner and _is_dead(claim.holder_pid):
@@ -258,12 +262,12 @@ def _run_body(
     ctx: RunContext,
     args: tuple[Any, ...],
     kwargs: dict[str, Any],
+    queue: str,
 ) -> Any:
     try:
         ctx.check_deadline("when the attempt started")
         if not task.request.is_eager:
-            apply_policy(task, store, ctx,
-                         queue_of(task, {"delivery_info": task.request.delivery_info or {}}))
+            apply_policy(task, store, ctx, queue)
         args, kwargs = coerce_call(task.run, args, kwargs)
         value = task.run(*args, **kwargs)
     except LeaseLostError as exc:

@@ -30,7 +30,7 @@ from .errors import DurabilityError, StoreError
 from .indexes import RunIndexes
 from .keys import KeySpace, LimitKeys, RunKeys
 from .models import TERMINAL_STATUSES, RunStatus
-from .scripts import Scripts, queue_call
+from .scripts import Scripts, evalsha, queue_call
 
 #: Leases renewed per script call by the heartbeat.
 LEASE_BATCH = 500
@@ -85,6 +85,10 @@ def _checkpoints(fmt: str, data: str) -> dict[str, str]:
         return {}
     flat = data.split("\n")
     return dict(zip(flat[::2], flat[1::2], strict=True))
+
+
+#: claim_attempt.lua's previous status of a run that the claim itself created.
+NEW_RUN = "new"
 
 
 class RunStore:
@@ -166,9 +170,16 @@ class RunStore:
         with _redis_errors(f"start an attempt of run {run_id}"):
             reply = self._pipelined(build)[0]
         outcome = reply[0]
-        if outcome != "claimed" or reply[3] not in RunStatus._value2member_map_:
-            # Not the usual outcome (a duplicate, an ended run, a crash loop, or a run this
-            # claim created): the optimistic index update guessed wrong.
+        if outcome == "claimed" and reply[3] == NEW_RUN:
+            # A run this claim created (sent by name, not recorded at publish): the
+            # optimistic update put it in the running and lease indexes; only the lists of
+            # all runs and of its task are missing (one round trip, no read back).
+            with _redis_errors(f"index run {run_id}"), self.client.pipeline(False) as pipe:
+                self.indexes.new(pipe, run_id, task, ts, status=None)
+                pipe.execute()
+        elif outcome != "claimed" or reply[3] not in RunStatus._value2member_map_:
+            # Not the usual outcome (a duplicate, an ended run, a crash loop): the
+            # optimistic index update guessed wrong.
             self._repair_indexes(run_id, task, owner)
         if outcome == "done":
             return Claim("done", status=reply[1], result=reply[2])
@@ -214,7 +225,7 @@ class RunStore:
         try:
             if logs:
                 return int(self._with_logs(keys, logs, self._commit_script, script_keys, args))
-            return int(self._commit_script(keys=script_keys, args=args))
+            return int(evalsha(self.client, self._commit_script, script_keys, args))
         except redis.RedisError as exc:
             raise StoreError(
                 f"celery-durable could not commit step {step_id!r} of {keys.run}: {exc}"

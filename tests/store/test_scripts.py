@@ -215,9 +215,18 @@ def test_wrong_guesses_of_the_optimistic_index_update_are_repaired(store: RunSto
 
 def test_a_run_created_by_its_first_claim_is_listed(store: RunStore) -> None:
     # Published by a producer without celery-durable (send_task by name): no record yet.
-    assert claim(store, "i4", "n1").outcome == "claimed"
+    c = claim(store, "i4", "n1")
+    assert c.outcome == "claimed" and c.status == "new"
     state = index_state(store, "i4")
     assert state["statuses"] == ["running"] and state["listed"] and state["in_worker_set"]
+    assert state["lease"] == int(store.client.hget("t:{i4}:run", "lease_expires_ms"))
+    created = int(store.client.hget("t:{i4}:run", "created_ms"))
+    assert store.client.zscore(store.keys.all_runs, "i4") == created
+    assert store.client.zscore(store.keys.task_index("t.task"), "i4") == created
+    store.end_attempt("i4", c.token, RunStatus.COMPLETED, {"type": "run_completed"},
+                      task="t.task", owner="w1")
+    state = index_state(store, "i4")
+    assert state["statuses"] == ["completed"] and state["listed"] and state["lease"] is None
 
 
 def test_claim_returns_every_checkpoint_undecoded_even_with_newlines(store: RunStore) -> None:
