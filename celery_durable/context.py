@@ -83,6 +83,12 @@ class SuspendRun(BaseException):
         self.details = details
 
 
+_fast_loads: Callable[[str], Any] | None
+try:  # the optional "orjson" extra: faster resumes of long runs
+    from orjson import loads as _fast_loads
+except ImportError:  # pragma: no cover - depends on the installation
+    _fast_loads = None
+
 #: How a tagged value (a datetime, a model, ...) appears in an encoded checkpoint: a
 #: checkpoint without it is plain JSON, replayed without walking its value.
 _TAG_TEXT = f'"{TAG}"'
@@ -559,16 +565,23 @@ class RunContext:
                 run_id=self.id)
 
     def _decode_all(self) -> dict[str, Any]:
-        """Every checkpoint loaded by the claim, decoded in one call of the C decoder
-        (resuming a long run replays them all: one call per step costs several times as
-        much). Empty if any payload is not a JSON object: each is then decoded on its own,
-        and the broken one reported with its position."""
+        """Every checkpoint loaded by the claim, decoded in one call of a C decoder (orjson
+        if installed, else the standard one): resuming a long run replays them all, and one
+        call per step costs several times as much. Empty if any payload is not a JSON
+        object: each is then decoded on its own, and the broken one reported with its
+        position."""
         if not self._committed:
             return {}
+        text = "[" + ",".join(self._committed.values()) + "]"
         try:
-            records = _decoder.decode("[" + ",".join(self._committed.values()) + "]")
+            # orjson refuses what the standard decoder accepts (NaN, integers beyond 64
+            # bits): those runs take the standard path.
+            records = _fast_loads(text) if _fast_loads is not None else _decoder.decode(text)
         except ValueError:
-            return {}
+            try:
+                records = _decoder.decode(text)
+            except ValueError:
+                return {}
         if len(records) != len(self._committed) or not all(type(r) is dict for r in records):
             return {}
         return dict(zip(self._committed, records, strict=True))

@@ -9,6 +9,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
+from celery_durable import context
 from celery_durable.config import DurableSettings
 from celery_durable.context import RunContext, bind_context, unbind_context
 from celery_durable.errors import CheckpointDecodeError, NondeterminismError
@@ -64,3 +65,22 @@ def test_a_broken_checkpoint_is_named_by_its_position(store: RunStore) -> None:
 def test_a_different_step_order_is_reported(store: RunStore) -> None:
     with pytest.raises(NondeterminismError, match="recorded as 'other'"):
         replay(store, {"0": checkpoint("other", 1)}, 1)
+
+
+def test_values_orjson_refuses_take_the_standard_decoder(store: RunStore) -> None:
+    huge = 2**70  # beyond 64 bits: the standard decoder reads it, orjson does not
+    checkpoints = {"0": checkpoint("piece", huge), "1": checkpoint("piece#2", float("inf"))}
+    assert replay(store, checkpoints, 2) == [huge, float("inf")]
+
+
+@pytest.mark.parametrize("fast", [True, False], ids=["orjson", "standard"])
+def test_both_decoders_give_the_same_values(store: RunStore, monkeypatch: pytest.MonkeyPatch,
+                                            fast: bool) -> None:
+    if not fast:
+        monkeypatch.setattr(context, "_fast_loads", None)
+    elif context._fast_loads is None:
+        pytest.skip("orjson is not installed")
+    values: list[object] = [{"i": 1, "s": "é\u2028"}, [1.5, None, True], "text", 0]
+    checkpoints = {str(i): checkpoint("piece" if i == 0 else f"piece#{i + 1}", v)
+                   for i, v in enumerate(values)}
+    assert replay(store, checkpoints, len(values)) == values
