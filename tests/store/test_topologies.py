@@ -178,8 +178,10 @@ def test_a_sentinel_failover_moves_the_store_to_the_new_master() -> None:
         assert st.commit_step(st.keys.run("failover"), token, 0, "s", checkpoint(1)) == 1
         wait_until(lambda: watcher.execute_command("SENTINEL", "REPLICAS", "durable-master"),
                    "the Sentinel to discover the replica")
+        # A replica that is still in its first sync acknowledges nothing yet.
+        wait_until(lambda: link_up(replica_port), "the replica's first sync")
         # The replica has the step before the master is demoted (WAIT: replicated).
-        assert st.client.execute_command("WAIT", 1, 5000) == 1
+        assert st.client.execute_command("WAIT", 1, 10_000) == 1
         watcher.execute_command("SENTINEL", "FAILOVER", "durable-master")
         wait_until(lambda: int(watcher.execute_command(
             "SENTINEL", "GET-MASTER-ADDR-BY-NAME", "durable-master")[1]) == replica_port,
@@ -205,6 +207,15 @@ def test_a_sentinel_failover_moves_the_store_to_the_new_master() -> None:
             proc.terminate()
             proc.wait(timeout=10)
             shutil.rmtree(workdir, ignore_errors=True)
+
+
+def link_up(port: int) -> bool:
+    """Whether the replica on ``port`` has finished syncing with its master."""
+    client = redis.Redis(port=port, decode_responses=True)
+    try:
+        return client.info("replication").get("master_link_status") == "up"
+    finally:
+        client.close()
 
 
 def role(port: int) -> str:
