@@ -28,8 +28,8 @@ from .models import (
     ms_to_datetime,
 )
 from .queries import RunQuery, search_runs
-from .rates import RateSpec, coded_rate, dispatch_queue, rate_base
-from .store import RunStore, now_ms, store_for
+from .rates import RateSpec, coded_rate, dispatch_queue, parse_member, rate_base
+from .store import RunStore, now_ms, store_for, waiting_by_rank
 from .waits import fork_run, publish_run, send_event
 
 _codec = JsonCodec()
@@ -247,7 +247,7 @@ class DurableClient:
             override, holders, parked, fair = pipe.execute()
         return LimitInfo(name=base, key=key, limit=int(override) if override else None,
                          holders=[str(h) for h in holders], parked=[str(p) for p in parked],
-                         parked_by_priority=_ranks(fair))
+                         parked_by_priority=waiting_by_rank(fair))
 
     def versions(self, task: str | None = None) -> dict[str, dict[str, int]]:
         """In-flight runs (not ended) per task and code version: ``{task: {version: n}}``.
@@ -297,9 +297,9 @@ class DurableClient:
         """A changed rate applies at once: the turns booked at the old rate are forgotten
         (the limit starts afresh, idle, at the new rate) and the dispatchers of its waiting
         runs run now."""
-        members = [m for m in self.store.rate_queue_members()
-                   if json.loads(m)[0] == base]
-        subs = {"_", *(str(json.loads(m)[1]) for m in members)}
+        queues = {m: parse_member(m) for m in self.store.rate_queue_members()}
+        members = [m for m, (limit, _) in queues.items() if limit == base]
+        subs = {NO_KEY, *(queues[m][1] for m in members)}
         self.store.reset_rate_states([self.store.keys.rate(base, sub)[1] for sub in subs])
         self.store.wake_rate_queues(members)
         for member in members:
@@ -311,7 +311,7 @@ class DurableClient:
         base = rate_base(name, self.app) if name else None
         found = []
         for member in self.store.rate_queue_members():
-            limit, sub = (str(x) for x in json.loads(member))
+            limit, sub = parse_member(member)
             if base is None or limit == base:
                 found.append((limit, None if sub == NO_KEY else sub))
         return sorted(found, key=lambda item: (item[0], item[1] or ""))
@@ -408,8 +408,3 @@ class DurableClient:
 def _summary(run_id: str, raw: Mapping[str, str]) -> RunSummary:
     return RunSummary(**_summary_fields(run_id, raw))
 
-
-def _ranks(fair: dict[Any, Any]) -> dict[int, int]:
-    """Waiting runs per priority rank, from a queue's bookkeeping hash (``p:<rank>``)."""
-    return {int(str(k)[2:]): int(v) for k, v in fair.items()
-            if str(k).startswith("p:") and int(v) > 0}

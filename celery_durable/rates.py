@@ -163,6 +163,19 @@ def queue_member(ref: RateRef) -> str:
     return json.dumps([ref.base, ref.sub])
 
 
+def parse_member(member: str) -> tuple[str, str]:
+    """``(base, sub)`` of a rate queue named by :func:`queue_member`.
+
+    Raises:
+        ValueError: ``member`` was not written by :func:`queue_member`.
+    """
+    try:
+        base, sub = json.loads(member)
+    except (ValueError, TypeError) as exc:
+        raise ValueError(f"not a rate queue name: {member!r}") from exc
+    return str(base), str(sub)
+
+
 def take(store: RunStore, ref: RateRef, run_id: str, info_json: str, *, rank: int = 0,
          fairness_key: str = "", first: bool = False) -> Turn:
     """A lossless run's turn of ``ref``: now or within the lookahead when nobody waits,
@@ -181,10 +194,10 @@ def dispatch_queue(app: Celery, store: RunStore, member: str) -> int:
     wins it): publish the waiting runs whose turns have come, each with an ETA at its turn,
     and set the next dispatch. Returns how many runs were published."""
     try:
-        base, sub = (str(part) for part in json.loads(member))
-    except (ValueError, TypeError):
+        base, sub = parse_member(member)
+    except ValueError:
         logger.error("celery-durable: ignoring an unreadable rate timer %r", member)
-        store.client.zrem(store.keys.rate_timers, member)
+        store.drop_rate_timer(member)
         return 0
     keys = store.keys.rate_queue(base, sub)
     reply = store.rate_dispatch(keys, member)

@@ -87,6 +87,13 @@ def _checkpoints(fmt: str, data: str) -> dict[str, str]:
     return dict(zip(flat[::2], flat[1::2], strict=True))
 
 
+def waiting_by_rank(fair: Mapping[Any, Any]) -> dict[int, int]:
+    """Waiting runs per priority rank, from a queue's bookkeeping hash (its ``p:<rank>``
+    counts, kept by _waiting.lua) of a concurrency limit or a rate limit."""
+    return {int(str(k)[2:]): int(v) for k, v in fair.items()
+            if str(k).startswith("p:") and int(v) > 0}
+
+
 #: claim_attempt.lua's previous status of a run that the claim itself created.
 NEW_RUN = "new"
 
@@ -911,6 +918,11 @@ class RunStore:
             with _redis_errors("reset rate limits"):
                 self.client.delete(*state_keys)
 
+    def drop_rate_timer(self, member: str) -> None:
+        """Forget a rate timer (one that names no readable queue)."""
+        with _redis_errors("drop a rate timer"):
+            self.client.zrem(self.keys.rate_timers, member)
+
     def wake_rate_queues(self, members: Sequence[str]) -> None:
         """Make the dispatchers of these rate queues due now (a rate changed)."""
         if not members:
@@ -924,9 +936,7 @@ class RunStore:
             pipe.zcard(keys[2])
             pipe.hgetall(keys[4])
             waiting, fair = pipe.execute()
-        ranks = {int(k[2:]): int(v) for k, v in fair.items()
-                 if str(k).startswith("p:") and int(v) > 0}
-        return int(waiting), ranks
+        return int(waiting), waiting_by_rank(fair)
 
     def set_rate_config(self, config_key: str, count: float | None, period_ms: int = 0,
                         burst: int = 1) -> None:
