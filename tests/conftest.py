@@ -184,6 +184,10 @@ def _embedded_worker(test_app):  # type: ignore[no-untyped-def]
 
     def ensure() -> Any:
         if not current or current[-1].blueprint.state != RUN:
+            from celery.worker import state
+
+            if state.should_terminate == 0:  # left set by a worker that failed to stop
+                state.should_terminate = None
             current.append(stack.enter_context(start_worker(
                 test_app, pool="solo", perform_ping_check=False, loglevel="WARNING",
                 shutdown_timeout=10, queues=[test_app.conf.task_default_queue])))

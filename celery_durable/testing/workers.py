@@ -63,6 +63,12 @@ def durable_worker(
         options["queues"] = list(queues)
     # A worker given queues selects them on the app itself (kombu's Queues.select): give
     # the app its selection back afterwards, so that later workers consume what they did.
+    from celery.worker import state
+
+    # A worker that failed to stop in time (start_worker raised) leaves Celery's stop flag
+    # set, which would stop this one at once.
+    if state.should_terminate == 0:
+        state.should_terminate = None
     queues_of_app = app.amqp.queues
     selected = getattr(queues_of_app, "_consume_from", None)
     try:

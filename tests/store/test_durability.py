@@ -192,7 +192,7 @@ def test_a_task_option_makes_a_real_worker_wait_for_the_replica(
     previous = current_app._get_current_object()  # start_worker makes its app current
     try:
         with start_worker(app, pool="solo", perform_ping_check=False, loglevel="WARNING",
-                          shutdown_timeout=10):
+                          shutdown_timeout=30):
             result = task.apply_async((4,))
             assert result.get(timeout=30) == 12
     finally:
