@@ -9,7 +9,7 @@ import signal
 import pytest
 
 from celery_durable import RunStatus
-from tests.chaos.helpers import holder_main_pid, run_with, wait_for
+from tests.chaos.helpers import holder_main_pid, lease_pid, run_with, wait_for
 from tests.workers import celery_worker
 
 pytestmark = pytest.mark.slow
@@ -39,8 +39,12 @@ def test_long_step_killed_at_70_percent_resumes_from_its_progress(
         wait_for(lambda: _saved_row(client, result.id) >= 70, 60, "70 rows done")
         run = wait_for(lambda: run_with(client, result.id, lambda r: bool(r.lease_owner)), 10,
                        "the holder")
-        # When the worker executing it is SIGKILLed (its pool process dies with it)
+        # When the worker executing it is SIGKILLed, with its pool process (killed first,
+        # so no row is saved after the progress is read below)
         victim = holder_main_pid(run)
+        child = lease_pid(client, result.id)
+        assert child > 0 and child != victim, "the run's pool process is unknown"
+        os.kill(child, signal.SIGKILL)
         os.kill(victim, signal.SIGKILL)
         killed_at = _saved_row(client, result.id)
         # Then the other worker runs the step again, starting at the saved row
