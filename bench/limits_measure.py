@@ -20,6 +20,7 @@ from typing import Any, cast
 import redis
 
 from celery_durable import DurableClient, DurableTask
+from celery_durable.events import trace_events
 from celery_durable.store import RunStore, store_for
 
 from .limits_app import (
@@ -266,18 +267,17 @@ def _event_ms(entry_id: str) -> float:
 
 def run_outcomes(store: RunStore, ids: Sequence[str]) -> dict[str, Any]:
     """Statuses of the runs, how often each was parked (``slot_denied`` events), and the
-    server time (ms, stream entry id) of each run's last ``attempt_started`` and of its
+    server time (ms, from the trace entry) of each run's last ``attempt_started`` and of its
     ``run_completed``."""
     statuses = dict(Counter(raw.get("status", "missing") for raw in store.read_summaries(ids)))
     with store.client.pipeline(False) as pipe:
         for run_id in ids:
-            pipe.xrange(store.keys.run(run_id).trace)
-        traces = pipe.execute()
-    parks = [sum(1 for _, fields in trace if fields.get("type") == "slot_denied")
-             for trace in traces]
+            pipe.lrange(store.keys.run(run_id).trace, 0, -1)
+        traces = [trace_events(entries, {}) for entries in pipe.execute()]
+    parks = [sum(1 for ev in trace if ev.type == "slot_denied") for trace in traces]
     started, completed = [], []
     for trace in traces:
-        times = {fields.get("type"): _event_ms(entry_id) for entry_id, fields in trace}
+        times = {ev.type: _event_ms(ev.id) for ev in trace}
         if "attempt_started" in times and "run_completed" in times:
             started.append(times["attempt_started"])
             completed.append(times["run_completed"])

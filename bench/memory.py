@@ -11,7 +11,7 @@ keys. An in-process solo worker (``celery.contrib.testing.worker.start_worker``)
 ASCII characters (after a few warm-up runs, which create the worker's registry keys). Then:
 
 - ``used_memory`` (INFO memory) delta of the store server, per run;
-- ``MEMORY USAGE <key> SAMPLES 0`` of every run's keys (run hash, steps hash, trace stream)
+- ``MEMORY USAGE <key> SAMPLES 0`` of every run's keys (run hash, steps hash, trace list)
   and of the index keys (delta per run), per run.
 
 "Beyond the results" subtracts ``steps x result-bytes`` (the results themselves) from the
@@ -95,7 +95,7 @@ def index_keys(client: redis.Redis, space: KeySpace) -> list[str]:
 
 def run_keys(space: KeySpace, run_id: str) -> dict[str, str]:
     k = space.run(run_id)
-    return {"run hash": k.run, "steps hash": k.steps, "trace stream": k.trace}
+    return {"run hash": k.run, "steps hash": k.steps, "trace list": k.trace}
 
 
 def measure(args: argparse.Namespace, broker_url: str, store_url: str) -> dict[str, Any]:
@@ -129,7 +129,7 @@ def measure(args: argparse.Namespace, broker_url: str, store_url: str) -> dict[s
             statuses.add(store.hget(space.run(run_id).run, "status"))
         if statuses != {"completed"}:
             raise RuntimeError(f"runs ended with statuses {statuses}, not all completed")
-        trace_len = int(store.xlen(space.run(ids[-1]).trace))
+        trace_len = int(store.llen(space.run(ids[-1]).trace))
         run_fields = int(store.hlen(space.run(ids[-1]).run))
     finally:
         store.close()

@@ -13,6 +13,7 @@ from .children import child_event_key
 from .codec import JsonCodec
 from .concurrency import NO_KEY, limit_base, publish_woken, sweep
 from .errors import CheckpointDecodeError, ConfigurationError, RunNotFoundError
+from .events import trace_events
 from .models import (
     TERMINAL_STATUSES,
     ErrorInfo,
@@ -75,12 +76,6 @@ def _summary_fields(run_id: str, raw: Mapping[str, str]) -> dict[str, Any]:
     }
 
 
-def _event(entry: Any) -> TraceEvent:
-    event_id, fields = entry
-    return TraceEvent(id=event_id, at=ms_to_datetime(int(event_id.split("-")[0])),  # type: ignore[arg-type]
-                      type=fields.get("type", ""), fields=dict(fields))
-
-
 def _error_of(fields: Mapping[str, str]) -> ErrorInfo:
     return ErrorInfo(type=fields.get("error_type", ""), message=fields.get("error_message", ""),
                      traceback=fields.get("traceback", ""))
@@ -100,21 +95,21 @@ def _logs(events: list[TraceEvent]) -> list[LogRecordInfo]:
     return records
 
 
-def _steps(raw_steps: Mapping[str, str], events: list[TraceEvent],
+def _steps(records: Mapping[int, dict[str, Any]], events: list[TraceEvent],
            blobs: Mapping[str, str]) -> list[StepInfo]:
     failures: dict[str, list[ErrorInfo]] = {}
     for ev in events:
         if ev.type == "step_failed":
             failures.setdefault(ev.fields.get("step", ""), []).append(_error_of(ev.fields))
     steps = []
-    for pos in sorted(raw_steps, key=int):
-        rec = json.loads(raw_steps[pos])
+    for pos in sorted(records):
+        rec = records[pos]
         t0, t1 = rec.get("t0"), rec.get("t1")
         steps.append(StepInfo(
-            position=int(pos), name=rec["id"], attempt=int(rec.get("a", 0)),
+            position=pos, name=rec["id"], attempt=int(rec.get("a", 0)),
             started_at=ms_to_datetime(t0), finished_at=ms_to_datetime(t1),
             duration_ms=(t1 - t0) if t0 is not None and t1 is not None else None,
-            value=_decode(blobs.get(pos) if "o" in rec else json.dumps(rec.get("v"))),
+            value=_decode(blobs.get(str(pos)) if "o" in rec else json.dumps(rec.get("v"))),
             failures=failures.get(rec["id"], []), offloaded_bytes=rec.get("o"),
             inputs=_decode(json.dumps(rec["in"])) if "in" in rec else None,
         ))
@@ -141,7 +136,8 @@ class DurableClient:
                 f"durable_retention_s={self.store.settings.retention_s:g} s",
                 run_id=run_id,
             )
-        events = [_event(e) for e in trace]
+        records = {int(pos): json.loads(text) for pos, text in raw_steps.items()}
+        events = trace_events(trace, records)
         offloaded = any('"o":' in record for record in raw_steps.values())
         blobs = self.store.read_blobs(run_id) if offloaded else {}
         return RunInfo(
@@ -149,7 +145,7 @@ class DurableClient:
             args=_decode(raw.get("args")),
             kwargs=_decode(raw.get("kwargs")),
             result=_decode(raw.get("result")),
-            steps=_steps(raw_steps, events, blobs),
+            steps=_steps(records, events, blobs),
             attempt_errors=[_error_of(e.fields) for e in events
                             if e.type in ("attempt_failed", "run_failed")],
             lease_owner=raw.get("lease_owner") or None,

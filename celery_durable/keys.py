@@ -7,7 +7,8 @@ slot and one script can update them atomically (``P`` is ``durable_key_prefix``)
                                  error); TTL: active TTL while unfinished, retention after
     P{<run_id>}:steps    hash    checkpoints: field = step position ("0", "1", ...),
                                  value = JSON {"id", "v", "t0", "t1", "a"}; same TTL
-    P{<run_id>}:trace    stream  trace events, capped with MAXLEN ~; same TTL
+    P{<run_id>}:trace    list    trace entries, JSON [at_ms, steps, type, field, value, ...]
+                                 (lua/_trace.lua), the newest durable_trace_maxlen; same TTL
     P{<run_id>}:children set     ids of the child runs it started; active TTL
     P{<run_id>}:progress hash    progress saved inside a running step: field = step
                                  position, value = JSON {"v", "ms", "a"}; same TTL as the run

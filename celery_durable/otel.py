@@ -30,15 +30,34 @@ def inject(headers: MutableMapping[str, Any]) -> None:
         propagate.inject(headers)
 
 
+#: The package's tracer (a proxy: it follows a TracerProvider configured later).
+_TRACER: Any = None
+
+
 def _tracer() -> Any:
-    return trace.get_tracer("celery_durable", __version__)
+    global _TRACER
+    if _TRACER is None:
+        _TRACER = trace.get_tracer("celery_durable", __version__)
+    return _TRACER
+
+
+def _recording() -> bool:
+    """Whether the application configured a TracerProvider (an SDK): until it does, the
+    API's default provider makes spans that record nothing."""
+    return not isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider)
 
 
 @contextmanager
 def attempt_span(task_name: str, run_id: str, attempt: int,
                  headers: dict[str, Any] | None) -> Iterator[Any]:
-    """The span of one attempt, parented by the trace context of its message."""
-    if not ENABLED:
+    """The span of one attempt, parented by the trace context of its message.
+
+    Without an SDK and without a trace context in the message there is nothing to record
+    or pass on, so no span is made (the per-attempt cost is then one isinstance check);
+    with a context but no SDK, a non-recording span still carries it to the runs and
+    messages the attempt starts.
+    """
+    if not ENABLED or (not _recording() and not (headers and "traceparent" in headers)):
         yield None
         return
     parent = propagate.extract(headers or {})

@@ -30,16 +30,22 @@ SCRIPT_NAMES = (
 #: Scripts that keep runs waiting in order: ``lua/_waiting.lua`` (the order of a queue of
 #: waiting runs, with fairness keys and priorities) is prepended to them.
 WAITING_QUEUES = ("slots", "rate")
+#: The scripts that append trace entries, with ``_trace.lua`` (the entry format) in front.
+TRACE_WRITERS = ("create_run", "claim_attempt", "append_event", "append_logs", "end_attempt",
+                 "cancel_run", "fail_run", "reap_run", "reopen_run", "extend_timeout",
+                 "set_version")
 
 
 @cache
 def script_source(name: str) -> str:
-    """The text of ``lua/<name>.lua`` (read once per process), with the shared queue
-    functions in front of the scripts that use them."""
+    """The text of ``lua/<name>.lua`` (read once per process), with the shared queue and
+    trace functions in front of the scripts that use them."""
     lua = resources.files(__package__).joinpath("lua")
     text = lua.joinpath(f"{name}.lua").read_text("utf-8")
     if name in WAITING_QUEUES:
         text = lua.joinpath("_waiting.lua").read_text("utf-8") + text
+    if name in TRACE_WRITERS:
+        text = lua.joinpath("_trace.lua").read_text("utf-8") + text
     return text
 
 

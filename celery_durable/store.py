@@ -223,7 +223,7 @@ class RunStore:
         makes the same round trip wait for the AOF or replica acknowledgement."""
         args: tuple[Any, ...] = (token, position, checkpoint, step_id,
                                  time.time_ns() // 1_000_000)
-        script_keys = [keys.run, keys.steps, keys.trace]
+        script_keys = [keys.run, keys.steps]
         if blob is not None:
             args, script_keys = (*args, blob), [*script_keys, keys.blobs]
         mode = durability_mode or self.settings.commit_durability
@@ -576,7 +576,8 @@ class RunStore:
     ) -> tuple[int, str]:
         """Run claim_idempotency.lua: ``(1, value)`` if ``run_id`` now owns the key."""
         with _redis_errors("claim an idempotency key"):
-            won, value = self.scripts.claim_idempotency([redis_key], [run_id, fp, ts, ttl_ms])
+            won, value = evalsha(self.client, self.scripts.claim_idempotency, [redis_key],
+                                 [run_id, fp, ts, ttl_ms])
         return int(won), str(value)
 
     def release_idempotency(self, redis_key: str, run_id: str = "") -> bool:
@@ -707,9 +708,9 @@ class RunStore:
                 pipe.pexpire(k.blobs, s.active_ttl_ms)
             pipe.hset(k.run, mapping={"step_count": len(checkpoints), "forked_from": origin,
                                       "forked_at_step": from_step})
-            pipe.xadd(k.trace, {"type": "run_forked_from", "origin": origin,
-                                "from_step": from_step, "reused": len(checkpoints)},
-                      maxlen=s.trace_maxlen, approximate=True)
+            queue_call(pipe, self.scripts.append_event, [k.run, k.trace],
+                       ["", s.trace_maxlen, "type", "run_forked_from", "origin", origin,
+                        "from_step", from_step, "reused", len(checkpoints)])
             self.indexes.new(pipe, run_id, task, ts)
 
         with _redis_errors(f"record fork {run_id}"):
@@ -968,13 +969,14 @@ class RunStore:
 
     # -- reads (admin API) -----------------------------------------------------------------
 
-    def read_run(self, run_id: str) -> tuple[dict[str, str], dict[str, str], list[Any]]:
-        """The run hash, the checkpoints and the trace (oldest first) in one round trip."""
+    def read_run(self, run_id: str) -> tuple[dict[str, str], dict[str, str], list[str]]:
+        """The run hash, the checkpoints and the raw trace entries (oldest first; see
+        events.py) in one round trip."""
         k = self.keys.run(run_id)
         with _redis_errors(f"read run {run_id}"), self.client.pipeline(False) as pipe:
             pipe.hgetall(k.run)
             pipe.hgetall(k.steps)
-            pipe.xrange(k.trace, count=self.settings.trace_maxlen * 2)
+            pipe.lrange(k.trace, 0, -1)
             run, steps, trace = pipe.execute()
         return run, steps, trace
 

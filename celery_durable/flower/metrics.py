@@ -25,6 +25,7 @@ from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histo
 from tornado.ioloop import IOLoop, PeriodicCallback
 
 from ..client import DurableClient
+from ..events import trace_events
 from ..models import TERMINAL_STATUSES
 from ..store import now_ms
 from .limits import limit_rows
@@ -146,8 +147,8 @@ def _observe(client: DurableClient, run_id: str, status: str, snap: Snapshot) ->
         snap.steps[task] += 1
         if rec.get("t0") is not None and rec.get("t1") is not None:
             snap.step_seconds.append((task, max(0.0, (rec["t1"] - rec["t0"]) / 1000)))
-    for _event_id, fields in trace:
-        kind = fields.get("type")
+    for event in trace_events(trace, {}):  # no step events needed: counted from checkpoints
+        kind = event.type
         if kind == "step_failed":
             snap.retries[(task, "step")] += 1
         elif kind == "attempt_failed":

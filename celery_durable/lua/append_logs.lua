@@ -2,7 +2,7 @@
 -- Unfenced: the records of an attempt that was taken over still say what it did. Written
 -- only while the run exists, so the trace never outlives the run (no key without a TTL).
 -- KEYS[1] run hash      P{<run_id>}:run
--- KEYS[2] trace stream  P{<run_id>}:trace
+-- KEYS[2] trace list    P{<run_id>}:trace
 -- ARGV[1] trace maxlen
 -- ARGV[2..] six values per record: level name, logger, message, step ('' outside a step),
 --           attempt, logged at (epoch ms)
@@ -10,9 +10,9 @@
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
 local n = 0
 for i = 2, #ARGV - 5, 6 do
-  redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[1], '*', 'type', 'log', 'level', ARGV[i],
-             'logger', ARGV[i + 1], 'message', ARGV[i + 2], 'step', ARGV[i + 3],
-             'attempt', ARGV[i + 4], 'ms', ARGV[i + 5])
+  trace_append(KEYS[1], KEYS[2], ARGV[1], 'type', 'log', 'level', ARGV[i],
+               'logger', ARGV[i + 1], 'message', ARGV[i + 2], 'step', ARGV[i + 3],
+               'attempt', ARGV[i + 4], 'ms', ARGV[i + 5])
   n = n + 1
 end
 if n > 0 and redis.call('PTTL', KEYS[2]) == -1 then

@@ -5,7 +5,7 @@
 -- counts a crash; past ARGV[13] crashes the run fails instead of looping forever.
 -- KEYS[1] run hash      P{<run_id>}:run
 -- KEYS[2] steps hash    P{<run_id>}:steps
--- KEYS[3] trace stream  P{<run_id>}:trace
+-- KEYS[3] trace list    P{<run_id>}:trace
 -- KEYS[4] progress hash P{<run_id>}:progress  KEYS[5] blobs hash P{<run_id>}:blobs
 --          (only their TTL is set here)
 -- ARGV[1] now_ms  ARGV[2] owner (worker id)  ARGV[3] claim nonce (unique per attempt)
@@ -61,33 +61,33 @@ else
         traceback = ''})
       redis.call('HSET', run, 'status', 'failed', 'finished_ms', ARGV[1], 'updated_ms', ARGV[1],
                  'error', err, 'lease_expires_ms', 0, 'lease_owner', '', 'lease_nonce', '')
-      redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[7], '*', 'type', 'run_failed',
-                 'crashes', crashes, 'error_type', 'celery_durable.errors.RunCrashedError',
-                 'error_message', cjson.decode(err)['error_message'])
+      trace_append(KEYS[1], KEYS[3], ARGV[7], 'type', 'run_failed',
+                   'crashes', crashes, 'error_type', 'celery_durable.errors.RunCrashedError',
+                   'error_message', cjson.decode(err)['error_message'])
       for i = 1, #KEYS do redis.call('PEXPIRE', KEYS[i], ARGV[14]) end
       return {'crashed', crashes}
     end
-    redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[7], '*', 'type', 'crash_detected',
-               'crashes', crashes, 'holder', fields[3] or '')
+    trace_append(KEYS[1], KEYS[3], ARGV[7], 'type', 'crash_detected',
+                 'crashes', crashes, 'holder', fields[3] or '')
   end
   if not status then
     -- Published without being recorded (send_task by name, or the producer lost Redis).
     status = 'new'
     redis.call('HSET', run, 'task', ARGV[5], 'args', ARGV[8], 'kwargs', ARGV[9],
                'queue', ARGV[10], 'created_ms', ARGV[1], 'step_count', 0)
-    redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[7], '*', 'type', 'run_created',
-               'task', ARGV[5])
+    trace_append(KEYS[1], KEYS[3], ARGV[7], 'type', 'run_created',
+                 'task', ARGV[5])
   end
   token = redis.call('HINCRBY', run, 'lease_token', 1)
   attempt = redis.call('HINCRBY', run, 'attempt', 1)
   redis.call('HSET', run, 'status', 'running', 'lease_owner', ARGV[2], 'lease_nonce', ARGV[3],
              'lease_expires_ms', now + tonumber(ARGV[4]), 'updated_ms', ARGV[1],
-             'attempt_started_ms', ARGV[1], 'lease_pid', ARGV[11], 'trace_maxlen', ARGV[7])
+             'attempt_started_ms', ARGV[1], 'lease_pid', ARGV[11])
   if ARGV[12] ~= '' then redis.call('HSET', run, 'delivery_tag', ARGV[12]) end
   redis.call('HSETNX', run, 'started_ms', ARGV[1])
   if (ARGV[16] or '') ~= '' then redis.call('HSETNX', run, 'version', ARGV[16]) end
-  redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[7], '*', 'type', 'attempt_started',
-             'attempt', attempt, 'worker', ARGV[2], 'pid', ARGV[11])
+  trace_append(KEYS[1], KEYS[3], ARGV[7], 'type', 'attempt_started',
+               'attempt', attempt, 'worker', ARGV[2], 'pid', ARGV[11])
   for i = 1, #KEYS do redis.call('PEXPIRE', KEYS[i], ARGV[6]) end
 end
 local extra = redis.call('HMGET', run, 'failures', 'created_ms', 'deadline_ms', 'version')

@@ -1,7 +1,7 @@
 -- create_run.lua: record a new run as pending, unless it already exists (publish side).
 -- KEYS[1] run hash      P{<run_id>}:run
 -- KEYS[2] steps hash    P{<run_id>}:steps
--- KEYS[3] trace stream  P{<run_id>}:trace
+-- KEYS[3] trace list    P{<run_id>}:trace
 -- KEYS[4] progress hash P{<run_id>}:progress  KEYS[5] blobs hash P{<run_id>}:blobs
 --          (not written here: they do not exist yet)
 -- ARGV[1] now_ms  ARGV[2] task name  ARGV[3] args (JSON)  ARGV[4] kwargs (JSON)
@@ -21,7 +21,7 @@ redis.call('HSET', KEYS[1],
   'lease_expires_ms', 0, 'step_count', 0)
 if ARGV[8] and ARGV[8] ~= '' then redis.call('HSET', KEYS[1], 'canvas', ARGV[8]) end
 if ARGV[9] and ARGV[9] ~= '' then redis.call('HSET', KEYS[1], 'idempotency_key', ARGV[9]) end
-redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[7], '*', 'type', 'run_created', 'task', ARGV[2])
+trace_append(KEYS[1], KEYS[3], ARGV[7], 'type', 'run_created', 'task', ARGV[2])
 redis.call('PEXPIRE', KEYS[1], ARGV[6])
 redis.call('PEXPIRE', KEYS[3], ARGV[6])
 return 1

@@ -2,7 +2,7 @@
 -- Fenced: only the attempt holding the current lease token may end it.
 -- KEYS[1] run hash      P{<run_id>}:run
 -- KEYS[2] steps hash    P{<run_id>}:steps
--- KEYS[3] trace stream  P{<run_id>}:trace
+-- KEYS[3] trace list    P{<run_id>}:trace
 -- KEYS[4] progress hash P{<run_id>}:progress  KEYS[5] blobs hash P{<run_id>}:blobs
 --          (only their TTL is set here)
 -- ARGV[1] lease token  ARGV[2] new status  ARGV[3] now_ms
@@ -21,6 +21,6 @@ if ARGV[6] ~= '' then redis.call('HSET', run, 'result', ARGV[6]) end
 if ARGV[7] ~= '' then redis.call('HSET', run, 'error', ARGV[7]) end
 if ARGV[8] == '1' then redis.call('HSET', run, 'finished_ms', ARGV[3]) end
 if ARGV[7] ~= '' then redis.call('HINCRBY', run, 'failures', 1) end
-redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[5], '*', unpack(ARGV, 9))
+trace_append(KEYS[1], KEYS[3], ARGV[5], unpack(ARGV, 9))
 for i = 1, #KEYS do redis.call('PEXPIRE', KEYS[i], ARGV[4]) end
 return cur[2]

@@ -2,7 +2,7 @@
 -- Fenced: only the attempt holding the current lease may extend it. The deadline is kept
 -- in the run record, so later attempts (and the timer of a suspended run) honour it.
 -- KEYS[1] run hash      P{<run_id>}:run
--- KEYS[2] trace stream  P{<run_id>}:trace
+-- KEYS[2] trace list    P{<run_id>}:trace
 -- ARGV[1] lease token  ARGV[2] requested deadline (epoch ms)
 -- ARGV[3] the deadline the attempt knows (epoch ms: created + run_timeout, or an earlier
 --         extension)  ARGV[4] trace maxlen  ARGV[5] now_ms
@@ -15,6 +15,6 @@ local known = math.max(tonumber(cur[3] or '0'), tonumber(ARGV[3]))
 local wanted = tonumber(ARGV[2])
 if wanted <= known then return known end
 redis.call('HSET', KEYS[1], 'deadline_ms', ARGV[2], 'updated_ms', ARGV[5])
-redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[4], '*', 'type', 'timeout_extended',
-           'deadline_ms', ARGV[2], 'previous_ms', known)
+trace_append(KEYS[1], KEYS[2], ARGV[4], 'type', 'timeout_extended',
+             'deadline_ms', ARGV[2], 'previous_ms', known)
 return wanted

@@ -2,7 +2,7 @@
 -- attempt could not end itself (Celery's hard time limit killed its pool process).
 -- KEYS[1] run hash      P{<run_id>}:run
 -- KEYS[2] steps hash    P{<run_id>}:steps
--- KEYS[3] trace stream  P{<run_id>}:trace
+-- KEYS[3] trace list    P{<run_id>}:trace
 -- KEYS[4] progress hash P{<run_id>}:progress  KEYS[5] blobs hash P{<run_id>}:blobs
 --          (only their TTL is set here)
 -- ARGV[1] worker id (must hold the lease)  ARGV[2] now_ms  ARGV[3] retention (ms)
@@ -14,7 +14,7 @@ redis.call('HINCRBY', KEYS[1], 'lease_token', 1)
 redis.call('HSET', KEYS[1], 'status', 'failed', 'finished_ms', ARGV[2], 'updated_ms', ARGV[2],
            'error', ARGV[5], 'lease_owner', '', 'lease_nonce', '', 'lease_expires_ms', 0)
 redis.call('HINCRBY', KEYS[1], 'failures', 1)
-redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[4], '*', 'type', 'run_failed',
-           'error_type', ARGV[6], 'error_message', ARGV[7])
+trace_append(KEYS[1], KEYS[3], ARGV[4], 'type', 'run_failed',
+             'error_type', ARGV[6], 'error_message', ARGV[7])
 for i = 1, #KEYS do redis.call('PEXPIRE', KEYS[i], ARGV[3]) end
 return 1

@@ -5,7 +5,7 @@
 -- stays 'running' so that the next claim counts the crash. Returns what the reaper needs to
 -- put the run's message back on its queue.
 -- KEYS[1] run hash      P{<run_id>}:run
--- KEYS[2] trace stream  P{<run_id>}:trace
+-- KEYS[2] trace list    P{<run_id>}:trace
 -- ARGV[1] now_ms  ARGV[2] dead owner: reap only if the lease holder is this worker id;
 --         '' = reap only if the lease has expired  ARGV[3] reaper id  ARGV[4] trace maxlen
 -- ARGV[5] grace (ms) the reaper holds the lease while it requeues the run
@@ -22,6 +22,6 @@ end
 redis.call('HINCRBY', KEYS[1], 'lease_token', 1)
 redis.call('HSET', KEYS[1], 'lease_owner', 'reaper:' .. ARGV[3], 'lease_nonce', '',
            'lease_expires_ms', tonumber(ARGV[1]) + tonumber(ARGV[5]), 'updated_ms', ARGV[1])
-redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[4], '*', 'type', 'run_reaped',
-           'holder', f[2], 'reaper', ARGV[3])
+trace_append(KEYS[1], KEYS[2], ARGV[4], 'type', 'run_reaped',
+             'holder', f[2], 'reaper', ARGV[3])
 return {f[4] or '', f[5] or '', f[6] or '[]', f[7] or '{}', f[8] or '', f[2], f[9] or ''}

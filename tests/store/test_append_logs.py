@@ -10,6 +10,7 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from celery_durable.config import DurableSettings
+from celery_durable.events import trace_events
 from celery_durable.models import RunStatus
 from celery_durable.store import RunStore
 from tests.conftest import wipe_store
@@ -37,7 +38,9 @@ def started(store: RunStore, run_id: str) -> str:
 
 
 def trace(store: RunStore, run_id: str) -> list[dict[str, str]]:
-    return [fields for _, fields in store.client.xrange(store.keys.run(run_id).trace)]
+    _, steps, entries = store.read_run(run_id)
+    records = {int(pos): json.loads(text) for pos, text in steps.items()}
+    return [event.fields for event in trace_events(entries, records)]
 
 
 def test_append_logs_writes_log_events_only_for_an_existing_run(store: RunStore) -> None:

@@ -9,6 +9,7 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from celery_durable.config import DurableSettings
+from celery_durable.events import trace_events
 from celery_durable.models import RunStatus
 from celery_durable.store import RunStore, now_ms
 from tests.conftest import wipe_store
@@ -51,7 +52,7 @@ def test_extend_timeout_never_moves_the_deadline_earlier(store: RunStore) -> Non
     assert store.extend_deadline(keys, c1.token, now + 60_000, now + 1000) == now + 60_000
     assert store.extend_deadline(keys, c1.token, now + 5000, now + 1000) == now + 60_000
     assert store.client.hget(keys.run, "deadline_ms") == str(now + 60_000)
-    events = [f["type"] for _, f in store.client.xrange(keys.trace)]
+    events = [e.type for e in trace_events(store.read_run("e1")[2], {})]
     assert events.count("timeout_extended") == 1
     # The next attempt's claim reports the extended deadline.
     store.end_attempt("e1", c1.token, RunStatus.RETRYING, {"type": "x"}, task="t.task")

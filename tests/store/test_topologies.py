@@ -16,6 +16,7 @@ from redis.crc import key_slot
 
 from celery_durable.checks import server_problems
 from celery_durable.config import DurableSettings
+from celery_durable.events import trace_events
 from celery_durable.models import RunStatus
 from celery_durable.store import RunStore
 from tests.cluster import start_redis_cluster, start_sentinel, stop_servers
@@ -73,7 +74,7 @@ def test_runs_on_every_master_complete_with_their_indexes(store: RunStore) -> No
     assert store.index_page(store.keys.status_index(RunStatus.RUNNING), 0, 100) == []
     run, steps, trace = store.read_run("run-7")
     assert run["status"] == "completed" and list(steps) == ["0"]
-    assert [fields["type"] for _, fields in trace][-1] == "run_completed"
+    assert [e.type for e in trace_events(trace, {})][-1] == "run_completed"
 
 
 def test_one_heartbeat_renews_leases_in_many_slots(store: RunStore) -> None:
