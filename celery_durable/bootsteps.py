@@ -10,9 +10,12 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from typing import Any
 
+import redis
 from celery import Celery, bootsteps, signals
+from kombu.utils.url import maybe_sanitize_url
 
 from . import metrics
 from .checks import run_startup_checks
@@ -25,6 +28,31 @@ from .store import RunStore
 from .versions import extra_queues
 
 logger = logging.getLogger("celery_durable")
+#: Seconds between attempts to reach the checkpoint store at worker start: doubling from the
+#: first, up to the last.
+STORE_RETRY_FIRST_S, STORE_RETRY_MAX_S = 0.5, 10.0
+
+
+def connect_store(settings: DurableSettings) -> RunStore:
+    """The checkpoint store, once it answers: a worker started while Redis is restarting
+    or not reachable yet waits for it (as Celery waits for its broker) instead of exiting;
+    it consumes no task meanwhile. A warm or cold shutdown interrupts the wait."""
+    delay = STORE_RETRY_FIRST_S
+    while True:
+        store: RunStore | None = None
+        try:
+            store = RunStore(settings)
+            store.client.ping()
+            return store
+        except (redis.ConnectionError, redis.TimeoutError, redis.exceptions.ClusterError,
+                redis.exceptions.RedisClusterException) as exc:
+            if store is not None:
+                store.client.close()
+            logger.warning("celery-durable: the checkpoint store %s does not answer (%s); "
+                           "trying again in %g s", maybe_sanitize_url(settings.redis_url),
+                           exc, delay)
+        time.sleep(delay)
+        delay = min(delay * 2, STORE_RETRY_MAX_S)
 
 
 class DurableWorkerStep(bootsteps.StartStopStep):
@@ -57,7 +85,7 @@ class DurableWorkerStep(bootsteps.StartStopStep):
 
     def start(self, worker: Any) -> None:
         settings = settings_for(self.app)
-        store = RunStore(settings)
+        store = connect_store(settings)
         run_startup_checks(self.app, settings, store.client)
         self._heartbeat = Heartbeat(self.app, store, self.worker_id)
         reaper = Reaper(self.app, store, self.worker_id) if settings.reaper else None

@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -49,16 +50,35 @@ def spawn_worker(
 def celery_worker(
     redis_base_url: str, *, pool: str, queue: str, concurrency: int = 2,
     name: str | None = None, extra_env: dict[str, str] | None = None,
-    node: str | None = None, also: tuple[str, ...] = (),
+    node: str | None = None, also: tuple[str, ...] = (), ready: bool = True,
 ) -> Iterator[subprocess.Popen[bytes]]:
-    """Run ``celery -A tests.app worker`` (see :func:`spawn_worker`); stop it by PID
-    afterwards."""
+    """Run ``celery -A tests.app worker`` (see :func:`spawn_worker`) and, with ``ready``,
+    wait until it consumes (a worker takes a second or two to start; tests that time what
+    it does must not count that); stop it by PID afterwards."""
     proc = spawn_worker(redis_base_url, pool=pool, queue=queue, concurrency=concurrency,
                         name=name, extra_env=extra_env, node=node, also=also)
     try:
+        if ready:
+            wait_ready(proc)
         yield proc
     finally:
         stop_worker(proc)
+
+
+def wait_ready(proc: subprocess.Popen[bytes], timeout: float = 60.0) -> None:
+    """Wait for the worker's "ready." log line (Celery logs it once it consumes)."""
+    path = proc.log_path  # type: ignore[attr-defined]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with open(path, errors="replace") as log:
+            text = log.read()
+        if " ready." in text:
+            return
+        if proc.poll() is not None:
+            raise RuntimeError(f"the worker exited with {proc.returncode} before it was "
+                               f"ready:\n{text[-3000:]}")
+        time.sleep(0.05)
+    raise RuntimeError(f"the worker was not ready within {timeout:g} s: see {path}")
 
 
 def stop_worker(proc: subprocess.Popen[bytes]) -> None:

@@ -108,7 +108,9 @@ def test_store_unreachable_for_a_while(redis_base_url, aof_redis, token) -> None
         task = app.tasks["tests.tasks.chaos_pipeline"]
         ids = [task.apply_async((f"{token}:{i}", STEPS, 0.15), queue="store-outage").id
                for i in range(RUNS)]
-        time.sleep(1.5)
+        store = client.store.client
+        wait_until(lambda: sum(int(store.hlen(client.store.keys.run(r).steps)) for r in ids)
+                   >= 3, 60, "a few steps committed")
         aof_redis["proc"].send_signal(signal.SIGKILL)
         aof_redis["proc"].wait(timeout=10)
         time.sleep(4.0)
@@ -123,3 +125,45 @@ def test_store_unreachable_for_a_while(redis_base_url, aof_redis, token) -> None
     for i, run_id in enumerate(ids):
         assert client.get_run(run_id).result == list(range(STEPS))
         assert all(c >= 1 for c in step_counts(counters, token, i))
+
+
+def test_a_worker_started_while_the_store_is_down_waits_for_it(
+        redis_base_url, aof_redis, token) -> None:
+    store_url = aof_redis["url"]
+    app = client_app(redis_base_url, store=store_url)
+    client = DurableClient(app)
+    aof_redis["proc"].send_signal(signal.SIGKILL)
+    aof_redis["proc"].wait(timeout=10)
+    env = {"DURABLE_TEST_STORE_URL": f"{store_url}/0"}
+    with celery_worker(redis_base_url, pool="threads", queue="store-late", concurrency=2,
+                       name="late", extra_env=env, ready=False) as worker:
+        # The worker waits for the store rather than exit (it would, with the error).
+        wait_until(lambda: "does not answer" in read_log(worker), 30, "the retry warning")
+        assert worker.poll() is None, read_log(worker)[-2000:]
+        aof_redis["proc"], _, _ = start_redis_server(
+            "--appendonly", "yes", "--appendfsync", "always",
+            port=aof_redis["port"], workdir=aof_redis["workdir"])
+        task = app.tasks["tests.tasks.chaos_pipeline"]
+        ids = [task.apply_async((f"{token}:{i}", 2, 0.0), queue="store-late").id
+               for i in range(3)]
+        wait_all_completed(client, ids, timeout=60)
+        text = read_log(worker)
+    assert "Unrecoverable error" not in text
+    assert "redis://127.0.0.1" in text and "trying again in" in text
+
+
+def wait_until(predicate: Any, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if predicate():
+                return
+        except redis.RedisError:
+            pass
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def read_log(worker: Any) -> str:
+    with open(worker.log_path, errors="replace") as log:
+        return log.read()
