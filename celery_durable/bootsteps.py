@@ -15,6 +15,7 @@ from typing import Any
 
 import redis
 from celery import Celery, bootsteps, signals
+from celery.worker import state as worker_state
 from kombu.utils.url import maybe_sanitize_url
 
 from . import metrics
@@ -51,8 +52,20 @@ def connect_store(settings: DurableSettings) -> RunStore:
             logger.warning("celery-durable: the checkpoint store %s does not answer (%s); "
                            "trying again in %g s", maybe_sanitize_url(settings.redis_url),
                            exc, delay)
-        time.sleep(delay)
+        _pause(delay)
         delay = min(delay * 2, STORE_RETRY_MAX_S)
+
+
+def _pause(seconds: float) -> None:
+    """Sleep, in short naps that honour a shutdown requested meanwhile: Celery's signal
+    handlers only set a flag in the main process (which this runs in)."""
+    deadline = time.monotonic() + seconds
+    while True:
+        worker_state.maybe_shutdown()  # raises WorkerShutdown / WorkerTerminate
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return
+        time.sleep(min(left, 0.1))
 
 
 class DurableWorkerStep(bootsteps.StartStopStep):

@@ -152,6 +152,20 @@ def test_a_worker_started_while_the_store_is_down_waits_for_it(
     assert "redis://127.0.0.1" in text and "trying again in" in text
 
 
+def test_a_worker_waiting_for_the_store_stops_on_sigterm(redis_base_url, aof_redis) -> None:
+    aof_redis["proc"].send_signal(signal.SIGKILL)
+    aof_redis["proc"].wait(timeout=10)
+    env = {"DURABLE_TEST_STORE_URL": f"{aof_redis['url']}/0"}
+    with celery_worker(redis_base_url, pool="solo", queue="store-never", name="never",
+                       extra_env=env, ready=False) as worker:
+        wait_until(lambda: "does not answer" in read_log(worker), 30, "the retry warning")
+        worker.send_signal(signal.SIGTERM)
+        assert worker.wait(timeout=15) == 0, read_log(worker)[-2000:]
+    aof_redis["proc"], _, _ = start_redis_server(  # for the fixture's teardown
+        "--appendonly", "yes", "--appendfsync", "always",
+        port=aof_redis["port"], workdir=aof_redis["workdir"])
+
+
 def wait_until(predicate: Any, timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
