@@ -66,7 +66,7 @@ class StepInfo(_Record):
 
 
 class TraceEvent(_Record):
-    """One entry of a run's trace stream."""
+    """One event of a run's trace (a stored entry, or a step rebuilt from its checkpoint)."""
 
     id: str
     at: dt.datetime

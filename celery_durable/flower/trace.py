@@ -127,7 +127,7 @@ def build_trace(
     children: list[tuple[str, RunSummary | None]],
     now: dt.datetime | None = None,
 ) -> TraceView:
-    """Everything the trace page shows, from the run record and its trace stream."""
+    """Everything the trace page shows, from the run record and its trace."""
     now_ms = _ms(now or dt.datetime.now(dt.UTC)) or 0.0
     start, end = _span(run, now_ms)
     span = max(end - start, 1.0)
