@@ -3,6 +3,7 @@ and a real replica: what a commit waits for, the fallbacks, and the errors."""
 
 from __future__ import annotations
 
+import faulthandler
 import json
 import logging
 import shutil
@@ -195,7 +196,11 @@ def test_a_task_option_makes_a_real_worker_wait_for_the_replica(
                           shutdown_timeout=30):
             result = task.apply_async((4,))
             assert result.get(timeout=30) == 12
+            # This worker has, rarely and only in the full suite, failed to stop within
+            # 30 s: if it hangs again, print every thread's stack while it does.
+            faulthandler.dump_traceback_later(20, exit=False)
     finally:
+        faulthandler.cancel_dump_traceback_later()
         previous.set_current()
     store = RunStore(DurableSettings(redis_url=f"{murl}/0"))
     steps_key = store.keys.run(result.id).steps
