@@ -538,3 +538,14 @@ def lossy_call(token: str) -> str:
 @durable_task(retry=FAST)
 def lossy_steps(token: str) -> list[str | None]:
     return [lossy_call(token), lossy_call(token)]
+
+
+@step(name="replicated_piece")
+def replicated_piece(i: int) -> int:
+    return i * 2
+
+
+@durable_task(commit_durability="replica")
+def replicated_sum(n: int) -> int:
+    """Every step commit waits for a replica's acknowledgement (tests/store)."""
+    return sum(replicated_piece(i) for i in range(n))

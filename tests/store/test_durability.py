@@ -3,7 +3,6 @@ and a real replica: what a commit waits for, the fallbacks, and the errors."""
 
 from __future__ import annotations
 
-import faulthandler
 import json
 import logging
 import shutil
@@ -14,13 +13,13 @@ from typing import Any
 
 import pytest
 import redis
-from celery import Celery, current_app
-from celery.contrib.testing.worker import start_worker
+from celery import Celery
 
-from celery_durable import DurabilityError, DurableTask, step
+from celery_durable import DurabilityError, step
 from celery_durable.config import DurableSettings
 from celery_durable.store import RunStore
 from tests.conftest import start_redis_server
+from tests.workers import celery_worker
 
 pytestmark = pytest.mark.slow
 
@@ -176,32 +175,21 @@ def durable_piece(i: int) -> int:
 
 
 def test_a_task_option_makes_a_real_worker_wait_for_the_replica(
-    replicated: tuple[str, str],
+    replicated: tuple[str, str], redis_base_url: str,
 ) -> None:
+    # A real worker process (broker on the session's Redis, checkpoints on the replicated
+    # master) runs a task declared with commit_durability="replica".
     murl, rurl = replicated
-    app = Celery("durability_test", broker=f"{murl}/1", backend=f"{murl}/2",
-                 set_as_current=False)
-    app.conf.update(durable_redis_url=f"{murl}/0", broker_connection_retry_on_startup=True,
-                    worker_hijack_root_logger=False)
+    app = Celery("durability-client", broker=f"{redis_base_url}/0",
+                 backend=f"{redis_base_url}/1", set_as_current=False)
+    app.conf.durable_redis_url = f"{murl}/0"
+    import tests.tasks  # noqa: F401 - registers the shared tasks with this app
 
-    def body(n: int) -> int:
-        return sum(durable_piece(i) for i in range(n))
-
-    task = app.task(base=DurableTask, name="t.replicated", shared=False,
-                    durable_commit_durability="replica")(body)
     replica = redis.Redis.from_url(f"{rurl}/0", decode_responses=True)
-    previous = current_app._get_current_object()  # start_worker makes its app current
-    try:
-        with start_worker(app, pool="solo", perform_ping_check=False, loglevel="WARNING",
-                          shutdown_timeout=30):
-            result = task.apply_async((4,))
-            assert result.get(timeout=30) == 12
-            # This worker has, rarely and only in the full suite, failed to stop within
-            # 30 s: if it hangs again, print every thread's stack while it does.
-            faulthandler.dump_traceback_later(20, exit=False)
-    finally:
-        faulthandler.cancel_dump_traceback_later()
-        previous.set_current()
+    with celery_worker(redis_base_url, pool="solo", queue="replicated", name="replicated",
+                       extra_env={"DURABLE_TEST_STORE_URL": f"{murl}/0"}):
+        result = app.tasks["tests.tasks.replicated_sum"].apply_async((4,), queue="replicated")
+        assert result.get(timeout=30) == 12
     store = RunStore(DurableSettings(redis_url=f"{murl}/0"))
     steps_key = store.keys.run(result.id).steps
     _wait_for(lambda: replica.hlen(steps_key) == 4, 10, "the replica to hold 4 checkpoints")
