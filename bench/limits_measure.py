@@ -261,10 +261,6 @@ def wait_limit_idle(client: DurableClient, timeout_s: float = 10.0) -> tuple[int
     return state
 
 
-def _event_ms(entry_id: str) -> float:
-    return float(str(entry_id).split("-", 1)[0])
-
-
 def run_outcomes(store: RunStore, ids: Sequence[str]) -> dict[str, Any]:
     """Statuses of the runs, how often each was parked (``slot_denied`` events), and the
     server time (ms, from the trace entry) of each run's last ``attempt_started`` and of its
@@ -277,7 +273,7 @@ def run_outcomes(store: RunStore, ids: Sequence[str]) -> dict[str, Any]:
     parks = [sum(1 for ev in trace if ev.type == "slot_denied") for trace in traces]
     started, completed = [], []
     for trace in traces:
-        times = {ev.type: _event_ms(ev.id) for ev in trace}
+        times = {ev.type: ev.at.timestamp() * 1000 for ev in trace}
         if "attempt_started" in times and "run_completed" in times:
             started.append(times["attempt_started"])
             completed.append(times["run_completed"])

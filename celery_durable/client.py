@@ -138,7 +138,7 @@ class DurableClient:
             )
         records = {int(pos): json.loads(text) for pos, text in raw_steps.items()}
         events = trace_events(trace, records)
-        offloaded = any('"o":' in record for record in raw_steps.values())
+        offloaded = any("o" in record for record in records.values())
         blobs = self.store.read_blobs(run_id) if offloaded else {}
         return RunInfo(
             **_summary_fields(run_id, raw),

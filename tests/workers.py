@@ -65,20 +65,25 @@ def celery_worker(
         stop_worker(proc)
 
 
+def worker_log(proc: subprocess.Popen[bytes]) -> str:
+    """What a worker started by :func:`spawn_worker` has logged so far."""
+    with open(proc.log_path, errors="replace") as log:  # type: ignore[attr-defined]
+        return log.read()
+
+
 def wait_ready(proc: subprocess.Popen[bytes], timeout: float = 60.0) -> None:
     """Wait for the worker's "ready." log line (Celery logs it once it consumes)."""
-    path = proc.log_path  # type: ignore[attr-defined]
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        with open(path, errors="replace") as log:
-            text = log.read()
+        text = worker_log(proc)
         if " ready." in text:
             return
         if proc.poll() is not None:
             raise RuntimeError(f"the worker exited with {proc.returncode} before it was "
                                f"ready:\n{text[-3000:]}")
         time.sleep(0.05)
-    raise RuntimeError(f"the worker was not ready within {timeout:g} s: see {path}")
+    raise RuntimeError(f"the worker was not ready within {timeout:g} s: see "
+                       f"{proc.log_path}")  # type: ignore[attr-defined]
 
 
 def stop_worker(proc: subprocess.Popen[bytes]) -> None:

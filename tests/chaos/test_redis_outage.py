@@ -14,8 +14,9 @@ import redis
 from celery import Celery
 
 from celery_durable import DurableClient, RunStatus
+from tests.chaos.helpers import wait_for
 from tests.conftest import start_redis_server
-from tests.workers import celery_worker
+from tests.workers import celery_worker, worker_log
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
@@ -109,7 +110,7 @@ def test_store_unreachable_for_a_while(redis_base_url, aof_redis, token) -> None
         ids = [task.apply_async((f"{token}:{i}", STEPS, 0.15), queue="store-outage").id
                for i in range(RUNS)]
         store = client.store.client
-        wait_until(lambda: sum(int(store.hlen(client.store.keys.run(r).steps)) for r in ids)
+        wait_for(lambda: sum(int(store.hlen(client.store.keys.run(r).steps)) for r in ids)
                    >= 3, 60, "a few steps committed")
         aof_redis["proc"].send_signal(signal.SIGKILL)
         aof_redis["proc"].wait(timeout=10)
@@ -118,8 +119,7 @@ def test_store_unreachable_for_a_while(redis_base_url, aof_redis, token) -> None
             "--appendonly", "yes", "--appendfsync", "always",
             port=aof_redis["port"], workdir=aof_redis["workdir"])
         wait_all_completed(client, ids, timeout=180)
-        with open(worker.log_path) as log:  # type: ignore[attr-defined]
-            text = log.read()
+        text = worker_log(worker)
     # The outage shows up as clear errors that name the run, then the runs carry on.
     assert "celery-durable could not" in text
     for i, run_id in enumerate(ids):
@@ -138,8 +138,8 @@ def test_a_worker_started_while_the_store_is_down_waits_for_it(
     with celery_worker(redis_base_url, pool="threads", queue="store-late", concurrency=2,
                        name="late", extra_env=env, ready=False) as worker:
         # The worker waits for the store rather than exit (it would, with the error).
-        wait_until(lambda: "does not answer" in read_log(worker), 30, "the retry warning")
-        assert worker.poll() is None, read_log(worker)[-2000:]
+        wait_for(lambda: "does not answer" in worker_log(worker), 30, "the retry warning")
+        assert worker.poll() is None, worker_log(worker)[-2000:]
         aof_redis["proc"], _, _ = start_redis_server(
             "--appendonly", "yes", "--appendfsync", "always",
             port=aof_redis["port"], workdir=aof_redis["workdir"])
@@ -147,7 +147,7 @@ def test_a_worker_started_while_the_store_is_down_waits_for_it(
         ids = [task.apply_async((f"{token}:{i}", 2, 0.0), queue="store-late").id
                for i in range(3)]
         wait_all_completed(client, ids, timeout=60)
-        text = read_log(worker)
+        text = worker_log(worker)
     assert "Unrecoverable error" not in text
     assert "redis://127.0.0.1" in text and "trying again in" in text
 
@@ -158,26 +158,9 @@ def test_a_worker_waiting_for_the_store_stops_on_sigterm(redis_base_url, aof_red
     env = {"DURABLE_TEST_STORE_URL": f"{aof_redis['url']}/0"}
     with celery_worker(redis_base_url, pool="solo", queue="store-never", name="never",
                        extra_env=env, ready=False) as worker:
-        wait_until(lambda: "does not answer" in read_log(worker), 30, "the retry warning")
+        wait_for(lambda: "does not answer" in worker_log(worker), 30, "the retry warning")
         worker.send_signal(signal.SIGTERM)
-        assert worker.wait(timeout=15) == 0, read_log(worker)[-2000:]
+        assert worker.wait(timeout=15) == 0, worker_log(worker)[-2000:]
     aof_redis["proc"], _, _ = start_redis_server(  # for the fixture's teardown
         "--appendonly", "yes", "--appendfsync", "always",
         port=aof_redis["port"], workdir=aof_redis["workdir"])
-
-
-def wait_until(predicate: Any, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if predicate():
-                return
-        except redis.RedisError:
-            pass
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-def read_log(worker: Any) -> str:
-    with open(worker.log_path, errors="replace") as log:
-        return log.read()

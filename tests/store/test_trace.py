@@ -14,6 +14,7 @@ from celery_durable.events import trace_events
 from celery_durable.models import RunStatus
 from celery_durable.store import RunStore
 from tests.conftest import wipe_store
+from tests.store.test_append_logs import started
 
 PREFIX = "tr:"
 
@@ -25,12 +26,6 @@ def store(store_url: Callable[[int], str]) -> Iterator[RunStore]:
     yield st
     wipe_store(st.client, PREFIX)
     st.client.close()
-
-
-def started(store: RunStore, run_id: str) -> str:
-    store.create_run(run_id, "t.task", "[]", "{}", "celery")
-    return store.claim(run_id, owner="w1", nonce="n1", task="t.task", args_json="[]",
-                       kwargs_json="{}", queue="celery").token
 
 
 def checkpoint(step_id: str, finished_ms: int) -> str:
