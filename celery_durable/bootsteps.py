@@ -80,7 +80,7 @@ class DurableWorkerStep(bootsteps.StartStopStep):
         self.worker = worker
         # Set before the pool starts, so that forked pool processes inherit it.
         self.worker_id = new_worker_id(str(worker.hostname))
-        install_worker_id(self.worker_id)
+        install_worker_id(self.worker_id, str(worker.hostname))
         # Before the consumer starts: also consume the version-tagged queues of this code.
         queues = self.app.amqp.queues
         for name in extra_queues(self.app, list(queues.consume_from)):

@@ -39,20 +39,24 @@ def _snapshot(items: Iterable[Any]) -> list[Any]:
     return []
 
 
-def active_durable_requests() -> dict[str, Any]:
-    """The durable runs this worker is executing right now: run id -> worker Request."""
+def active_durable_requests(nodename: str | None = None) -> dict[str, Any]:
+    """The durable runs this worker is executing right now: run id -> worker Request.
+
+    Celery keeps the active requests per process: ``nodename`` keeps those of one worker
+    when a process runs several (embedded test workers are threads of one process)."""
     from .task import DurableTask
 
     runs = {}
     for req in _snapshot(state.active_requests):
         if isinstance(getattr(req, "task", None), DurableTask) and req.id:
-            runs[str(req.id)] = req
+            if nodename is None or getattr(req, "hostname", nodename) == nodename:
+                runs[str(req.id)] = req
     return runs
 
 
-def active_durable_runs() -> set[str]:
+def active_durable_runs(nodename: str | None = None) -> set[str]:
     """Ids of the durable runs this worker is executing right now."""
-    return set(active_durable_requests())
+    return set(active_durable_requests(nodename))
 
 
 def slot_holders(store: RunStore, requests: dict[str, Any]) -> list[tuple[str, str]]:
@@ -137,6 +141,7 @@ class Heartbeat:
     def __init__(self, app: Celery, store: RunStore, worker_id: str) -> None:
         self.store = store
         self.worker_id = worker_id
+        self.nodename = worker_id.split("|", 1)[0]
         self.unacked = UnackedBumper(app)
         self._held: set[str] = set()
         self._last_renew = 0.0
@@ -144,7 +149,7 @@ class Heartbeat:
 
     def beat(self) -> None:
         now = time.monotonic()
-        requests = active_durable_requests()
+        requests = active_durable_requests(self.nodename)
         active = set(requests)
         renew = now - self._last_renew >= self.store.settings.lease_renew_every_s
         # A run that appeared since the last renewal is renewed at once as well.
@@ -165,7 +170,8 @@ class Heartbeat:
     def stop(self) -> None:
         """Free the leases still held and leave the registry (a clean shutdown)."""
         try:
-            self.store.release_leases(self.worker_id, sorted(self._held | active_durable_runs()))
+            held = self._held | active_durable_runs(self.nodename)
+            self.store.release_leases(self.worker_id, sorted(held))
             self.store.forget_worker(self.worker_id)
         finally:
             self.unacked.close()

@@ -172,24 +172,20 @@ def test_app(redis_base_url: str, cluster_url: str | None,  # type: ignore[no-un
 def _embedded_worker(test_app):  # type: ignore[no-untyped-def]
     """Starts the embedded worker of the ``worker`` fixture, again if it has stopped.
 
-    Celery stops embedded workers through a process-wide flag
-    (``celery.worker.state.should_terminate``), so when a test's own embedded worker stops
-    (``durable_worker``, ``start_worker``), every other one in this process stops too.
+    A test's own embedded workers (``durable_worker``) stop only themselves; this one is
+    restarted if something else stopped it (a test stopping Celery's process-wide flag).
     """
     from celery.bootsteps import RUN
-    from celery.contrib.testing.worker import start_worker
+
+    from celery_durable.testing import durable_worker
 
     stack = contextlib.ExitStack()
     current: list[Any] = []
 
     def ensure() -> Any:
         if not current or current[-1].blueprint.state != RUN:
-            from celery.worker import state
-
-            if state.should_terminate == 0:  # left set by a worker that failed to stop
-                state.should_terminate = None
-            current.append(stack.enter_context(start_worker(
-                test_app, pool="solo", perform_ping_check=False, loglevel="WARNING",
+            current.append(stack.enter_context(durable_worker(
+                test_app, pool="solo", concurrency=1, loglevel="WARNING",
                 shutdown_timeout=10, queues=[test_app.conf.task_default_queue])))
         return current[-1]
 

@@ -4,11 +4,20 @@
 -- ms), steps the run's committed step count when the entry was written. Steps get no entry
 -- of their own (a checkpoint already says when it was committed): readers put each
 -- step_committed event between the entries whose step counts bracket its position.
+-- The clock and the step count are read once per script call (append_logs writes one entry
+-- per record; no script that writes entries commits a step in between).
+local trace_at, trace_steps = nil, {}
 local function trace_append(run_key, trace_key, maxlen, ...)
-  local t = redis.call('TIME')
-  local at = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-  local steps = tonumber(redis.call('HGET', run_key, 'step_count') or '0') or 0
-  local entry = {at, steps}
+  if not trace_at then
+    local t = redis.call('TIME')
+    trace_at = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  end
+  local steps = trace_steps[run_key]
+  if not steps then
+    steps = tonumber(redis.call('HGET', run_key, 'step_count') or '0') or 0
+    trace_steps[run_key] = steps
+  end
+  local entry = {trace_at, steps}
   for i = 1, select('#', ...) do entry[i + 2] = tostring((select(i, ...))) end
   local cap = tonumber(maxlen)
   if redis.call('RPUSH', trace_key, cjson.encode(entry)) > cap then

@@ -4,12 +4,15 @@
 from __future__ import annotations
 
 import gc
+import itertools
 import os
 import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+import traceback
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -26,6 +29,54 @@ from ..store import store_for
 READY_TIMEOUT_S = 60.0
 
 
+#: Thread idents of embedded workers asked to stop (see :func:`_stop_only_these`).
+_STOPPING: set[int] = set()
+
+
+def _stop_only_these() -> None:
+    """Make Celery's shutdown check stop the embedded workers named in ``_STOPPING``.
+
+    Celery's own ``start_worker`` stops an embedded worker by setting the process-wide
+    ``celery.worker.state.should_terminate``, which every embedded worker of the process
+    watches: stopping one stops (or races with) all of them. The consumer loop calls
+    ``state.maybe_shutdown()`` on every turn, in the worker's own thread; the wrapper
+    installed here raises ``WorkerTerminate`` there for a thread asked to stop, so the
+    worker shuts down through Celery's normal path, and leaves the others alone. Installed
+    once; it defers to Celery's check otherwise.
+    """
+    from celery.exceptions import WorkerTerminate
+    from celery.worker import state
+
+    if getattr(state.maybe_shutdown, "_durable_stop", False):
+        return
+    celery_check = state.maybe_shutdown
+
+    def maybe_shutdown() -> None:
+        if threading.get_ident() in _STOPPING:
+            raise WorkerTerminate(0)
+        celery_check()
+
+    maybe_shutdown._durable_stop = True  # type: ignore[attr-defined]
+    state.maybe_shutdown = maybe_shutdown
+
+
+_EMBEDDED = itertools.count(1)
+
+
+def _embedded_nodename() -> str:
+    """``gen<pid>-<n>@<host>``: a node name of its own for each embedded worker (Celery's
+    ``gen<pid>@<host>`` is the same for every worker of a process)."""
+    from celery.utils.nodenames import anon_nodename
+
+    return anon_nodename().replace("@", f"-{next(_EMBEDDED)}@", 1)
+
+
+def _stack_of(thread: threading.Thread) -> str:
+    """Where ``thread`` is now, for the error of a worker that does not stop."""
+    frame = sys._current_frames().get(thread.ident or -1)
+    return "".join(traceback.format_stack(frame)) if frame is not None else "(gone)"
+
+
 @contextmanager
 def durable_worker(
     app: Celery,
@@ -40,17 +91,27 @@ def durable_worker(
 
     It runs the durable bootstep like any worker (heartbeat, reaper, timers), so sleeps,
     waits, retries and child runs behave as in production. ``queues`` defaults to the app's
-    default queue. Faults from :func:`fail_step` reach it (same process).
+    default queue. Faults from :func:`fail_step` reach it (same process). Several may run
+    at once (a session-wide one and a test's own, say): leaving the block stops this worker
+    only, unlike Celery's ``start_worker``, whose stop flag is process-wide.
 
-    Run one at a time: Celery stops embedded workers through a process-wide flag, so when
-    this one stops, any other embedded worker of the process (a session-wide one, say)
-    stops too; start that one again after the block if later tests need it.
+    Yields the worker (a ``celery.contrib.testing.worker.TestWorkController``), started
+    and consuming.
 
     Raises:
         StoreError: the checkpoint store (``durable_redis_url``) does not answer; checked
             first, so that a test fails with that reason rather than a timeout.
+        HarnessError: the worker did not stop within ``shutdown_timeout`` seconds (a task
+            still running, say); the message shows where its thread was.
     """
-    from celery.contrib.testing.worker import start_worker
+    from celery.contrib.testing.worker import (
+        TestWorkController,
+        setup_app_for_worker,
+        test_worker_starting,
+        test_worker_stopped,
+    )
+    from celery.result import _set_task_join_will_block  # type: ignore[attr-defined]
+    from kombu.asynchronous import get_event_loop, set_event_loop
 
     settings_for(app)  # a bad durable_* setting fails here, with its name
     try:
@@ -58,28 +119,58 @@ def durable_worker(
     except StoreError as exc:
         raise StoreError(f"durable_worker: {exc}") from exc
     app.loader.import_default_modules()
+    _stop_only_these()
     options: dict[str, Any] = {}
     if queues:
         options["queues"] = list(queues)
     # A worker given queues selects them on the app itself (kombu's Queues.select): give
     # the app its selection back afterwards, so that later workers consume what they did.
-    from celery.worker import state
-
-    # A worker that failed to stop in time (start_worker raised) leaves Celery's stop flag
-    # set, which would stop this one at once.
-    if state.should_terminate == 0:
-        state.should_terminate = None
     queues_of_app = app.amqp.queues
     selected = getattr(queues_of_app, "_consume_from", None)
+    test_worker_starting.send(sender=app)
+    worker: Any = None
     try:
-        with start_worker(app, pool=pool, concurrency=concurrency, loglevel=loglevel,
-                          perform_ping_check=False, shutdown_timeout=shutdown_timeout,
-                          **options) as worker:
+        setup_app_for_worker(app, loglevel, None)  # type: ignore[arg-type]
+        # kombu keeps one "current" event loop per process, and a worker takes it if there
+        # is one: two embedded workers would share it, and the first to stop closes it
+        # (every socket of the other worker with it). This one makes its own.
+        previous_loop = get_event_loop()
+        set_event_loop(None)
+        try:
+            worker = TestWorkController(
+                app=app, concurrency=concurrency, hostname=_embedded_nodename(), pool=pool,
+                loglevel=loglevel, logfile=None, ready_callback=None,
+                without_heartbeat=True, without_mingle=True, without_gossip=True, **options)
+        finally:
+            if previous_loop is not None:
+                set_event_loop(previous_loop)
+
+        def run() -> None:
+            try:
+                worker.start()
+            finally:  # a thread ident can be reused once its thread has ended
+                _STOPPING.discard(threading.get_ident())
+
+        thread = threading.Thread(target=run, daemon=True,
+                                  name=f"durable_worker {worker.hostname}")
+        thread.start()
+        worker.ensure_started()
+        _set_task_join_will_block(False)
+        try:
             yield worker
+        finally:
+            _STOPPING.add(thread.ident or -1)
+            thread.join(shutdown_timeout)
+            if thread.is_alive():  # it stays marked: it stops once back in its loop
+                raise HarnessError(
+                    f"durable_worker: the worker {worker.hostname} did not stop within "
+                    f"{shutdown_timeout:g} s (shutdown_timeout); its thread is at:\n"
+                    f"{_stack_of(thread)}")
     finally:
+        test_worker_stopped.send(sender=app, worker=worker)
         if hasattr(queues_of_app, "_consume_from"):
             queues_of_app._consume_from = selected
-    gc.collect()  # results the worker published unsubscribe now, while Redis is up
+        gc.collect()  # results the worker published unsubscribe now, while Redis is up
 
 
 class WorkerProcess:

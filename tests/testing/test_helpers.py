@@ -19,6 +19,7 @@ from celery_durable.testing import (
     wait_for_step,
     worker_process,
 )
+from tests.chaos.helpers import wait_for
 from tests.workers import ROOT
 
 STEPS = 5
@@ -112,3 +113,38 @@ def test_injected_failures_count_against_the_step_policy(  # type: ignore[no-unt
     assert fault.calls == 3 and fault.failed == 2
     assert tasks.count(token, "policy") == 1
     assert [len(s.failures) for s in run.steps] == [2]
+
+
+def test_a_tests_own_worker_stops_alone(worker, test_app, tasks) -> None:  # type: ignore[no-untyped-def]
+    """Leaving durable_worker stops that worker only: the session's embedded worker (the
+    ``worker`` fixture) keeps consuming. Celery's start_worker would stop both."""
+    from celery.bootsteps import RUN
+
+    queue = f"alone-{os.getpid()}"
+    with durable_worker(test_app, queues=[queue]) as own:
+        assert tasks.add_one.apply_async((1,), queue=queue).get(timeout=30) == 2
+    assert own.blueprint.state != RUN
+    assert worker.blueprint.state == RUN and worker.hostname != own.hostname
+    assert tasks.add_one.delay(2).get(timeout=30) == 3  # the session worker's queue
+
+
+def test_a_worker_that_does_not_stop_in_time_says_where_it_is(  # type: ignore[no-untyped-def]
+        test_app, tasks, token) -> None:
+    """A solo worker busy with a 3 s step cannot stop within 0.5 s: HarnessError shows its
+    thread's stack; the worker still stops once the step ends, and the run completes."""
+    import threading
+
+    from celery_durable.testing.workers import _STOPPING, _stack_of
+
+    queue = f"busy-{os.getpid()}"
+    with pytest.raises(HarnessError, match=r"did not stop within 0\.5 s.*\n.*") as raised:
+        with durable_worker(test_app, pool="solo", concurrency=1, queues=[queue],
+                            shutdown_timeout=0.5) as own:
+            result = tasks.long_single_step.apply_async((token, 3.0), queue=queue)
+            wait_for(lambda: tasks.count(token, "crunch") == 1, 30, "the step to start")
+    assert own.hostname in str(raised.value) and "File " in str(raised.value)
+    thread = next(t for t in threading.enumerate() if t.name.endswith(own.hostname))
+    thread.join(30)
+    assert not thread.is_alive(), _stack_of(thread)
+    assert thread.ident not in _STOPPING
+    assert result.get(timeout=30) == "done"
