@@ -21,11 +21,12 @@ from typing import Any
 import redis
 from celery import Celery
 from redis.crc import key_slot
-from redis.exceptions import NoScriptError
+from redis.exceptions import NoScriptError, ResponseError
 
 from . import durability
 from .config import DurableSettings, settings_for
 from .connections import StoreClient, is_cluster, make_client
+from .direct import CommandRecorder, DirectLine
 from .errors import DurabilityError, StoreError
 from .indexes import RunIndexes
 from .keys import KeySpace, LimitKeys, RunKeys
@@ -109,6 +110,8 @@ class RunStore:
         self.cluster = is_cluster(self.client)
         self.scripts = Scripts.register(self.client)
         self._commit_script = self.scripts.commit_step
+        #: The hot path's round trips (claim, commit, end) on a connection per thread.
+        self._direct = DirectLine(self.client)
         self.indexes = RunIndexes(self.keys, settings)
         #: What commits wait for, per durability mode (detected on first use).
         self._commit_waits: dict[str, durability.CommitWait | None] = {}
@@ -137,6 +140,8 @@ class RunStore:
         """Run the commands ``build`` queues in one round trip; if the server lost our
         scripts (restart, SCRIPT FLUSH), load them and run the pipeline again (every
         command we pipeline is idempotent)."""
+        if self._direct.enabled:
+            return self._pipelined_direct(build)
         for retry in (False, True):
             with self.client.pipeline(False) as pipe:
                 build(pipe)
@@ -147,6 +152,32 @@ class RunStore:
                         raise
             self.scripts.load_all(self.client)
         raise AssertionError("unreachable")  # pragma: no cover
+
+    def _pipelined_direct(self, build: Callable[[Any], None]) -> list[Any]:
+        """_pipelined on this thread's DirectLine: the first error reply is raised, as
+        redis-py's pipeline does, once every reply is read."""
+        recorder = CommandRecorder()
+        build(recorder)
+        for retry in (False, True):
+            replies = self._direct.pipeline(recorder.commands)
+            if retry or not any(isinstance(r, NoScriptError) for r in replies):
+                break
+            self.scripts.load_all(self.client)
+        for reply in replies:
+            if isinstance(reply, ResponseError):
+                raise reply
+        return replies
+
+    def _evalsha(self, script: Any, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        """One EVALSHA (see scripts.evalsha), on this thread's DirectLine if there is one."""
+        if not self._direct.enabled:
+            return evalsha(self.client, script, keys, args)
+        command = ("EVALSHA", script.sha, len(keys), *keys, *args)
+        try:
+            return self._direct.call(*command)
+        except NoScriptError:
+            self.client.script_load(script.script)
+            return self._direct.call(*command)
 
     def claim(
         self,
@@ -232,7 +263,7 @@ class RunStore:
         try:
             if logs:
                 return int(self._with_logs(keys, logs, self._commit_script, script_keys, args))
-            return int(evalsha(self.client, self._commit_script, script_keys, args))
+            return int(self._evalsha(self._commit_script, script_keys, args))
         except redis.RedisError as exc:
             raise StoreError(
                 f"celery-durable could not commit step {step_id!r} of {keys.run}: {exc}"
@@ -576,7 +607,7 @@ class RunStore:
     ) -> tuple[int, str]:
         """Run claim_idempotency.lua: ``(1, value)`` if ``run_id`` now owns the key."""
         with _redis_errors("claim an idempotency key"):
-            won, value = evalsha(self.client, self.scripts.claim_idempotency, [redis_key],
+            won, value = self._evalsha(self.scripts.claim_idempotency, [redis_key],
                                  [run_id, fp, ts, ttl_ms])
         return int(won), str(value)
 

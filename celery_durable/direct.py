@@ -1,0 +1,99 @@
+"""DirectLine: the hot path's round trips on a connection each thread keeps.
+
+A run's attempt makes three round trips to the checkpoint store (claim, one commit per
+step, end). Through redis-py's client each one also takes a connection from the pool and
+gives it back, with argument inspection and bookkeeping around both: measured on a 2-core
+VM, about 50 us of a 150 us EVALSHA. DirectLine sends the same commands, packed by the
+same connection class, on one connection per thread (and per process: a forked pool
+process opens its own), so that cost is paid once. Everything else stays redis-py's: the
+connection (TLS, auth, Sentinel's master lookup, health checks, RESP parsing, decoding)
+and its retry policy (``connections._common``: a command is sent again after a connection
+error, which every command celery-durable sends tolerates).
+
+Only for a client with a connection pool (one server or Sentinel). A Redis Cluster client
+routes each command by slot and keeps using redis-py's own path.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+import redis
+from redis.commands import CoreCommands
+from redis.exceptions import ResponseError
+
+
+class CommandRecorder(CoreCommands):
+    """Collects the commands redis-py's command methods would send (``zadd``, ``srem``,
+    ``pexpire``...), to send them as one pipeline on a DirectLine."""
+
+    _event_dispatcher: Any = None  # declared by the command mixins' typing; never used
+
+    def __init__(self) -> None:
+        self.commands: list[tuple[Any, ...]] = []
+
+    def execute_command(self, *args: Any, **options: Any) -> None:
+        self.commands.append(args)
+
+
+class DirectLine:
+    """Sends commands on this thread's own connection of ``client``'s pool."""
+
+    def __init__(self, client: Any) -> None:
+        pool = getattr(client, "connection_pool", None)
+        #: False for clients without a pool of their own (Redis Cluster): use redis-py.
+        self.enabled = isinstance(client, redis.Redis) and pool is not None
+        self._pool = pool
+        self._local = threading.local()
+
+    def _connection(self) -> Any:
+        local = self._local
+        conn = getattr(local, "conn", None)
+        if conn is None or local.pid != os.getpid():
+            # A connection inherited through fork belongs to the parent: never reuse it.
+            conn = local.conn = self._pool.make_connection()  # type: ignore[union-attr]
+            local.pid = os.getpid()
+        return conn
+
+    def call(self, *args: Any) -> Any:
+        """One command; its reply, or the error reply raised (``ResponseError``)."""
+        reply = self.pipeline([args])[0]
+        if isinstance(reply, ResponseError):
+            raise reply
+        return reply
+
+    def pipeline(self, commands: Sequence[Sequence[Any]]) -> list[Any]:
+        """Every command in one round trip; the replies in order, an error reply as its
+        ``ResponseError`` in place (the caller decides; the connection stays in step).
+
+        Raises:
+            redis.ConnectionError, redis.TimeoutError: the server did not answer, after the
+                connection's retries (each retry on a fresh connection).
+        """
+        conn = self._connection()
+
+        def send() -> list[Any]:
+            # connect() does nothing on a live connection; on a new or dropped one it runs
+            # the connection's own handshake (a Sentinel-managed one asks for the master
+            # first, which sending alone would skip).
+            conn.connect()
+            conn.send_packed_command(conn.pack_commands(commands))
+            replies: list[Any] = []
+            for _ in commands:
+                try:
+                    replies.append(conn.read_response())
+                except ResponseError as exc:
+                    replies.append(exc)
+            return replies
+
+        return conn.retry.call_with_retry(send, lambda _error: conn.disconnect())  # type: ignore[no-any-return]
+
+    def close(self) -> None:
+        """Close this thread's connection (others close when their threads end)."""
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            conn.disconnect()
+            self._local.conn = None
