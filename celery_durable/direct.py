@@ -25,6 +25,17 @@ import redis
 from redis.commands import CoreCommands
 from redis.exceptions import ResponseError
 
+#: Forks of this process so far, counted in the child: a thread-local connection made before
+#: the last fork belongs to the parent (cheaper to compare than a getpid() per call).
+_forks = [0]
+
+
+def _count_fork() -> None:
+    _forks[0] += 1
+
+
+os.register_at_fork(after_in_child=_count_fork)
+
 
 class CommandRecorder(CoreCommands):
     """Collects the commands redis-py's command methods would send (``zadd``, ``srem``,
@@ -52,10 +63,10 @@ class DirectLine:
     def _connection(self) -> Any:
         local = self._local
         conn = getattr(local, "conn", None)
-        if conn is None or local.pid != os.getpid():
+        if conn is None or local.forks != _forks[0]:
             # A connection inherited through fork belongs to the parent: never reuse it.
             conn = local.conn = self._pool.make_connection()  # type: ignore[union-attr]
-            local.pid = os.getpid()
+            local.forks = _forks[0]
         return conn
 
     def call(self, *args: Any) -> Any:

@@ -1090,6 +1090,11 @@ class RunStore:
         with _redis_errors("reach Redis"):
             return bool(self.client.ping())
 
+    def close(self) -> None:
+        """Close the client's connections and this thread's DirectLine connection."""
+        self._direct.close()
+        self.client.close()
+
 
 _stores: weakref.WeakKeyDictionary[Celery, tuple[int, RunStore]] = weakref.WeakKeyDictionary()
 _lock = threading.Lock()
