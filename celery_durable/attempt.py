@@ -14,7 +14,6 @@ import json
 import logging
 import os
 import random
-import uuid
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from celery.exceptions import Ignore, Reject, Retry
@@ -236,11 +235,11 @@ def _claim(
         delivery_tag=str(properties.get("delivery_tag") or ""),
         version=version,
     )
-    claim = claim_with(nonce=uuid.uuid4().hex)
+    claim = claim_with(nonce=os.urandom(16).hex())
     if claim.outcome == "busy" and claim.owner == owner and _is_dead(claim.holder_pid):
         # A pool process of this very worker held the run and died (SIGKILL, OOM): its
         # message came back before the heartbeat freed the lease. Take over at once.
-        claim = claim_with(nonce=uuid.uuid4().hex, dead_pid=claim.holder_pid)
+        claim = claim_with(nonce=os.urandom(16).hex(), dead_pid=claim.holder_pid)
     return claim
 
 

@@ -145,10 +145,20 @@ def install() -> None:
     both): a handler on an unconfigured root logger would stop ``logging.lastResort`` from
     printing warnings in a process that never set up logging.
     """
-    for name in _LOGGERS:
-        target = logging.getLogger(name)
+    for target in _targets():
         if _handler not in target.handlers and (target.handlers or not target.propagate):
             target.addHandler(_handler)
+
+
+def _targets() -> list[logging.Logger]:
+    """The loggers of ``_LOGGERS`` (looked up once: a logger object lives as long as the
+    process, and ``getLogger`` takes the logging module's lock every call)."""
+    if not _target_loggers:
+        _target_loggers.extend(logging.getLogger(name) for name in _LOGGERS)
+    return _target_loggers
+
+
+_target_loggers: list[logging.Logger] = []
 
 
 def uninstall() -> None:
