@@ -76,6 +76,15 @@ class DirectLine:
             raise reply
         return reply
 
+    def execute_command(self, *args: Any) -> Any:
+        """``call`` under redis-py's name, so that ``scripts.evalsha`` takes a DirectLine
+        where it takes a client."""
+        return self.call(*args)
+
+    def script_load(self, script: str) -> str:
+        """SCRIPT LOAD (for ``scripts.evalsha`` after a NOSCRIPT reply)."""
+        return str(self.call("SCRIPT", "LOAD", script))
+
     def pipeline(self, commands: Sequence[Sequence[Any]]) -> list[Any]:
         """Every command in one round trip; the replies in order, an error reply as its
         ``ResponseError`` in place (the caller decides; the connection stays in step).

@@ -23,6 +23,7 @@ from celery import Celery
 from celery.worker import state
 
 from .concurrency import slots_for
+from .identity import nodename_of
 from .requeue import broker_is_redis
 from .store import RunStore
 
@@ -141,7 +142,7 @@ class Heartbeat:
     def __init__(self, app: Celery, store: RunStore, worker_id: str) -> None:
         self.store = store
         self.worker_id = worker_id
-        self.nodename = worker_id.split("|", 1)[0]
+        self.nodename = nodename_of(worker_id)
         self.unacked = UnackedBumper(app)
         self._held: set[str] = set()
         self._last_renew = 0.0

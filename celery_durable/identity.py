@@ -24,6 +24,11 @@ def new_worker_id(nodename: str) -> str:
     return f"{nodename}|{os.getpid()}|{uuid.uuid4().hex[:8]}"
 
 
+def nodename_of(worker_id: str) -> str:
+    """The node name part of a worker id."""
+    return worker_id.split("|", 1)[0]
+
+
 def install_worker_id(worker_id: str, nodename: str) -> None:
     """Make ``worker_id`` the id of this process and of the pool processes it starts, and
     of the worker named ``nodename``."""

@@ -16,6 +16,7 @@ step. A log write never fails a run. Each event has the fields ``level`` (level 
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 from typing import TYPE_CHECKING, Any
@@ -150,20 +151,16 @@ def install() -> None:
             target.addHandler(_handler)
 
 
-def _targets() -> list[logging.Logger]:
+@functools.cache
+def _targets() -> tuple[logging.Logger, ...]:
     """The loggers of ``_LOGGERS`` (looked up once: a logger object lives as long as the
     process, and ``getLogger`` takes the logging module's lock every call)."""
-    if not _target_loggers:
-        _target_loggers.extend(logging.getLogger(name) for name in _LOGGERS)
-    return _target_loggers
-
-
-_target_loggers: list[logging.Logger] = []
+    return tuple(logging.getLogger(name) for name in _LOGGERS)
 
 
 def uninstall() -> None:
-    for name in _LOGGERS:
-        logging.getLogger(name).removeHandler(_handler)
+    for target in _targets():
+        target.removeHandler(_handler)
 
 
 def flush(ctx: RunContext) -> None:

@@ -99,8 +99,9 @@ def queue_call(pipe: Any, script: Script, keys: Sequence[str], args: Sequence[An
 
 
 def evalsha(client: Any, script: Script, keys: Sequence[str], args: Sequence[Any]) -> Any:
-    """EVALSHA ``script`` on ``client`` in one round trip; after a NOSCRIPT reply (server
-    restart, SCRIPT FLUSH), load the script and send it again.
+    """EVALSHA ``script`` on ``client`` (a redis-py client or a ``direct.DirectLine``) in
+    one round trip; after a NOSCRIPT reply (server restart, SCRIPT FLUSH), load the script
+    and send it again.
 
     Same outcome as calling the ``Script``, without the per-call work redis-py does there
     (it re-checks the client and the script's encoding on every call): 11 of the ~300 Python

@@ -112,6 +112,8 @@ class RunStore:
         self._commit_script = self.scripts.commit_step
         #: The hot path's round trips (claim, commit, end) on a connection per thread.
         self._direct = DirectLine(self.client)
+        #: Where single hot-path commands go: the DirectLine, or the client without one.
+        self._hot: Any = self._direct if self._direct.enabled else self.client
         self.indexes = RunIndexes(self.keys, settings)
         #: What commits wait for, per durability mode (detected on first use).
         self._commit_waits: dict[str, durability.CommitWait | None] = {}
@@ -167,17 +169,6 @@ class RunStore:
             if isinstance(reply, ResponseError):
                 raise reply
         return replies
-
-    def _evalsha(self, script: Any, keys: Sequence[str], args: Sequence[Any]) -> Any:
-        """One EVALSHA (see scripts.evalsha), on this thread's DirectLine if there is one."""
-        if not self._direct.enabled:
-            return evalsha(self.client, script, keys, args)
-        command = ("EVALSHA", script.sha, len(keys), *keys, *args)
-        try:
-            return self._direct.call(*command)
-        except NoScriptError:
-            self.client.script_load(script.script)
-            return self._direct.call(*command)
 
     def claim(
         self,
@@ -263,7 +254,7 @@ class RunStore:
         try:
             if logs:
                 return int(self._with_logs(keys, logs, self._commit_script, script_keys, args))
-            return int(self._evalsha(self._commit_script, script_keys, args))
+            return int(evalsha(self._hot, self._commit_script, script_keys, args))
         except redis.RedisError as exc:
             raise StoreError(
                 f"celery-durable could not commit step {step_id!r} of {keys.run}: {exc}"
@@ -607,7 +598,7 @@ class RunStore:
     ) -> tuple[int, str]:
         """Run claim_idempotency.lua: ``(1, value)`` if ``run_id`` now owns the key."""
         with _redis_errors("claim an idempotency key"):
-            won, value = self._evalsha(self.scripts.claim_idempotency, [redis_key],
+            won, value = evalsha(self._hot, self.scripts.claim_idempotency, [redis_key],
                                  [run_id, fp, ts, ttl_ms])
         return int(won), str(value)
 
