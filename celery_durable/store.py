@@ -77,15 +77,13 @@ class Claim:
     version: str = ""
 
 
-def _checkpoints(fmt: str, data: str) -> dict[str, str]:
-    """Position -> undecoded payload, from claim_attempt.lua's one-string form."""
-    if fmt == "j":
-        loaded: dict[str, str] = json.loads(data)
-        return loaded
-    if not data:
-        return {}
-    flat = data.split("\n")
-    return dict(zip(flat[::2], flat[1::2], strict=True))
+def _checkpoints(reply: Any) -> dict[str, str]:
+    """Position -> undecoded payload, from the steps hash's HGETALL reply: a dict through
+    redis-py's pipeline, a flat ``[field, value, ...]`` list (RESP2) or a dict (RESP3) on
+    the DirectLine, which applies no response callbacks."""
+    if isinstance(reply, dict):
+        return reply
+    return dict(zip(reply[::2], reply[1::2], strict=True))
 
 
 def waiting_by_rank(fair: Mapping[Any, Any]) -> dict[int, int]:
@@ -185,8 +183,9 @@ class RunStore:
         dead_pid: int = 0,
         version: str = "",
     ) -> Claim:
-        """Start an attempt: take the fenced lease and load every checkpoint, and move the
-        run to the ``running`` index (one round trip)."""
+        """Start an attempt: take the fenced lease, load every checkpoint and move the run to
+        the ``running`` index (one round trip: the claim script, then HGETALL of the steps
+        hash, which no other attempt can change once the claim has bumped the token)."""
         s, k, ts = self.settings, self.keys.run(run_id), now_ms()
         argv: list[Any] = [ts, owner, nonce, s.lease_ttl_ms, task, s.active_ttl_ms,
                            s.trace_maxlen, args_json, kwargs_json, queue, pid, delivery_tag,
@@ -194,10 +193,11 @@ class RunStore:
 
         def build(pipe: Any) -> None:
             queue_call(pipe, self.scripts.claim_attempt, k.as_list(), argv)
+            pipe.hgetall(k.steps)
             self.indexes.claimed(pipe, run_id, owner, ts + s.lease_ttl_ms, ts)
 
         with _redis_errors(f"start an attempt of run {run_id}"):
-            reply = self._pipelined(build)[0]
+            reply, steps = self._pipelined(build)[:2]
         outcome = reply[0]
         if outcome == "claimed" and reply[3] == NEW_RUN:
             # A run this claim created (sent by name, not recorded at publish): the
@@ -227,7 +227,7 @@ class RunStore:
             created_ms=int(reply[6]),
             deadline_ms=int(reply[7] or 0),
             version=str(reply[8] or ""),
-            checkpoints=_checkpoints(reply[9], reply[10]),
+            checkpoints=_checkpoints(steps),
         )
 
     def commit_step(

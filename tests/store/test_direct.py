@@ -52,7 +52,8 @@ def test_a_thread_keeps_one_connection_and_another_thread_opens_its_own(
     before = client_ids(store)
     for n in range(20):
         assert run_once(store, f"r{n}") == "running"
-    assert client_ids(store) == before  # 80 round trips, no new connection
+    # 80 round trips, no new connection (earlier tests' connections may close meanwhile)
+    assert client_ids(store) - before == set()
     mine = store._direct.call("CLIENT", "ID")
     theirs: list[int] = []
     thread = threading.Thread(target=lambda: theirs.append(store._direct.call("CLIENT", "ID")))
