@@ -52,6 +52,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--steps", type=int, default=10, help="steps per run (default 10)")
     parser.add_argument("--result-bytes", type=int, default=200,
                         help="characters each step returns (default 200)")
+    parser.add_argument("--archive", choices=("zlib", "plain", "off"), default="zlib",
+                        help="durable_archive: how completed runs are packed (default zlib)")
     common.add_common_args(parser, "memory.json and memory.md")
     args = parser.parse_args(argv)
     if args.runs < 1 or args.steps < 1 or args.result_bytes < 0:
@@ -71,11 +73,12 @@ def run_steps(steps: int, size: int) -> int:
     return steps
 
 
-def make_app(broker_url: str, store_url: str) -> Celery:
+def make_app(broker_url: str, store_url: str, archive: str = "zlib") -> Celery:
     app = Celery("bench_memory", broker=f"{broker_url}/0", backend=f"{broker_url}/1",
                  set_as_current=False)
     app.conf.update(task_default_queue=QUEUE, worker_hijack_root_logger=False,
-                    broker_connection_retry_on_startup=True, durable_redis_url=f"{store_url}/0")
+                    broker_connection_retry_on_startup=True, durable_redis_url=f"{store_url}/0",
+                    durable_archive=archive)
     app.task(base=DurableTask, name=TASK, shared=False)(run_steps)
     return app
 
@@ -95,11 +98,12 @@ def index_keys(client: redis.Redis, space: KeySpace) -> list[str]:
 
 def run_keys(space: KeySpace, run_id: str) -> dict[str, str]:
     k = space.run(run_id)
-    return {"run hash": k.run, "steps hash": k.steps, "trace list": k.trace}
+    return {"run hash": k.run, "steps hash": k.steps, "trace list": k.trace,
+            "archive": k.archive}
 
 
 def measure(args: argparse.Namespace, broker_url: str, store_url: str) -> dict[str, Any]:
-    app = make_app(broker_url, store_url)
+    app = make_app(broker_url, store_url, args.archive)
     space = KeySpace(settings_for(app).key_prefix)
     store = redis.Redis.from_url(f"{store_url}/0", decode_responses=True)
     task = app.tasks[TASK]
