@@ -3,6 +3,7 @@
 Usage (from the repository root)::
 
     .venv/bin/python -m bench.memory [--runs 500] [--steps 10] [--result-bytes 200]
+                                     [--archive zlib|plain|off]
 
 Starts two throwaway redis-servers, one for the broker and the result backend, one for the
 checkpoint store alone, so the store server's ``used_memory`` moves only with celery-durable's
@@ -11,8 +12,9 @@ keys. An in-process solo worker (``celery.contrib.testing.worker.start_worker``)
 ASCII characters (after a few warm-up runs, which create the worker's registry keys). Then:
 
 - ``used_memory`` (INFO memory) delta of the store server, per run;
-- ``MEMORY USAGE <key> SAMPLES 0`` of every run's keys (run hash, steps hash, trace list)
-  and of the index keys (delta per run), per run.
+- ``MEMORY USAGE <key> SAMPLES 0`` of every run's keys (run hash, steps hash, trace list,
+  archive: a completed run's steps and trace are packed into its archive unless
+  ``--archive off``) and of the index keys (delta per run), per run.
 
 "Beyond the results" subtracts ``steps x result-bytes`` (the results themselves) from the
 per-run figure. Writes ``bench/results/memory.json`` and ``.md``.
@@ -181,7 +183,9 @@ def render_markdown(result: Mapping[str, Any]) -> str:
         f"{cfg['result_bytes']} random ASCII characters, run by a real (in-process, solo) "
         "worker; the checkpoint store on a redis-server of its own. Bytes per run; "
         f"\"beyond the results\" subtracts the {f['results_bytes_per_run']:,} B of results. "
-        f"Target: ≤ {TARGET_BYTES:,} B beyond the results.",
+        f"Target: ≤ {TARGET_BYTES:,} B beyond the results."
+        + (f" Completed runs archived with `durable_archive = \"{cfg['archive']}\"`"
+           " (docs/design.md, \"Archived runs\")." if "archive" in cfg else ""),
         "",
         "| figure | bytes per run |",
         "|---|---|",
