@@ -307,7 +307,7 @@ class RunContext:
         if code == 1:
             return {"key": key, "payload": from_jsonable(json.loads(value))}
         if child_id is not None:
-            raw, _, _ = self._store.read_run(child_id)
+            raw = self._store.read_summaries([child_id])[0]  # the record only
             outcome = outcome_of(raw, _codec.loads)
             if outcome is not None:
                 return {"key": key, "payload": outcome}
