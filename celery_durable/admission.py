@@ -139,7 +139,7 @@ def on_time(turn: Any, rate: RateRef) -> bool:
 
 
 def take_turn_in_worker(task: DurableTask, store: RunStore, run_id: str, args: Any,
-                        kwargs: Any, queue: str, record: Callable[[], None]) -> None:
+                        kwargs: Any, queue: str, record: Callable[[], object]) -> None:
     """An attempt that did not take its rate turn (sent by name, delayed, a retry, resumed,
     or started late) takes it here: it starts now, or is published again for its turn (or
     cancelled, if lossy) and this attempt stops."""

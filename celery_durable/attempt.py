@@ -52,6 +52,8 @@ KEEP_KEY_HEADER = "durable_keep_idempotency_key"
 #: Message header counting how often a duplicate delivery was deferred (for its backoff).
 DEFERRALS_HEADER = "durable_deferrals"
 _codec = JsonCodec()
+#: The ``status`` values of runs that have ended.
+TERMINAL_STATUSES = frozenset(status.value for status in RunStatus if status.is_terminal)
 
 
 def encode_arguments(value: Any) -> str:
@@ -190,18 +192,26 @@ def _take_slots(
     publish_woken(task.app, admission.woken)
     if admission.admitted:
         return slots
-    _record_if_missing(task, store, run_id, args, kwargs, queue)
+    if not _record_if_missing(task, store, run_id, args, kwargs, queue):
+        status = (store.read_summaries([run_id])[0] or {}).get("status", "")
+        if status in TERMINAL_STATUSES:
+            # A stray copy of a run that already ended (a restored message, a deferred
+            # duplicate): leave the queue rather than take a slot from a waiting run later.
+            publish_woken(task.app, release(store, run_id, slots))
+            logger.info("run %s already %s; ignoring a duplicate delivery", run_id, status)
+            raise Ignore()
     note_parked(store, task.name, run_id, admission)
     raise Ignore()
 
 
 def _record_if_missing(task: DurableTask, store: RunStore, run_id: str,
-                       args: tuple[Any, ...], kwargs: dict[str, Any], queue: str) -> None:
+                       args: tuple[Any, ...], kwargs: dict[str, Any], queue: str) -> bool:
     """Record a run that waits before its first attempt: one sent by name (no slot or rate
     turn taken at publish) may not be recorded yet, and must be listed, with a trace that
-    says why it waits."""
-    store.create_run(run_id, task.name, encode_arguments(list(args)), encode_arguments(kwargs),
-                     queue, encode_options(request_options(task.request)))
+    says why it waits. Returns False if the run was recorded already."""
+    return store.create_run(run_id, task.name, encode_arguments(list(args)),
+                            encode_arguments(kwargs), queue,
+                            encode_options(request_options(task.request)))
 
 
 def _give_back_slots(

@@ -46,8 +46,12 @@ if op == 'acquire' then
     admitted = 0
   end
 elseif op == 'release' then
+  -- Give the slot back, and leave the queue too (a stray copy of a run that already
+  -- ended was parked: it must not be handed a slot later).
   redis.call('ZREM', KEYS[2], run)
   redis.call('ZREM', KEYS[4], run)
+  unpark(run)
+  redis.call('HDEL', KEYS[5], run)
 end
 -- Free slots go to the longest-waiting runs.
 local reply = {admitted, 0, limit, 0}

@@ -82,3 +82,16 @@ def test_the_fairness_hash_only_remembers_waiting_runs(store: RunStore) -> None:
     assert store.client.hget(fair, "p:0") == "20"
     admissions(store, "holder", 20)
     assert set(store.client.hkeys(fair)) == {"_v"}
+
+
+def test_releasing_a_parked_run_takes_it_off_the_queue(store: RunStore) -> None:
+    # A stray copy of a run that already ended was parked: its release must leave the queue
+    # and the hand-over data, or the run would later be handed a slot a waiting run needs.
+    assert acquire(store, "holder", [REF], "{}").admitted
+    assert not acquire(store, "stray", [REF], '{"task": "t"}').admitted
+    assert not acquire(store, "waiting", [REF], "{}").admitted
+    assert release(store, "stray", [REF]) == []  # the slot is still held: nobody woken
+    k = store.keys.limit(REF.base, REF.sub)
+    assert store.client.zrange(k.parked, 0, -1) == ["waiting"]
+    assert store.client.hget(k.info, "stray") is None
+    assert [r for r, _ in release(store, "holder", [REF])] == ["waiting"]
