@@ -266,10 +266,8 @@ def run_outcomes(store: RunStore, ids: Sequence[str]) -> dict[str, Any]:
     server time (ms, from the trace entry) of each run's last ``attempt_started`` and of its
     ``run_completed``."""
     statuses = dict(Counter(raw.get("status", "missing") for raw in store.read_summaries(ids)))
-    with store.client.pipeline(False) as pipe:
-        for run_id in ids:
-            pipe.lrange(store.keys.run(run_id).trace, 0, -1)
-        traces = [trace_events(entries, {}) for entries in pipe.execute()]
+    # Completed runs keep their trace in their archive: read_traces merges both.
+    traces = [trace_events(entries, {}) for entries in store.read_traces(ids)]
     parks = [sum(1 for ev in trace if ev.type == "slot_denied") for trace in traces]
     started, completed = [], []
     for trace in traces:

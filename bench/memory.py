@@ -3,6 +3,7 @@
 Usage (from the repository root)::
 
     .venv/bin/python -m bench.memory [--runs 500] [--steps 10] [--result-bytes 200]
+                                     [--archive zlib|plain|off]
 
 Starts two throwaway redis-servers, one for the broker and the result backend, one for the
 checkpoint store alone, so the store server's ``used_memory`` moves only with celery-durable's
@@ -11,8 +12,9 @@ keys. An in-process solo worker (``celery.contrib.testing.worker.start_worker``)
 ASCII characters (after a few warm-up runs, which create the worker's registry keys). Then:
 
 - ``used_memory`` (INFO memory) delta of the store server, per run;
-- ``MEMORY USAGE <key> SAMPLES 0`` of every run's keys (run hash, steps hash, trace list)
-  and of the index keys (delta per run), per run.
+- ``MEMORY USAGE <key> SAMPLES 0`` of every run's keys (run hash, steps hash, trace list,
+  archive: a completed run's steps and trace are packed into its archive unless
+  ``--archive off``) and of the index keys (delta per run), per run.
 
 "Beyond the results" subtracts ``steps x result-bytes`` (the results themselves) from the
 per-run figure. Writes ``bench/results/memory.json`` and ``.md``.
@@ -52,6 +54,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--steps", type=int, default=10, help="steps per run (default 10)")
     parser.add_argument("--result-bytes", type=int, default=200,
                         help="characters each step returns (default 200)")
+    parser.add_argument("--archive", choices=("zlib", "plain", "off"), default="zlib",
+                        help="durable_archive: how completed runs are packed (default zlib)")
     common.add_common_args(parser, "memory.json and memory.md")
     args = parser.parse_args(argv)
     if args.runs < 1 or args.steps < 1 or args.result_bytes < 0:
@@ -71,11 +75,12 @@ def run_steps(steps: int, size: int) -> int:
     return steps
 
 
-def make_app(broker_url: str, store_url: str) -> Celery:
+def make_app(broker_url: str, store_url: str, archive: str = "zlib") -> Celery:
     app = Celery("bench_memory", broker=f"{broker_url}/0", backend=f"{broker_url}/1",
                  set_as_current=False)
     app.conf.update(task_default_queue=QUEUE, worker_hijack_root_logger=False,
-                    broker_connection_retry_on_startup=True, durable_redis_url=f"{store_url}/0")
+                    broker_connection_retry_on_startup=True, durable_redis_url=f"{store_url}/0",
+                    durable_archive=archive)
     app.task(base=DurableTask, name=TASK, shared=False)(run_steps)
     return app
 
@@ -95,11 +100,12 @@ def index_keys(client: redis.Redis, space: KeySpace) -> list[str]:
 
 def run_keys(space: KeySpace, run_id: str) -> dict[str, str]:
     k = space.run(run_id)
-    return {"run hash": k.run, "steps hash": k.steps, "trace list": k.trace}
+    return {"run hash": k.run, "steps hash": k.steps, "trace list": k.trace,
+            "archive": k.archive}
 
 
 def measure(args: argparse.Namespace, broker_url: str, store_url: str) -> dict[str, Any]:
-    app = make_app(broker_url, store_url)
+    app = make_app(broker_url, store_url, args.archive)
     space = KeySpace(settings_for(app).key_prefix)
     store = redis.Redis.from_url(f"{store_url}/0", decode_responses=True)
     task = app.tasks[TASK]
@@ -177,7 +183,9 @@ def render_markdown(result: Mapping[str, Any]) -> str:
         f"{cfg['result_bytes']} random ASCII characters, run by a real (in-process, solo) "
         "worker; the checkpoint store on a redis-server of its own. Bytes per run; "
         f"\"beyond the results\" subtracts the {f['results_bytes_per_run']:,} B of results. "
-        f"Target: ≤ {TARGET_BYTES:,} B beyond the results.",
+        f"Target: ≤ {TARGET_BYTES:,} B beyond the results."
+        + (f" Completed runs archived with `durable_archive = \"{cfg['archive']}\"`"
+           " (docs/design.md, \"Archived runs\")." if "archive" in cfg else ""),
         "",
         "| figure | bytes per run |",
         "|---|---|",

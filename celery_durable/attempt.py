@@ -507,7 +507,9 @@ def _end(
     try:
         prev = store.end_attempt(ctx.id, ctx._token, status, event, task=task.name,
                                  owner=ctx.owner, result_json=result_json,
-                                 error_json=error_json, logs=ctx.take_logs())
+                                 error_json=error_json, logs=ctx.take_logs(),
+                                 checkpoints=ctx.checkpoints
+                                 if status is RunStatus.COMPLETED else None)
         if prev is not None:
             # Only the attempt that still owned the run gives its slots back.
             _give_back_slots(task, store, ctx.id, ctx.slots)

@@ -96,6 +96,9 @@ class DurableSettings(BaseModel):
     max_checkpoint_bytes: int = Field(default=DEFAULT_MAX_CHECKPOINT_BYTES, ge=1024)
     max_progress_bytes: int = Field(default=DEFAULT_MAX_PROGRESS_BYTES, ge=64)
     offload_bytes: int | None = Field(default=None, ge=1)
+    #: How a completed run keeps its checkpoints and trace (archive.py): packed into one
+    #: key, zlib-compressed ("zlib") or not ("plain"), or left as they were ("off").
+    archive: Literal["zlib", "plain", "off"] = "zlib"
     redis_socket_timeout_s: float = Field(default=DEFAULT_REDIS_SOCKET_TIMEOUT_S, gt=0)
     default_retry: RetryPolicy = Field(default_factory=RetryPolicy)
     eviction_check: Literal["warn", "error", "ignore"] = "warn"

@@ -11,7 +11,7 @@ import datetime as dt
 import json
 import time
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextvars import ContextVar
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 from pydantic import BaseModel
 
 from . import otel, signals
+from .archive import MAX_ARCHIVE_BYTES
 from .children import outcome_of
 from .codec import (
     TAG,
@@ -140,6 +141,7 @@ class RunContext:
         "_committed", "_position", "_occurrences", "_current_step", "replayed", "_keys", "slots",
         "_last_step_id", "_app", "deadline_ms", "traced", "logs", "meters", "_progress",
         "code_version", "recorded_version", "_patches", "durability", "_decoded",
+        "_kept_bytes",
     )
 
     def __init__(
@@ -173,7 +175,13 @@ class RunContext:
         self.failures = failures
         self._store = store
         self._settings: DurableSettings = store.settings
+        #: Position -> payload of every checkpoint of the run: those the claim loaded,
+        #: then those this attempt commits.
         self._committed = checkpoints
+        #: Characters of the payloads this attempt committed and kept in ``_committed``;
+        #: -1 once past archive.MAX_ARCHIVE_BYTES (the run cannot be archived: stop
+        #: keeping them, and let ``checkpoints`` say so).
+        self._kept_bytes = 0
         #: The checkpoints decoded in one pass at the first replay (position -> record).
         self._decoded: dict[str, Any] | None = None
         self._keys = store.keys.run(run_id)
@@ -299,7 +307,7 @@ class RunContext:
         if code == 1:
             return {"key": key, "payload": from_jsonable(json.loads(value))}
         if child_id is not None:
-            raw, _, _ = self._store.read_run(child_id)
+            raw = self._store.read_summaries([child_id])[0]  # the record only
             outcome = outcome_of(raw, _codec.loads)
             if outcome is not None:
                 return {"key": key, "payload": outcome}
@@ -496,6 +504,13 @@ class RunContext:
     @property
     def store(self) -> RunStore:
         return self._store
+
+    @property
+    def checkpoints(self) -> Mapping[str, str] | None:
+        """Position -> undecoded payload of every checkpoint of the run (loaded by this
+        attempt's claim or committed by it), or None when this attempt committed more
+        than an archive may hold and stopped keeping them."""
+        return self._committed if self._kept_bytes >= 0 else None
 
     def take_logs(self) -> list[str]:
         """The buffered log records (for the next write to the run), emptying the buffer."""
@@ -701,6 +716,14 @@ class RunContext:
                                        logs.take() if logs is not None and logs.pending else (),
                                        blob=blob, durability_mode=durability or self.durability)
         self._check_code(code, f"commit step {step_id!r}")
+        # Every checkpoint of the run, for the archive of a completed run (archive.py;
+        # the script checks them against the steps hash before it packs them).
+        if self._kept_bytes >= 0:
+            self._kept_bytes += len(payload)
+            if self._kept_bytes > MAX_ARCHIVE_BYTES:
+                self._kept_bytes = -1
+            else:
+                self._committed[str(position)] = payload
         if code == 1:
             signals.step_committed.send(
                 sender=self.task_name, run_id=self.id, attempt=self.attempt, step=step_id,

@@ -9,6 +9,10 @@ slot and one script can update them atomically (``P`` is ``durable_key_prefix``)
                                  value = JSON {"id", "v", "t0", "t1", "a"}; same TTL
     P{<run_id>}:trace    list    trace entries, JSON [at_ms, steps, type, field, value, ...]
                                  (lua/_trace.lua), the newest durable_trace_maxlen; same TTL
+    P{<run_id>}:archive  string  a completed run's checkpoints and trace entries packed in
+                                 one value (archive.py), replacing its steps hash and the
+                                 trace list of that moment; entries appended later go to
+                                 a new trace list; same TTL (the retention)
     P{<run_id>}:children set     ids of the child runs it started; active TTL
     P{<run_id>}:progress hash    progress saved inside a running step: field = step
                                  position, value = JSON {"v", "ms", "a"}; same TTL as the run
@@ -100,7 +104,7 @@ from .models import RunStatus
 
 @dataclass(frozen=True, slots=True)
 class RunKeys:
-    """The keys of one run, in the order every per-run script takes them (KEYS[1..5]).
+    """The keys of one run, in the order every per-run script takes them (KEYS[1..6]).
 
     Scripts that set the run's TTL set it on every key they are given, so a run's keys
     always expire together."""
@@ -110,9 +114,10 @@ class RunKeys:
     trace: str
     progress: str
     blobs: str
+    archive: str
 
     def as_list(self) -> list[str]:
-        return [self.run, self.steps, self.trace, self.progress, self.blobs]
+        return [self.run, self.steps, self.trace, self.progress, self.blobs, self.archive]
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,7 +144,8 @@ class KeySpace:
     def run(self, run_id: str) -> RunKeys:
         base = f"{self.prefix}{{{run_id}}}"
         return RunKeys(run=f"{base}:run", steps=f"{base}:steps", trace=f"{base}:trace",
-                       progress=f"{base}:progress", blobs=f"{base}:blobs")
+                       progress=f"{base}:progress", blobs=f"{base}:blobs",
+                       archive=f"{base}:archive")
 
     def children(self, run_id: str) -> str:
         return f"{self.prefix}{{{run_id}}}:children"

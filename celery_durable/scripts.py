@@ -34,16 +34,20 @@ WAITING_QUEUES = ("slots", "rate")
 TRACE_WRITERS = ("create_run", "claim_attempt", "append_event", "append_logs", "end_attempt",
                  "cancel_run", "fail_run", "reap_run", "reopen_run", "extend_timeout",
                  "set_version")
+#: The scripts that archive completed runs, with ``_archive.lua`` (the packing) in front.
+ARCHIVE_WRITERS = ("end_attempt",)
 
 
 @cache
 def script_source(name: str) -> str:
-    """The text of ``lua/<name>.lua`` (read once per process), with the shared queue and
-    trace functions in front of the scripts that use them."""
+    """The text of ``lua/<name>.lua`` (read once per process), with the shared queue,
+    trace and archive functions in front of the scripts that use them."""
     lua = resources.files(__package__).joinpath("lua")
     text = lua.joinpath(f"{name}.lua").read_text("utf-8")
     if name in WAITING_QUEUES:
         text = lua.joinpath("_waiting.lua").read_text("utf-8") + text
+    if name in ARCHIVE_WRITERS:
+        text = lua.joinpath("_archive.lua").read_text("utf-8") + text
     if name in TRACE_WRITERS:
         text = lua.joinpath("_trace.lua").read_text("utf-8") + text
     return text

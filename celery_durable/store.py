@@ -20,14 +20,15 @@ from typing import Any
 
 import redis
 from celery import Celery
+from redis.client import NEVER_DECODE
 from redis.crc import key_slot
 from redis.exceptions import NoScriptError, ResponseError
 
-from . import durability
+from . import archive, durability
 from .config import DurableSettings, settings_for
 from .connections import StoreClient, is_cluster, make_client
 from .direct import CommandRecorder, DirectLine
-from .errors import DurabilityError, StoreError
+from .errors import CheckpointDecodeError, DurabilityError, StoreError
 from .indexes import RunIndexes
 from .keys import KeySpace, LimitKeys, RunKeys
 from .models import TERMINAL_STATUSES, RunStatus
@@ -428,17 +429,25 @@ class RunStore:
         result_json: str = "",
         error_json: str = "",
         logs: Sequence[str] = (),
+        checkpoints: Mapping[str, str] | None = None,
     ) -> str | None:
         """End the attempt holding ``token``: release the lease, set ``status``, record
         ``event`` (a mapping with a ``type``). Returns the previous status, or None if the
         attempt had been fenced out. Buffered ``logs`` are written first, in the same round
-        trip.
+        trip. ``checkpoints`` (position -> payload: every checkpoint of the run, as the
+        attempt knows them) make a completed run archived by the same script call (see
+        archive.py), unless ``durable_archive`` is off; the script checks them against
+        the steps hash and leaves the run as it is if they differ.
         """
         s, k, ts = self.settings, self.keys.run(run_id), now_ms()
         terminal = status in TERMINAL_STATUSES
         ttl = s.retention_ms if terminal else s.active_ttl_ms
+        packed = None
+        if status is RunStatus.COMPLETED and checkpoints is not None and s.archive != "off":
+            packed = archive.pack(checkpoints, compress=s.archive == "zlib")
         argv: list[Any] = [token, status.value, ts, ttl, s.trace_maxlen, result_json, error_json,
-                           1 if terminal else 0]
+                           1 if terminal else 0,
+                           packed.head if packed else "", packed.digest if packed else ""]
         for name, value in event.items():
             argv += [name, value]
 
@@ -993,14 +1002,47 @@ class RunStore:
 
     def read_run(self, run_id: str) -> tuple[dict[str, str], dict[str, str], list[str]]:
         """The run hash, the checkpoints and the raw trace entries (oldest first; see
-        events.py) in one round trip."""
+        events.py) in one round trip, from the steps hash and trace list or, for an
+        archived run, from its archive followed by the entries written since."""
         k = self.keys.run(run_id)
         with _redis_errors(f"read run {run_id}"), self.client.pipeline(False) as pipe:
             pipe.hgetall(k.run)
             pipe.hgetall(k.steps)
             pipe.lrange(k.trace, 0, -1)
-            run, steps, trace = pipe.execute()
+            pipe.execute_command("GET", k.archive, **{NEVER_DECODE: []})
+            run, steps, trace, packed = pipe.execute()
+        if packed is not None:
+            steps, trace = self._merge_archive(run_id, packed, steps, trace)
         return run, steps, trace
+
+    def read_traces(self, run_ids: Sequence[str]) -> list[list[str]]:
+        """The raw trace entries of each run (as ``read_run`` gives them), one round trip."""
+        if not run_ids:
+            return []
+        with _redis_errors("read run traces"), self.client.pipeline(False) as pipe:
+            for run_id in run_ids:
+                k = self.keys.run(run_id)
+                pipe.lrange(k.trace, 0, -1)
+                pipe.execute_command("GET", k.archive, **{NEVER_DECODE: []})
+            replies = pipe.execute()
+        traces = []
+        for run_id, trace, packed in zip(run_ids, replies[::2], replies[1::2], strict=True):
+            if packed is not None:
+                trace = self._merge_archive(run_id, packed, {}, trace)[1]
+            traces.append(list(trace))
+        return traces
+
+    def _merge_archive(self, run_id: str, packed: bytes, steps: dict[str, str],
+                       trace: list[str]) -> tuple[dict[str, str], list[str]]:
+        """An archived run's checkpoints and trace entries: the archive's, then those
+        written since (the trace capped at durable_trace_maxlen, newest kept, as the list
+        itself would be)."""
+        try:
+            archived_steps, archived_trace = archive.unpack(packed)
+        except CheckpointDecodeError as exc:
+            raise CheckpointDecodeError(f"run {run_id}: {exc}", run_id=run_id) from exc
+        merged = archived_trace + list(trace)
+        return {**archived_steps, **steps}, merged[-self.settings.trace_maxlen:]
 
     def read_summaries(self, run_ids: Sequence[str]) -> list[dict[str, str]]:
         """The run hashes (without checkpoints) of ``run_ids``; a missing run gives ``{}``."""

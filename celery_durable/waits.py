@@ -83,7 +83,7 @@ def send_event(app: Celery, store: RunStore, key: str, payload: Any) -> list[str
 
 def publish_run(app: Celery, store: RunStore, run_id: str) -> None:
     """Publish a recorded run again (same id) from its stored task and arguments."""
-    raw, _, _ = store.read_run(run_id)
+    raw = store.read_summaries([run_id])[0]
     if not raw:
         raise RunNotFoundError(f"no durable run {run_id!r}", run_id=run_id)
     info = raw.get("resume") or stored_resume_info(

@@ -6,6 +6,8 @@
 -- step_committed event between the entries whose step counts bracket its position.
 -- The clock and the step count are read once per script call (append_logs writes one entry
 -- per record; no script that writes entries commits a step in between).
+-- An entry that creates the list (the first of a run, or the first after the run was
+-- archived, see _archive.lua) gives it the run hash's TTL, if the run hash has one yet.
 local trace_at, trace_steps = nil, {}
 local function trace_append(run_key, trace_key, maxlen, ...)
   if not trace_at then
@@ -20,7 +22,11 @@ local function trace_append(run_key, trace_key, maxlen, ...)
   local entry = {trace_at, steps}
   for i = 1, select('#', ...) do entry[i + 2] = tostring((select(i, ...))) end
   local cap = tonumber(maxlen)
-  if redis.call('RPUSH', trace_key, cjson.encode(entry)) > cap then
+  local length = redis.call('RPUSH', trace_key, cjson.encode(entry))
+  if length > cap then
     redis.call('LTRIM', trace_key, -cap, -1)
+  elseif length == 1 then
+    local ttl = redis.call('PTTL', run_key)
+    if ttl > 0 then redis.call('PEXPIRE', trace_key, ttl) end
   end
 end

@@ -1,6 +1,7 @@
 -- append_logs.lua: append log records captured during an attempt to the run's trace.
 -- Unfenced: the records of an attempt that was taken over still say what it did. Written
--- only while the run exists, so the trace never outlives the run (no key without a TTL).
+-- only while the run exists, so the trace never outlives the run (a list the first record
+-- creates, e.g. after the run was archived, takes the run's TTL: _trace.lua).
 -- KEYS[1] run hash      P{<run_id>}:run
 -- KEYS[2] trace list    P{<run_id>}:trace
 -- ARGV[1] trace maxlen
@@ -14,9 +15,5 @@ for i = 2, #ARGV - 5, 6 do
                'logger', ARGV[i + 1], 'message', ARGV[i + 2], 'step', ARGV[i + 3],
                'attempt', ARGV[i + 4], 'ms', ARGV[i + 5])
   n = n + 1
-end
-if n > 0 and redis.call('PTTL', KEYS[2]) == -1 then
-  local ttl = redis.call('PTTL', KEYS[1])
-  if ttl > 0 then redis.call('PEXPIRE', KEYS[2], ttl) end
 end
 return n

@@ -4,6 +4,7 @@
 -- KEYS[2] steps hash    P{<run_id>}:steps
 -- KEYS[3] trace list    P{<run_id>}:trace
 -- KEYS[4] progress hash P{<run_id>}:progress  KEYS[5] blobs hash P{<run_id>}:blobs
+-- KEYS[6] archive       P{<run_id>}:archive  (a completed run's, see _archive.lua)
 --          (only their TTL is set here)
 -- ARGV[1] now_ms  ARGV[2] retention (ms)  ARGV[3] trace maxlen  ARGV[4] reason
 -- Returns the previous status ('' if the run does not exist); a run that already ended is

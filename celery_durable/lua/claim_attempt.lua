@@ -7,6 +7,7 @@
 -- KEYS[2] steps hash    P{<run_id>}:steps
 -- KEYS[3] trace list    P{<run_id>}:trace
 -- KEYS[4] progress hash P{<run_id>}:progress  KEYS[5] blobs hash P{<run_id>}:blobs
+-- KEYS[6] archive       P{<run_id>}:archive  (a completed run's, see _archive.lua)
 --          (only their TTL is set here)
 -- ARGV[1] now_ms  ARGV[2] owner (worker id)  ARGV[3] claim nonce (unique per attempt)
 -- ARGV[4] lease TTL (ms)  ARGV[5] task name  ARGV[6] active TTL (ms)  ARGV[7] trace maxlen

@@ -3,6 +3,7 @@
 -- KEYS[2] steps hash    P{<run_id>}:steps
 -- KEYS[3] trace list    P{<run_id>}:trace
 -- KEYS[4] progress hash P{<run_id>}:progress  KEYS[5] blobs hash P{<run_id>}:blobs
+-- KEYS[6] archive       P{<run_id>}:archive  (a completed run's, see _archive.lua)
 --          (not written here: they do not exist yet)
 -- ARGV[1] now_ms  ARGV[2] task name  ARGV[3] args (JSON)  ARGV[4] kwargs (JSON)
 -- ARGV[5] queue  ARGV[6] active TTL (ms)  ARGV[7] trace maxlen

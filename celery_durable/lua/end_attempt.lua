@@ -1,16 +1,21 @@
 -- end_attempt.lua: end an attempt: release its lease and move the run to its next status.
--- Fenced: only the attempt holding the current lease token may end it.
+-- Fenced: only the attempt holding the current lease token may end it. A run that ends
+-- completed is archived in the same call when the attempt sends its packed checkpoints
+-- (_archive.lua): checkpoints and trace move into the archive string.
 -- KEYS[1] run hash      P{<run_id>}:run
 -- KEYS[2] steps hash    P{<run_id>}:steps
 -- KEYS[3] trace list    P{<run_id>}:trace
 -- KEYS[4] progress hash P{<run_id>}:progress  KEYS[5] blobs hash P{<run_id>}:blobs
 --          (only their TTL is set here)
+-- KEYS[6] archive       P{<run_id>}:archive  (written only when a completed run is archived)
 -- ARGV[1] lease token  ARGV[2] new status  ARGV[3] now_ms
 -- ARGV[4] TTL (ms) for all the run's keys: the retention if the status is terminal
 -- ARGV[5] trace maxlen  ARGV[6] result (JSON, '' to leave unchanged)
 -- ARGV[7] error (JSON, '' to leave unchanged; an error also counts one failure)
 -- ARGV[8] 1 if the status is terminal
--- ARGV[9..] trace event: field, value, ... (the first pair is 'type', <event type>)
+-- ARGV[9] packed checkpoints (archive.py's head, '' not to archive; only with 'completed')
+-- ARGV[10] SHA-1 (hex) of the framed checkpoints that ARGV[9] packs
+-- ARGV[11..] trace event: field, value, ... (the first pair is 'type', <event type>)
 -- Returns the previous status, or -1 if the lease token is stale.
 local run = KEYS[1]
 local cur = redis.call('HMGET', run, 'lease_token', 'status')
@@ -21,6 +26,9 @@ if ARGV[6] ~= '' then redis.call('HSET', run, 'result', ARGV[6]) end
 if ARGV[7] ~= '' then redis.call('HSET', run, 'error', ARGV[7]) end
 if ARGV[8] == '1' then redis.call('HSET', run, 'finished_ms', ARGV[3]) end
 if ARGV[7] ~= '' then redis.call('HINCRBY', run, 'failures', 1) end
-trace_append(KEYS[1], KEYS[3], ARGV[5], unpack(ARGV, 9))
+trace_append(KEYS[1], KEYS[3], ARGV[5], unpack(ARGV, 11))
+if ARGV[9] ~= '' and ARGV[2] == 'completed' then
+  archive_run(run, KEYS[2], KEYS[3], KEYS[6], ARGV[9], ARGV[10])
+end
 for i = 1, #KEYS do redis.call('PEXPIRE', KEYS[i], ARGV[4]) end
 return cur[2]

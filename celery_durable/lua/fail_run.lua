@@ -4,6 +4,7 @@
 -- KEYS[2] steps hash    P{<run_id>}:steps
 -- KEYS[3] trace list    P{<run_id>}:trace
 -- KEYS[4] progress hash P{<run_id>}:progress  KEYS[5] blobs hash P{<run_id>}:blobs
+-- KEYS[6] archive       P{<run_id>}:archive  (a completed run's, see _archive.lua)
 --          (only their TTL is set here)
 -- ARGV[1] worker id (must hold the lease)  ARGV[2] now_ms  ARGV[3] retention (ms)
 -- ARGV[4] trace maxlen  ARGV[5] error (JSON)  ARGV[6] error type  ARGV[7] error message

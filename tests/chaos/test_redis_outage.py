@@ -75,8 +75,8 @@ def test_redis_restarted_with_aof_mid_load(aof_redis, token) -> None:
         ids = [task.apply_async((f"{token}:{i}", STEPS, 0.15), queue="outage").id
                for i in range(RUNS)]
         time.sleep(2.0)
-        before = {run_id: client.store.client.hgetall(client.store.keys.run(run_id).steps)
-                  for run_id in ids}
+        # (read_run: a run that completed keeps its checkpoints in its archive)
+        before = {run_id: client.store.read_run(run_id)[1] for run_id in ids}
         assert sum(len(v) for v in before.values()) > 0, "nothing committed before the crash"
         # Crash Redis (no clean shutdown) and bring it back from its AOF.
         aof_redis["proc"].send_signal(signal.SIGKILL)
@@ -89,7 +89,7 @@ def test_redis_restarted_with_aof_mid_load(aof_redis, token) -> None:
     for i, run_id in enumerate(ids):
         run = client.get_run(run_id)
         assert run.result == list(range(STEPS))
-        after = client.store.client.hgetall(client.store.keys.run(run_id).steps)
+        after = client.store.read_run(run_id)[1]
         # Every checkpoint committed before the crash is still there, unchanged...
         assert {k: after[k] for k in before[run_id]} == before[run_id]
         # ...and its step never ran again.
@@ -109,8 +109,7 @@ def test_store_unreachable_for_a_while(redis_base_url, aof_redis, token) -> None
         task = app.tasks["tests.tasks.chaos_pipeline"]
         ids = [task.apply_async((f"{token}:{i}", STEPS, 0.15), queue="store-outage").id
                for i in range(RUNS)]
-        store = client.store.client
-        wait_for(lambda: sum(int(store.hlen(client.store.keys.run(r).steps)) for r in ids)
+        wait_for(lambda: sum(len(client.store.read_run(r)[1]) for r in ids)
                    >= 3, 60, "a few steps committed")
         aof_redis["proc"].send_signal(signal.SIGKILL)
         aof_redis["proc"].wait(timeout=10)

@@ -142,6 +142,26 @@ def test_run_api_and_unknown_run(flower: FlowerServer, seeded: Seeded) -> None:
     assert flower.get("/durable/runs/no-such-run").status == 404
 
 
+def test_an_archived_run_shows_its_steps_and_trace(flower: FlowerServer, seeded: Seeded,
+                                                   flower_app: Any) -> None:
+    from celery_durable import DurableClient
+
+    # The completed run's checkpoints and trace are in its archive (archive.py)...
+    store = DurableClient(flower_app.app).store
+    keys = store.keys.run(seeded.completed)
+    assert store.client.exists(keys.archive) and not store.client.exists(keys.steps)
+    # ...and its API answer and page show them as they were.
+    run = flower.get(f"/api/durable/runs/{seeded.completed}").json()
+    assert [s["name"] for s in run["steps"]] == ["fetch_order", "charge"]
+    assert run["steps"][1]["value"] == "ch_o-1"
+    types = [e["type"] for e in run["events"]]
+    assert types[:2] == ["run_created", "attempt_started"] and "run_completed" in types
+    assert types.count("step_committed") == 2
+    page = flower.get(f"/durable/runs/{seeded.completed}").body
+    for name in ("fetch_order", "charge"):
+        assert f'data-step="{name}" data-state="committed"' in page
+
+
 def test_secrets_are_redacted(flower: FlowerServer, seeded: Seeded) -> None:
     run = flower.get(f"/api/durable/runs/{seeded.completed}").json()
     assert run["steps"][0]["value"]["api_key"] == "[redacted]"

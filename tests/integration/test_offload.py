@@ -29,7 +29,10 @@ def test_offloaded_results_round_trip(redis_base_url, test_app, tasks, client, t
         assert tasks.count(token, "fails_once") == 2
         store = client.store
         keys = store.keys.run(result.id)
-        big, small = store.client.hget(keys.steps, "0"), store.client.hget(keys.steps, "1")
+        # The run completed: its checkpoints are in its archive, the blobs stay apart.
+        assert store.client.exists(keys.archive) and not store.client.exists(keys.steps)
+        _, steps, _ = store.read_run(result.id)
+        big, small = steps["0"], steps["1"]
         assert len(big) < 200 and json.loads(big)["o"] > SIZE  # only the size is inline
         assert json.loads(small)["v"] == 7 and "o" not in json.loads(small)  # small: inline
         assert set(store.client.hkeys(keys.blobs)) == {"0"}

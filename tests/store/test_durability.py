@@ -16,6 +16,7 @@ import redis
 from celery import Celery
 
 from celery_durable import DurabilityError, step
+from celery_durable.archive import unpack
 from celery_durable.config import DurableSettings
 from celery_durable.store import RunStore
 from tests.conftest import start_redis_server
@@ -185,14 +186,20 @@ def test_a_task_option_makes_a_real_worker_wait_for_the_replica(
     app.conf.durable_redis_url = f"{murl}/0"
     import tests.tasks  # noqa: F401 - registers the shared tasks with this app
 
-    replica = redis.Redis.from_url(f"{rurl}/0", decode_responses=True)
+    replica = redis.Redis.from_url(f"{rurl}/0")
     with celery_worker(redis_base_url, pool="solo", queue="replicated", name="replicated",
                        extra_env={"DURABLE_TEST_STORE_URL": f"{murl}/0"}):
         result = app.tasks["tests.tasks.replicated_sum"].apply_async((4,), queue="replicated")
         assert result.get(timeout=30) == 12
     store = RunStore(DurableSettings(redis_url=f"{murl}/0"))
-    steps_key = store.keys.run(result.id).steps
-    _wait_for(lambda: replica.hlen(steps_key) == 4, 10, "the replica to hold 4 checkpoints")
+    # The run completed, so its checkpoints are in its archive (archive.py).
+    archive_key = store.keys.run(result.id).archive
+
+    def replicated_steps() -> int:
+        packed = replica.get(archive_key)
+        return len(unpack(packed)[0]) if packed else 0
+
+    _wait_for(lambda: replicated_steps() == 4, 10, "the replica to hold 4 checkpoints")
     assert store.commit_wait("replica") is not None
     replica.close()
     store.client.close()

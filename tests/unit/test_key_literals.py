@@ -11,7 +11,7 @@ PACKAGE = Path(__file__).resolve().parent.parent.parent / "celery_durable"
 #: Fragments of our key names (see keys.py); a string holding one builds a key by hand.
 KEY_PARTS = re.compile(
     r"durable:|(^|[}:])(index|idem|limit|event|worker|timers|workers|leases|limits):|"
-    r":(run|steps|trace|progress|blobs|children|holders|parked|woken|info|config|mailbox|"
+    r":(run|steps|trace|progress|blobs|archive|children|holders|parked|woken|info|config|mailbox|"
     r"waiters|taken|runs)$|\{[^}]*\}:")
 
 
