@@ -35,7 +35,7 @@ from .concurrency import (
 from .context import RunContext, SuspendRun, bind_context, describe_error, unbind_context
 from .errors import LeaseLostError, RunCancelled, RunCrashedError, StoreError
 from .identity import current_worker_id
-from .models import RunStatus
+from .models import TERMINAL_STATUSES, RunStatus
 from .payloads import coerce_call
 from .requeue import encode_options, publish_resume, request_options, resume_info
 from .store import Claim, RunStore, now_ms, store_for
@@ -52,8 +52,6 @@ KEEP_KEY_HEADER = "durable_keep_idempotency_key"
 #: Message header counting how often a duplicate delivery was deferred (for its backoff).
 DEFERRALS_HEADER = "durable_deferrals"
 _codec = JsonCodec()
-#: The ``status`` values of runs that have ended.
-TERMINAL_STATUSES = frozenset(status.value for status in RunStatus if status.is_terminal)
 
 
 def encode_arguments(value: Any) -> str:

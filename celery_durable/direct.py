@@ -59,6 +59,8 @@ class DirectLine:
         self.enabled = isinstance(client, redis.Redis) and pool is not None
         self._pool = pool
         self._local = threading.local()
+        #: Whether the server skips replies on request (None: not asked yet).
+        self._quiet: bool | None = None
 
     def _connection(self) -> Any:
         local = self._local
@@ -110,6 +112,51 @@ class DirectLine:
             return replies
 
         return conn.retry.call_with_retry(send, lambda _error: conn.disconnect())  # type: ignore[no-any-return]
+
+    def can_send_quietly(self) -> bool:
+        """Whether the server skips replies on request (``CLIENT REPLY SKIP``, Redis 3.2+;
+        a proxy or an ACL may refuse it). Asked once, on the first call."""
+        if self._quiet is None:
+            self._quiet = self._probe_quiet()
+        return self._quiet
+
+    def _probe_quiet(self) -> bool:
+        conn = self._connection()
+
+        def probe() -> bool:
+            conn.connect()
+            conn.send_packed_command(conn.pack_commands(
+                [("CLIENT", "REPLY", "SKIP"), ("ECHO", "skipped"), ("ECHO", "answered")]))
+            try:
+                first = conn.read_response()
+            except ResponseError:
+                first = None  # CLIENT REPLY refused: both ECHO replies follow
+            if first in (b"answered", "answered"):
+                return True
+            for _ in range(2 if first is None else 1):
+                conn.read_response()
+            return False
+
+        return conn.retry.call_with_retry(probe, lambda _error: conn.disconnect())  # type: ignore[no-any-return]
+
+    def send_quietly(self, commands: Sequence[Sequence[Any]]) -> None:
+        """Send every command in one write and wait for nothing: each is preceded by
+        ``CLIENT REPLY SKIP``, so the server sends no reply and the connection stays in
+        step. For writes whose outcome nobody waits for; check :meth:`can_send_quietly`
+        first. Not retried: after an error the commands may or may not have run.
+
+        Raises:
+            redis.ConnectionError, redis.TimeoutError: the commands could not be sent.
+        """
+        conn = self._connection()
+        skip = ("CLIENT", "REPLY", "SKIP")
+        conn.connect()
+        try:
+            conn.send_packed_command(conn.pack_commands(
+                [part for command in commands for part in (skip, command)]))
+        except BaseException:
+            conn.disconnect()  # a partial write would leave the connection out of step
+            raise
 
     def close(self) -> None:
         """Close this thread's connection (others close when their threads end)."""

@@ -36,6 +36,8 @@ from .scripts import Scripts, evalsha, queue_call
 
 #: Leases renewed per script call by the heartbeat.
 LEASE_BATCH = 500
+#: How often (s) each thread waits for the reply of a record it could send quietly.
+QUIET_RECHECK_S = 5.0
 
 
 def now_ms() -> int:
@@ -116,6 +118,8 @@ class RunStore:
         self.indexes = RunIndexes(self.keys, settings)
         #: What commits wait for, per durability mode (detected on first use).
         self._commit_waits: dict[str, durability.CommitWait | None] = {}
+        #: Per thread: when a record_published_run last waited for its reply (monotonic s).
+        self._quiet_checks = threading.local()
 
     # -- attempt lifecycle (workers) -------------------------------------------------------
 
@@ -126,16 +130,51 @@ class RunStore:
         """Record a new pending run (publish side). Returns False if it already existed.
         ``canvas_json`` holds the publish's canvas options (see requeue.CANVAS_OPTIONS);
         ``idempotency_key`` is the call's key, kept on the run for the admin views."""
-        s, k, ts = self.settings, self.keys.run(run_id), now_ms()
-
         def build(pipe: Any) -> None:
-            queue_call(pipe, self.scripts.create_run, k.as_list(),
-                       [ts, task, args_json, kwargs_json, queue, s.active_ttl_ms,
-                        s.trace_maxlen, canvas_json, idempotency_key])
-            self.indexes.new(pipe, run_id, task, ts)
+            self._queue_create(pipe, run_id, task, args_json, kwargs_json, queue, canvas_json,
+                               idempotency_key)
 
         with _redis_errors(f"record run {run_id}"):
             return bool(self._pipelined(build)[0])
+
+    def _queue_create(self, pipe: Any, run_id: str, task: str, args_json: str,
+                      kwargs_json: str, queue: str, canvas_json: str,
+                      idempotency_key: str) -> None:
+        s, k, ts = self.settings, self.keys.run(run_id), now_ms()
+        queue_call(pipe, self.scripts.create_run, k.as_list(),
+                   [ts, task, args_json, kwargs_json, queue, s.active_ttl_ms,
+                    s.trace_maxlen, canvas_json, idempotency_key])
+        self.indexes.new(pipe, run_id, task, ts)
+
+    def record_published_run(
+        self, run_id: str, task: str, args_json: str, kwargs_json: str, queue: str,
+        idempotency_key: str,
+    ) -> None:
+        """:meth:`create_run` for a keyed run whose message is out already, without waiting
+        for the reply where the connection allows it (``DirectLine.send_quietly``).
+
+        Nobody needs that reply: the message is published, and the worker's claim records
+        a run that is missing. Each thread waits for one record every
+        :data:`QUIET_RECHECK_S` seconds, so that a server that lost its scripts (a restart,
+        SCRIPT FLUSH) gets them again; until then quiet records may be dropped by the
+        server, and those runs are recorded by their claim instead (without the key, which
+        only the admin views show).
+
+        Raises:
+            StoreError: the record could not be sent (the message is published anyway).
+        """
+        local = self._quiet_checks
+        direct = self._direct
+        if (direct.enabled and time.monotonic() - getattr(local, "at", -QUIET_RECHECK_S)
+                < QUIET_RECHECK_S and direct.can_send_quietly()):
+            recorder = CommandRecorder()
+            self._queue_create(recorder, run_id, task, args_json, kwargs_json, queue, "",
+                               idempotency_key)
+            with _redis_errors(f"record run {run_id}"):
+                direct.send_quietly(recorder.commands)
+            return
+        self.create_run(run_id, task, args_json, kwargs_json, queue, "", idempotency_key)
+        local.at = time.monotonic()
 
     def _pipelined(self, build: Callable[[Any], None]) -> list[Any]:
         """Run the commands ``build`` queues in one round trip; if the server lost our

@@ -414,7 +414,13 @@ class DurableTask(Task[Any, Any]):
         queue = publish_queue(self, args, kwargs, options)
         result, after = self._admit_and_publish(args, kwargs, claim.run_id, queue, options)
         try:
-            self._record(claim.run_id, args, kwargs, options, queue, key)
+            if after is None and not encode_options(options):
+                # Published now and no canvas to keep: nothing waits for the record.
+                store.record_published_run(
+                    claim.run_id, self.name, encode_arguments(list(args or ())),
+                    encode_arguments(dict(kwargs or {})), queue, key)
+            else:
+                self._record(claim.run_id, args, kwargs, options, queue, key)
         except StoreError:
             logger.warning("run %s: published, but not recorded yet (the worker will)",
                            claim.run_id, exc_info=True)

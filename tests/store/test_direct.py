@@ -112,3 +112,63 @@ def test_an_unreachable_server_raises_a_connection_error(store: RunStore) -> Non
         unreachable._direct.call("PING")
     with pytest.raises(StoreError, match="record run r"):
         unreachable.create_run("r", "t.task", "[]", "{}", "celery")
+
+
+def reply_skips(store: RunStore) -> int:
+    stats = store.client.info("commandstats").get("cmdstat_client|reply", {})
+    return int(stats.get("calls", 0))
+
+
+def record_published(store: RunStore, run_id: str) -> None:
+    store.record_published_run(run_id, "t.task", "[]", "{}", "celery", "key-1")
+
+
+def test_a_published_keyed_run_is_recorded_without_waiting_and_the_line_stays_in_step(
+        store: RunStore) -> None:
+    record_published(store, "first")  # waits (the first record of this thread)
+    assert store._direct.can_send_quietly()
+    skips = reply_skips(store)
+    sent = []
+    for n in range(50):
+        record_published(store, f"quiet{n}")
+        sent.append(f"quiet{n}")
+    # Replies were skipped, so the next reply read on this thread's line is its own.
+    assert store._direct.call("ECHO", "in step") == "in step"
+    for run_id in ["first", *sent]:
+        run = store.client.hgetall(store.keys.run(run_id).run)
+        assert run["status"] == "pending" and run["idempotency_key"] == "key-1"
+        assert store.client.zscore(store.keys.status_index(RunStatus.PENDING), run_id)
+    # Each quiet record skipped the reply of each of its commands: EVALSHA create_run and
+    # the 3 index ZADDs (their TTL was refreshed by the first record, once a minute).
+    assert reply_skips(store) - skips == 50 * 4
+
+
+def test_a_server_that_lost_its_scripts_gets_them_back_from_the_next_waiting_record(
+        store: RunStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    record_published(store, "warm")
+    store.client.script_flush()
+    record_published(store, "dropped")  # quiet: the server drops its EVALSHA (NOSCRIPT)
+    assert store._direct.call("ECHO", "in step") == "in step"
+    assert not store.client.exists(store.keys.run("dropped").run)
+    monkeypatch.setattr("celery_durable.store.QUIET_RECHECK_S", 0.0)
+    record_published(store, "rechecked")  # the periodic waiting record loads the scripts
+    assert store.client.hget(store.keys.run("rechecked").run, "status") == "pending"
+
+
+def test_a_server_that_refuses_client_reply_gets_waiting_records(
+        store: RunStore, store_url: Callable[[int], str]) -> None:
+    # An ACL user without CLIENT (as managed services and proxies may set it up).
+    store.client.acl_setuser("noreply", enabled=True, passwords=["+pw"], keys=["*"],
+                             commands=["+@all", "-client"])
+    try:
+        url = store_url(5).replace("redis://", "redis://noreply:pw@")
+        limited = RunStore(DurableSettings(redis_url=url, key_prefix="dl:"))
+        record_published(limited, "a")
+        record_published(limited, "b")
+        assert not limited._direct.can_send_quietly()
+        assert limited._direct.call("ECHO", "in step") == "in step"
+        for run_id in ("a", "b"):
+            assert store.client.hget(store.keys.run(run_id).run, "status") == "pending"
+        limited.close()
+    finally:
+        store.client.acl_deluser("noreply")
