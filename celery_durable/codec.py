@@ -16,6 +16,7 @@ import decimal
 import enum
 import importlib
 import json
+import math
 import uuid
 from collections.abc import Callable
 from typing import Any, Protocol
@@ -26,6 +27,19 @@ from .errors import CheckpointDecodeError, CheckpointEncodeError
 
 TAG = "__cd__"
 _encoder = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
+
+_fast_dumps: Callable[[Any], bytes] | None
+try:  # the optional "orjson" extra: plain JSON values are encoded by it
+    from orjson import JSONEncodeError as _FastEncodeError
+    from orjson import dumps as _fast_dumps
+except ImportError:  # pragma: no cover - depends on the environment
+    _fast_dumps = None
+    _FastEncodeError = TypeError  # type: ignore[assignment,misc]
+
+#: The ints orjson encodes (64 bits, signed or unsigned) and how deep it nests; larger or
+#: deeper values go to the standard encoder.
+_INT_MIN, _INT_MAX = -(2**63), 2**64 - 1
+_MAX_DEPTH = 200
 
 
 class Codec(Protocol):
@@ -69,11 +83,54 @@ def _import_class(path: str) -> type:
 _SCALARS = (str, int, float, bool, type(None))
 
 
+def is_plain(value: Any, depth: int = 0) -> bool:
+    """Whether ``value`` is JSON already, in the form :func:`to_jsonable` leaves as it is:
+    str, int (64 bits), finite float, bool, None, and lists and str-keyed dicts (without the
+    tag key) of those. Such a value needs no conversion, and orjson's text of it decodes to
+    what the standard encoder's does."""
+    kind = type(value)
+    if kind is str or kind is bool or value is None:
+        return True
+    if kind is int:
+        return bool(_INT_MIN <= value <= _INT_MAX)
+    if kind is float:
+        return math.isfinite(value)
+    if depth >= _MAX_DEPTH:
+        return False
+    if kind is list:
+        for item in value:
+            if not is_plain(item, depth + 1):
+                return False
+        return True
+    if kind is dict:
+        if TAG in value:
+            return False
+        for key, item in value.items():
+            if type(key) is not str or not is_plain(item, depth + 1):
+                return False
+        return True
+    return False
+
+
+def dumps_json(value: Any, *, plain: bool | None = None) -> str:
+    """Compact JSON text of a :func:`to_jsonable` result: by orjson when it is installed
+    and the value is plain (``plain``: the caller checked already), else by the standard
+    encoder (which also writes NaN and ints of any size, as before)."""
+    if _fast_dumps is not None and (plain if plain is not None else is_plain(value)):
+        try:
+            return _fast_dumps(value).decode()
+        except _FastEncodeError:
+            pass  # a str orjson refuses (a lone surrogate): the standard encoder decides
+    return _encoder.encode(value)
+
+
 def to_jsonable(value: Any, path: str = "$") -> Any:
     """Return a JSON-compatible form of ``value``; raise Unencodable naming the bad part."""
     kind = type(value)
     if kind in _SCALARS:
         return value
+    if (kind is dict or kind is list) and is_plain(value):
+        return value  # nothing to convert: skip the walk that names each part's path
     if kind is list:
         return [to_jsonable(v, f"{path}[{i}]") for i, v in enumerate(value)]
     if kind is dict:
@@ -203,7 +260,9 @@ class JsonCodec:
     """The default codec: compact JSON of :func:`to_jsonable`."""
 
     def dumps(self, value: Any) -> str:
-        return _encoder.encode(to_jsonable(value))
+        if is_plain(value):
+            return dumps_json(value, plain=True)
+        return dumps_json(to_jsonable(value))
 
     def loads(self, text: str) -> Any:
         try:

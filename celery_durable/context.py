@@ -26,7 +26,9 @@ from .codec import (
     JsonCodec,
     Unencodable,
     describe_unencodable,
+    dumps_json,
     from_jsonable,
+    is_plain,
     to_jsonable,
 )
 from .config import DurableSettings
@@ -685,14 +687,18 @@ class RunContext:
         durability: str | None = None,
         inputs: tuple[tuple[Any, ...], dict[str, Any]] | None = None,
     ) -> None:
+        plain = is_plain(value)
         try:
-            record = {"id": step_id, "v": to_jsonable(value), "t0": int(started * 1000),
-                      "t1": int(finished * 1000), "a": self.attempt}
+            record = {"id": step_id, "v": value if plain else to_jsonable(value),
+                      "t0": int(started * 1000), "t1": int(finished * 1000),
+                      "a": self.attempt}
         except Unencodable as err:
             raise describe_unencodable(err, f"step {step_id!r} of run {self.id}") from None
         if inputs is not None:
             record["in"] = _inputs_record(inputs)
-        payload = _encoder.encode(record)
+            plain = False  # (not checked: let dumps_json look)
+        # The step id, times and attempt are plain: a plain value makes a plain record.
+        payload = dumps_json(record, plain=plain or None)
         limit = self._settings.max_checkpoint_bytes
         if len(payload) > limit // 4 and len(payload.encode()) > limit:
             raise CheckpointTooLargeError(
@@ -704,11 +710,11 @@ class RunContext:
         blob = None
         offload = self._settings.offload_bytes
         if offload is not None and len(payload) > offload:
-            blob = _encoder.encode(record.pop("v"))
+            blob = dumps_json(record.pop("v"))
             if len(blob.encode()) > offload:
                 # The checkpoint keeps the size only; the value goes to the blobs hash.
                 record["o"] = len(blob.encode())
-                payload = _encoder.encode(record)
+                payload = dumps_json(record)
             else:
                 blob = None
         logs = self.logs
