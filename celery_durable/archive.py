@@ -33,6 +33,10 @@ ZLIB, PLAIN = b"z", b"p"
 #: Runs whose framed checkpoints are larger stay as they are: the end of their attempt
 #: would send them all again, and the script would hash them while Redis waits.
 MAX_ARCHIVE_BYTES = 1024 * 1024
+#: zlib's window (2**12 = 4 KiB) and memory level: with the defaults (32 KiB, 8) setting up
+#: the compressor costs about 55 us per archive on the benchmark VM, whatever the size;
+#: with these about 9 us, for archives about 2 % larger. Any zlib reader decompresses it.
+ZLIB_WBITS, ZLIB_MEM_LEVEL = 12, 4
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,10 +67,15 @@ def pack(checkpoints: Mapping[str, str], compress: bool = True) -> Packed | None
     framed = frame(checkpoints)
     if framed is None or len(framed) > MAX_ARCHIVE_BYTES:
         return None
-    section = zlib.compress(framed, 6) if compress else framed
+    section = _compress(framed) if compress else framed
     codec = ZLIB if compress else PLAIN
     head = b"%s%s%d:%s" % (MAGIC, codec, len(section), section)
     return Packed(head, hashlib.sha1(framed).hexdigest())
+
+
+def _compress(data: bytes) -> bytes:
+    compressor = zlib.compressobj(6, zlib.DEFLATED, ZLIB_WBITS, ZLIB_MEM_LEVEL)
+    return compressor.compress(data) + compressor.flush()
 
 
 def unpack(value: bytes) -> tuple[dict[str, str], list[str]]:

@@ -49,3 +49,23 @@ def test_what_cannot_be_packed_is_left_alone() -> None:
 def test_foreign_or_damaged_values_are_decode_errors(value: bytes) -> None:
     with pytest.raises(CheckpointDecodeError, match="a run archive could not be read"):
         unpack(value)
+
+
+def test_a_large_run_compresses_with_the_small_window_and_reads_back() -> None:
+    import json
+    import random
+
+    from celery_durable import archive
+
+    rng = random.Random(7)
+    checkpoints = {str(i): json.dumps({"id": f"s#{i}", "v": "".join(
+        rng.choice("abcdef") for _ in range(200)), "t0": 1, "t1": 2, "a": 1})
+        for i in range(2000)}
+    packed = archive.pack(checkpoints)
+    assert packed is not None
+    section = packed.head[packed.head.index(b":") + 1:]
+    assert section[0] & 0x0F == 8 and section[0] >> 4 == archive.ZLIB_WBITS - 8  # 4 KiB
+    framed = archive.frame(checkpoints)
+    assert framed is not None and len(section) < len(framed) / 2
+    assert zlib.decompress(section) == framed
+    assert archive.unpack(packed.head)[0] == checkpoints
