@@ -9,11 +9,13 @@ touch the run (fenced out, duplicate delivery) raises ``Ignore``.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import logging
 import os
 import random
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from celery.exceptions import Ignore, Reject, Retry
@@ -23,18 +25,25 @@ from .admission import take_turn_in_worker
 from .children import notify_parent
 from .codec import JsonCodec, Unencodable, describe_unencodable
 from .concurrency import (
+    HANDED_HEADER,
+    Admission,
     SlotRef,
     acquire,
+    acquire_with_claim,
     fairness_key_of,
     note_parked,
     priority_rank,
     publish_woken,
     release,
+    release_keys,
+    settle,
     slots_for,
+    woken_of,
 )
 from .context import RunContext, SuspendRun, bind_context, describe_error, unbind_context
 from .errors import LeaseLostError, RunCancelled, RunCrashedError, StoreError
 from .identity import current_worker_id
+from .keys import LimitKeys
 from .models import TERMINAL_STATUSES, RunStatus
 from .payloads import coerce_call
 from .requeue import encode_options, publish_resume, request_options, resume_info
@@ -94,8 +103,10 @@ def run_attempt(task: DurableTask, args: tuple[Any, ...], kwargs: dict[str, Any]
     try:
         take_turn_in_worker(task, store, run_id, args, kwargs, queue,
                             lambda: _record_if_missing(task, store, run_id, args, kwargs, queue))
-        slots = _take_slots(task, store, run_id, args, kwargs, queue)
-        claim = _claim(task, store, run_id, owner, args, kwargs, properties, queue, version)
+        claim_with = functools.partial(_claim, task, store, run_id, owner, args, kwargs,
+                                       properties, queue, version)
+        slots, claim = _take_slots_and_claim(task, store, run_id, args, kwargs, queue,
+                                             claim_with)
     except StoreError as exc:
         # Redis is unreachable: nothing ran; try again later with the same message id.
         delay = min(60.0, 2.0 ** min(int(req.retries or 0), 6)) * random.uniform(0.5, 1.0)
@@ -170,26 +181,60 @@ def run_attempt(task: DurableTask, args: tuple[Any, ...], kwargs: dict[str, Any]
         unbind_context(bound)
 
 
-def _take_slots(
+def _take_slots_and_claim(
     task: DurableTask,
     store: RunStore,
     run_id: str,
     args: tuple[Any, ...],
     kwargs: dict[str, Any],
     queue: str,
-) -> list[SlotRef]:
-    """Hold a slot of every concurrency limit of this call, or park the run and stop."""
+    claim_with: Callable[..., Claim],
+) -> tuple[list[SlotRef], Claim]:
+    """Hold a slot of every concurrency limit of this call and claim the run; or park the
+    run and stop (``Ignore``) if a limit is full.
+
+    A run just handed its slots (by a release: ``HANDED_HEADER``) is expected to be
+    admitted: on one Redis server its acquires ride in the claim's round trip, and the
+    claim script refuses the claim unless the run holds every slot (so a stale header
+    cannot start a run over its limit). Otherwise the slots are taken first, then the run
+    is claimed: a parked delivery never counts as an attempt."""
     slots = slots_for(task, args, kwargs, queue, store.settings)
     if not slots or task.request.is_eager:
-        return []
-    info = resume_info(task.name, args, kwargs, queue, task.request.headers,
-                       request_options(task.request))
-    priority = (task.request.delivery_info or {}).get("priority")
-    admission = acquire(store, run_id, slots, info, rank=priority_rank(task.app, priority),
-                        fairness_key=fairness_key_of(task, args, kwargs))
+        return [], claim_with()
+    req = task.request
+    info = resume_info(task.name, args, kwargs, queue, _carried_headers(task),
+                       request_options(req))
+    rank = priority_rank(task.app, (req.delivery_info or {}).get("priority"))
+    fairness_key = fairness_key_of(task, args, kwargs)
+    if (req.headers or {}).get(HANDED_HEADER) and store.single_server:
+        claim = claim_with(acquire=acquire_with_claim(store, run_id, slots, info, rank,
+                                                      fairness_key))
+        admission = settle(store, run_id, slots, claim.slot_replies)
+        publish_woken(task.app, admission.woken)
+        if not admission.admitted:
+            _wait_for_slot(task, store, run_id, args, kwargs, queue, slots, admission)
+        if claim.outcome != "noslot":
+            return slots, claim
+        # Admitted, yet refused: the slot went away in between (not expected); start over.
+    admission = acquire(store, run_id, slots, info, rank=rank, fairness_key=fairness_key)
     publish_woken(task.app, admission.woken)
-    if admission.admitted:
-        return slots
+    if not admission.admitted:
+        _wait_for_slot(task, store, run_id, args, kwargs, queue, slots, admission)
+    return slots, claim_with()
+
+
+def _wait_for_slot(
+    task: DurableTask,
+    store: RunStore,
+    run_id: str,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    queue: str,
+    slots: list[SlotRef],
+    admission: Admission,
+) -> NoReturn:
+    """The run was parked on a full limit: record it if it is new and stop this delivery
+    (its message is acknowledged; the release that frees a slot publishes it again)."""
     if not _record_if_missing(task, store, run_id, args, kwargs, queue):
         status = (store.read_summaries([run_id])[0] or {}).get("status", "")
         if status in TERMINAL_STATUSES:
@@ -229,8 +274,10 @@ def _claim(
     properties: dict[str, Any],
     queue: str,
     version: str,
+    acquire: Sequence[tuple[LimitKeys, list[Any]]] = (),
 ) -> Claim:
-    """Claim the run (``queue`` and ``version`` as run_attempt computed them once)."""
+    """Claim the run (``queue`` and ``version`` as run_attempt computed them once), with
+    the slot acquires of ``_take_slots_and_claim`` in the same round trip."""
     claim_with = functools.partial(
         store.claim,
         run_id,
@@ -243,11 +290,14 @@ def _claim(
         delivery_tag=str(properties.get("delivery_tag") or ""),
         version=version,
     )
-    claim = claim_with(nonce=os.urandom(16).hex())
+    claim = claim_with(nonce=os.urandom(16).hex(), acquire=acquire)
     if claim.outcome == "busy" and claim.owner == owner and _is_dead(claim.holder_pid):
         # A pool process of this very worker held the run and died (SIGKILL, OOM): its
         # message came back before the heartbeat freed the lease. Take over at once.
-        claim = claim_with(nonce=os.urandom(16).hex(), dead_pid=claim.holder_pid)
+        taken = claim.slot_replies  # the slots are held now: they are not taken again
+        claim = dataclasses.replace(
+            claim_with(nonce=os.urandom(16).hex(), dead_pid=claim.holder_pid),
+            slot_replies=taken)
     return claim
 
 
@@ -364,9 +414,12 @@ def _handle_failure(
     event = {"type": "attempt_failed", "attempt": ctx.attempt, "retry_in_s": f"{delay:.3f}",
              **error}
     try:
-        ended = store.end_attempt(ctx.id, ctx._token, RunStatus.RETRYING, event, task=task.name,
-                                  owner=ctx.owner, error_json=json.dumps(error),
-                                  logs=ctx.take_logs())
+        ended, released = store.end_attempt_releasing(
+            ctx.id, ctx._token, RunStatus.RETRYING, event, task=task.name, owner=ctx.owner,
+            error_json=json.dumps(error), logs=ctx.take_logs(),
+            release=release_keys(store, ctx.slots))
+        # The next attempt takes a slot when it starts (it may wait out its backoff first).
+        publish_woken(task.app, woken_of(released))
     except StoreError:
         # Redis is unreachable: the retry message still carries the run forward.
         logger.exception("run %s: could not record the failure of attempt %s", ctx.id, ctx.attempt)
@@ -436,10 +489,18 @@ def _route(task: DurableTask, store: RunStore, ctx: RunContext, route: RouteRun)
     raise Ignore()
 
 
+def _carried_headers(task: DurableTask) -> dict[str, Any]:
+    """This message's headers that a later message of the run carries on (all but the
+    hand-over hint, which only the release that hands a slot sets)."""
+    headers = dict(task.request.headers or {})
+    headers.pop(HANDED_HEADER, None)
+    return headers
+
+
 def _next_headers(task: DurableTask) -> dict[str, Any]:
     """Headers of the message of the run's next attempt: this one's, with the current trace
     context, so that every attempt of a run lands in one trace."""
-    headers = dict(task.request.headers or {})
+    headers = _carried_headers(task)
     otel.inject(headers)
     return headers
 
@@ -503,14 +564,14 @@ def _end(
 ) -> str | None:
     event.setdefault("attempt", ctx.attempt)
     try:
-        prev = store.end_attempt(ctx.id, ctx._token, status, event, task=task.name,
-                                 owner=ctx.owner, result_json=result_json,
-                                 error_json=error_json, logs=ctx.take_logs(),
-                                 checkpoints=ctx.checkpoints
-                                 if status is RunStatus.COMPLETED else None)
-        if prev is not None:
-            # Only the attempt that still owned the run gives its slots back.
-            _give_back_slots(task, store, ctx.id, ctx.slots)
+        # Only an attempt that still owned the run gives its slots back (the store skips
+        # the release for a fenced-out one), in the same round trip on one Redis server.
+        prev, released = store.end_attempt_releasing(
+            ctx.id, ctx._token, status, event, task=task.name, owner=ctx.owner,
+            result_json=result_json, error_json=error_json, logs=ctx.take_logs(),
+            checkpoints=ctx.checkpoints if status is RunStatus.COMPLETED else None,
+            release=release_keys(store, ctx.slots))
+        publish_woken(task.app, woken_of(released))
         return prev
     except StoreError:
         if strict:
@@ -548,7 +609,7 @@ def _defer_duplicate(
     interval = store.settings.heartbeat_interval_s
     lease_left = max(0.5, (claim.lease_expires_ms - now_ms()) / 1000)
     wait_s = min(lease_left, 2 * interval * 2 ** min(deferrals, 10)) + random.uniform(0, 0.25)
-    headers = {**(req.headers or {}), DEFERRALS_HEADER: deferrals + 1}
+    headers = {**_carried_headers(task), DEFERRALS_HEADER: deferrals + 1}
     task.signature_from_request(
         req, args, kwargs, countdown=wait_s, headers=headers
     ).apply_async()

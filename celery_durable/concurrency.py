@@ -19,6 +19,7 @@ from celery import Celery
 from . import metrics, signals
 from .config import DurableSettings
 from .errors import ConfigurationError
+from .keys import LimitKeys
 from .requeue import publish_resume
 from .store import RunStore
 
@@ -29,6 +30,10 @@ logger = logging.getLogger("celery_durable")
 
 #: The concurrency key of a limit that has none.
 NO_KEY = "_"
+#: Header of a message that publishes a run just handed a slot (by a release or a sweep):
+#: its attempt expects to hold the slot, so on one Redis server it takes the slot in the
+#: claim's round trip (see ``acquire_with_claim``). A hint only: Redis decides.
+HANDED_HEADER = "durable_slot_handed"
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,6 +158,47 @@ def acquire(store: RunStore, run_id: str, refs: Sequence[SlotRef], info: str,
     return Admission(True, woken=woken)
 
 
+def acquire_with_claim(store: RunStore, run_id: str, refs: Sequence[SlotRef], info: str,
+                       rank: int = 0, fairness_key: str = "") -> list[tuple[LimitKeys, list[Any]]]:
+    """The acquires of ``refs`` (as :func:`acquire` sends them) for ``RunStore.claim``
+    to send in its own round trip; :func:`settle` reads their replies."""
+    return [(store.keys.limit(ref.base, ref.sub),
+             store.slot_argv("acquire", run_id, ref.default, info, None, rank, fairness_key))
+            for ref in refs]
+
+
+def settle(store: RunStore, run_id: str, refs: Sequence[SlotRef],
+           replies: Sequence[Sequence[Any]]) -> Admission:
+    """The admission that acquires sent all at once (with the claim) amount to: the run
+    waits on the first full limit only, so it gives back, or leaves the queue of, every
+    other one (as :func:`acquire`, which stops at the first full limit, would have)."""
+    woken: Woken = []
+    denied: int | None = None
+    for i, reply in enumerate(replies):
+        woken += _woken(reply)
+        if int(reply[0]) != 1 and denied is None:
+            denied = i
+    if denied is None:
+        return Admission(True, woken=woken)
+    ref, reply = refs[denied], replies[denied]
+    woken += release(store, run_id, [r for i, r in enumerate(refs) if i != denied])
+    store.client.sadd(store.keys.limits, ref.member())
+    return Admission(False, ref, int(reply[3]), int(reply[1]), int(reply[2]), woken)
+
+
+def release_keys(store: RunStore, refs: Iterable[SlotRef]) -> list[tuple[LimitKeys, int]]:
+    """``refs`` as ``RunStore.end_attempt_releasing`` takes them."""
+    return [(store.keys.limit(ref.base, ref.sub), ref.default) for ref in refs]
+
+
+def woken_of(replies: Iterable[Sequence[Any]]) -> Woken:
+    """The runs that slots.lua replies (releases) handed a slot."""
+    woken: Woken = []
+    for reply in replies:
+        woken += _woken(reply)
+    return woken
+
+
 def release(store: RunStore, run_id: str, refs: Iterable[SlotRef]) -> Woken:
     """Give back the run's slots; returns the parked runs that were handed them."""
     woken: Woken = []
@@ -197,4 +243,4 @@ def note_parked(store: RunStore, task_name: str, run_id: str, admission: Admissi
 def publish_woken(app: Celery, woken: Woken) -> None:
     """Re-publish the runs that were just handed a slot (same run id)."""
     for run_id, info in woken:
-        publish_resume(app, run_id, info)
+        publish_resume(app, run_id, info, headers={HANDED_HEADER: 1})

@@ -15,7 +15,7 @@ import time
 import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import redis
@@ -58,8 +58,9 @@ class Claim:
     """The outcome of claim_attempt.lua.
 
     ``outcome`` is ``claimed`` (this attempt owns the run), ``busy`` (another live attempt
-    does), ``done`` (the run already ended; ``status`` and ``result`` say how) or
-    ``crashed`` (its workers died more than ``durable_max_crashes`` times: now failed).
+    does), ``done`` (the run already ended; ``status`` and ``result`` say how),
+    ``crashed`` (its workers died more than ``durable_max_crashes`` times: now failed) or
+    ``noslot`` (a concurrency limit taken in the same round trip is full: not claimed).
     """
 
     outcome: str
@@ -78,6 +79,8 @@ class Claim:
     deadline_ms: int = 0
     #: The code version recorded for the run ('' if none).
     version: str = ""
+    #: The replies of the slots.lua acquires sent with the claim (see ``RunStore.claim``).
+    slot_replies: list[list[Any]] = field(default_factory=list)
 
 
 def _checkpoints(reply: Any) -> dict[str, str]:
@@ -222,22 +225,38 @@ class RunStore:
         delivery_tag: str = "",
         dead_pid: int = 0,
         version: str = "",
+        acquire: Sequence[tuple[LimitKeys, list[Any]]] = (),
     ) -> Claim:
         """Start an attempt: take the fenced lease, load every checkpoint and move the run to
         the ``running`` index (one round trip: the claim script, then HGETALL of the steps
-        hash, which no other attempt can change once the claim has bumped the token)."""
+        hash, which no other attempt can change once the claim has bumped the token).
+
+        ``acquire``: slots.lua acquires (keys, :meth:`slot_argv`) sent first in the same
+        round trip, one Redis server only (:attr:`single_server`); the claim then happens
+        only if the run holds a slot of each, else the outcome is ``noslot``. Their replies
+        are in ``Claim.slot_replies`` either way."""
+        if acquire and not self.single_server:
+            raise ValueError("slots can be taken with the claim on one Redis server only")
         s, k, ts = self.settings, self.keys.run(run_id), now_ms()
         argv: list[Any] = [ts, owner, nonce, s.lease_ttl_ms, task, s.active_ttl_ms,
                            s.trace_maxlen, args_json, kwargs_json, queue, pid, delivery_tag,
                            s.max_crashes, s.retention_ms, dead_pid or "", version]
+        claim_keys = k.as_list()
+        if acquire:
+            claim_keys += [keys.holders for keys, _ in acquire]
+            argv.append(run_id)
 
         def build(pipe: Any) -> None:
-            queue_call(pipe, self.scripts.claim_attempt, k.as_list(), argv)
+            for keys, slot_argv in acquire:
+                queue_call(pipe, self.scripts.slots, keys.as_list(), slot_argv)
+            queue_call(pipe, self.scripts.claim_attempt, claim_keys, argv)
             pipe.hgetall(k.steps)
             self.indexes.claimed(pipe, run_id, owner, ts + s.lease_ttl_ms, ts)
 
         with _redis_errors(f"start an attempt of run {run_id}"):
-            reply, steps = self._pipelined(build)[:2]
+            replies = self._pipelined(build)
+        slot_replies = [list(r) for r in replies[:len(acquire)]]
+        reply, steps = replies[len(acquire):len(acquire) + 2]
         outcome = reply[0]
         if outcome == "claimed" and reply[3] == NEW_RUN:
             # A run this claim created (sent by name, not recorded at publish): the
@@ -250,13 +269,16 @@ class RunStore:
             # Not the usual outcome (a duplicate, an ended run, a crash loop): the
             # optimistic index update guessed wrong.
             self._repair_indexes(run_id, task, owner)
+        if outcome == "noslot":
+            return Claim("noslot", slot_replies=slot_replies)
         if outcome == "done":
-            return Claim("done", status=reply[1], result=reply[2])
+            return Claim("done", status=reply[1], result=reply[2], slot_replies=slot_replies)
         if outcome == "busy":
             return Claim("busy", owner=reply[1], lease_expires_ms=int(reply[2] or 0),
-                         holder_pid=int(reply[3] or 0))
+                         holder_pid=int(reply[3] or 0), slot_replies=slot_replies)
         if outcome == "crashed":
-            return Claim("crashed", status=RunStatus.FAILED.value, crashes=int(reply[1]))
+            return Claim("crashed", status=RunStatus.FAILED.value, crashes=int(reply[1]),
+                         slot_replies=slot_replies)
         return Claim(
             "claimed",
             token=str(reply[1]),
@@ -268,6 +290,7 @@ class RunStore:
             deadline_ms=int(reply[7] or 0),
             version=str(reply[8] or ""),
             checkpoints=_checkpoints(steps),
+            slot_replies=slot_replies,
         )
 
     def commit_step(
@@ -358,24 +381,37 @@ class RunStore:
 
     def _with_logs(self, keys: RunKeys, logs: Sequence[str], script: Any,
                    script_keys: Sequence[str], args: Sequence[Any],
-                   then: Callable[[Any], None] | None = None) -> Any:
+                   then: Callable[[Any], None] | None = None, everything: bool = False) -> Any:
         """Run ``script`` with the attempt's buffered log records written just before it,
         and the commands ``then`` queues (index updates) after it, in the same round trip.
         Only the script's reply counts: a failed log write is dropped (logs never fail a
         run). Scripts the server lost are loaded and only the commands that failed are
-        sent again."""
-        calls = [(self.scripts.append_logs, [keys.run, keys.trace],
-                  [self.settings.trace_maxlen, *logs]), (script, script_keys, args)]
-        replies = self._send(calls, then)[:len(calls)]
+        sent again. Returns the script's reply, or with ``everything`` the list of it and
+        the replies of ``then``'s commands (an error reply among those is raised)."""
+        recorder = CommandRecorder()
+        queue_call(recorder, self.scripts.append_logs, [keys.run, keys.trace],
+                   [self.settings.trace_maxlen, *logs])
+        queue_call(recorder, script, script_keys, args)
+        if then is not None:
+            then(recorder)
+        commands = recorder.commands
+        replies = self._send_commands(commands)
         lost = [i for i, r in enumerate(replies) if isinstance(r, NoScriptError)]
         if lost:
             self.scripts.load_all(self.client)
-            for i, reply in zip(lost, self._send([calls[i] for i in lost]), strict=True):
+            for i, reply in zip(lost, self._send_commands([commands[i] for i in lost]),
+                                strict=True):
                 replies[i] = reply
-        main = replies[-1]
+        main = replies[1]
         if isinstance(main, Exception):
             raise main
-        return main
+        if not everything:
+            return main
+        rest = replies[2:]
+        for reply in rest:
+            if isinstance(reply, Exception):
+                raise reply
+        return [main, *rest]
 
     def _send(self, calls: Sequence[tuple[Any, Sequence[str], Sequence[Any]]],
               then: Callable[[Any], None] | None = None) -> list[Any]:
@@ -386,6 +422,14 @@ class RunStore:
                 queue_call(pipe, script, keys, args)
             if then is not None:
                 then(pipe)
+            return list(pipe.execute(raise_on_error=False))
+
+    def _send_commands(self, commands: Sequence[Sequence[Any]]) -> list[Any]:
+        """Send ``commands`` (as a CommandRecorder collects them) in one pipeline; errors
+        are returned in place, not raised."""
+        with self.client.pipeline(False) as pipe:
+            for command in commands:
+                pipe.execute_command(*command)
             return list(pipe.execute(raise_on_error=False))
 
     def append_event(
@@ -478,6 +522,30 @@ class RunStore:
         archive.py), unless ``durable_archive`` is off; the script checks them against
         the steps hash and leaves the run as it is if they differ.
         """
+        return self.end_attempt_releasing(
+            run_id, token, status, event, task=task, owner=owner, result_json=result_json,
+            error_json=error_json, logs=logs, checkpoints=checkpoints)[0]
+
+    def end_attempt_releasing(
+        self,
+        run_id: str,
+        token: str,
+        status: RunStatus,
+        event: Mapping[str, Any],
+        *,
+        task: str,
+        owner: str = "",
+        result_json: str = "",
+        error_json: str = "",
+        logs: Sequence[str] = (),
+        checkpoints: Mapping[str, str] | None = None,
+        release: Sequence[tuple[LimitKeys, int]] = (),
+    ) -> tuple[str | None, list[list[Any]]]:
+        """``end_attempt``, and give back the concurrency slots in ``release`` (keys,
+        default limit) if the attempt was not fenced out. On one Redis server the releases
+        ride in the same round trip, each skipped by slots.lua if a later attempt holds
+        the run (the same fencing token end_attempt.lua checks); elsewhere they follow.
+        Returns the previous status (None: fenced out) and the slots.lua replies."""
         s, k, ts = self.settings, self.keys.run(run_id), now_ms()
         terminal = status in TERMINAL_STATUSES
         ttl = s.retention_ms if terminal else s.active_ttl_ms
@@ -489,23 +557,35 @@ class RunStore:
                            packed.head if packed else "", packed.digest if packed else ""]
         for name, value in event.items():
             argv += [name, value]
+        along = release if self.single_server else ()
 
-        def index(pipe: Any) -> None:
+        def then(pipe: Any) -> None:
             self.indexes.ended(pipe, run_id, status, ts, task=task, owner=owner or None)
+            for keys, default in along:
+                queue_call(pipe, self.scripts.slots, [*keys.as_list(), k.run],
+                           [*self.slot_argv("release", run_id, default), token])
 
         def build(pipe: Any) -> None:
             queue_call(pipe, self.scripts.end_attempt, k.as_list(), argv)
-            index(pipe)
+            then(pipe)
 
         with _redis_errors(f"end an attempt of run {run_id}"):
             if logs:
-                prev = self._with_logs(k, logs, self.scripts.end_attempt, k.as_list(), argv,
-                                       then=index)
+                replies = self._with_logs(k, logs, self.scripts.end_attempt, k.as_list(), argv,
+                                          then=then, everything=True)
             else:
-                prev = self._pipelined(build)[0]
+                replies = self._pipelined(build)
+        prev = replies[0]
         if prev == -1 or prev != RunStatus.RUNNING.value:
             self._repair_indexes(run_id, task, owner or None)
-        return None if prev == -1 else str(prev)
+        if prev == -1:
+            return None, []
+        if along:
+            slot_replies = [list(r) for r in replies[len(replies) - len(along):]]
+        else:
+            slot_replies = [self.slot_op(keys, "release", run_id, default)
+                            for keys, default in release]
+        return str(prev), slot_replies
 
     # -- indexes ---------------------------------------------------------------------------
 
@@ -890,12 +970,19 @@ class RunStore:
         """Run slots.lua (see its header for the reply). ``hold_ms``: how long an acquired
         slot lasts before it must be renewed (default: the lease TTL); ``rank`` and
         ``fairness_key`` place a run that has to wait."""
-        s = self.settings
-        argv: list[Any] = [op, run_id, now_ms(), hold_ms or s.lease_ttl_ms, default_limit,
-                           info_json, int(s.slot_handoff_s * 1000), s.active_ttl_ms, rank,
-                           fairness_key, s.priority_step]
+        argv = self.slot_argv(op, run_id, default_limit, info_json, hold_ms, rank, fairness_key)
         with _redis_errors(f"{op} a concurrency slot"):
             return list(self.scripts.slots(keys.as_list(), argv))
+
+    def slot_argv(
+        self, op: str, run_id: str, default_limit: int, info_json: str = "",
+        hold_ms: int | None = None, rank: int = 0, fairness_key: str = "",
+    ) -> list[Any]:
+        """The ARGV of a slots.lua call (for ``slot_op``, or to send with a claim)."""
+        s = self.settings
+        return [op, run_id, now_ms(), hold_ms or s.lease_ttl_ms, default_limit, info_json,
+                int(s.slot_handoff_s * 1000), s.active_ttl_ms, rank, fairness_key,
+                s.priority_step]
 
     def rate_reserve(self, keys: Sequence[str], count: float, period_ms: int, burst: int,
                      mode: str) -> int:
@@ -1026,6 +1113,13 @@ class RunStore:
             pipe.get(keys[1])
             config, tat = pipe.execute()
         return {str(k): str(v) for k, v in config.items()}, float(tat or 0)
+
+    @property
+    def single_server(self) -> bool:
+        """Whether the store is one Redis server (or a Sentinel-managed one), where a
+        script may read keys of different hash slots: some round trips are then merged
+        (slots taken with the claim, given back with the end). False on Redis Cluster."""
+        return self._direct.enabled
 
     def renew_slots(self, holders: Sequence[tuple[str, str]]) -> None:
         """Extend slot leases: ``(holders key, run id)`` pairs, one round trip."""

@@ -278,6 +278,16 @@ def per_tenant(token: str, tenant: str, i: int, seconds: float) -> str:
     return tenant
 
 
+@durable_task(retry=RetryPolicy(max_attempts=3, min_delay=2, max_delay=2, jitter=False),
+              concurrency_limit=1)
+def flaky_limited(token: str, label: str, fail_first: bool) -> str:
+    """Limit 1; with ``fail_first`` the first attempt fails and retries 2 s later."""
+    if fail_first and counters.incr(f"{token}:{label}:tries") == 1:
+        raise ConnectionError("the first attempt fails")
+    current_run().step("work", record_span, token, label, 0.1)
+    return label
+
+
 @durable_task(retry=FAST, concurrency_limit=1)
 def adjustable(token: str, i: int, seconds: float) -> int:
     current_run().step("work", record_span, token, str(i), seconds)

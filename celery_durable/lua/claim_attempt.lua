@@ -18,8 +18,13 @@
 --          expired ('' if none; the caller checked the pid, which only this host can do)
 -- ARGV[16] the code version of the claiming worker's task: recorded if the run has none
 --          yet ('' records nothing)
+-- KEYS[7..] (optional; one Redis server) the holders zsets of the concurrency limits the
+--          attempt needs, and ARGV[17] the run id: the claim is refused unless the run
+--          holds a slot of each (slots.lua's acquire, sent just before in the same round
+--          trip, gave it one or parked the run).
 -- Returns one of
 --   {'done', status, result}                  the run is completed/failed/cancelled
+--   {'noslot'}                                a limit of KEYS[7..] is full: not claimed
 --   {'busy', owner, lease_expires_ms, pid}    another attempt holds a live lease
 --   {'crashed', crashes}                      too many crashes: the run is now failed
 --   {'claimed', token, attempt, prev_status ('new' if this claim created the run), crashes,
@@ -36,6 +41,9 @@ local now = tonumber(ARGV[1])
 local status = redis.call('HGET', run, 'status')
 if status == 'completed' or status == 'failed' or status == 'cancelled' then
   return {'done', status, redis.call('HGET', run, 'result') or ''}
+end
+for i = 7, #KEYS do
+  if not redis.call('ZSCORE', KEYS[i], ARGV[17]) then return {'noslot'} end
 end
 local fields = redis.call('HMGET', run, 'lease_nonce', 'lease_expires_ms', 'lease_owner',
                           'lease_token', 'attempt', 'crashes', 'lease_pid')
@@ -65,7 +73,7 @@ else
       trace_append(KEYS[1], KEYS[3], ARGV[7], 'type', 'run_failed',
                    'crashes', crashes, 'error_type', 'celery_durable.errors.RunCrashedError',
                    'error_message', cjson.decode(err)['error_message'])
-      for i = 1, #KEYS do redis.call('PEXPIRE', KEYS[i], ARGV[14]) end
+      for i = 1, 6 do redis.call('PEXPIRE', KEYS[i], ARGV[14]) end
       return {'crashed', crashes}
     end
     trace_append(KEYS[1], KEYS[3], ARGV[7], 'type', 'crash_detected',
@@ -89,7 +97,7 @@ else
   if (ARGV[16] or '') ~= '' then redis.call('HSETNX', run, 'version', ARGV[16]) end
   trace_append(KEYS[1], KEYS[3], ARGV[7], 'type', 'attempt_started',
                'attempt', attempt, 'worker', ARGV[2], 'pid', ARGV[11])
-  for i = 1, #KEYS do redis.call('PEXPIRE', KEYS[i], ARGV[6]) end
+  for i = 1, 6 do redis.call('PEXPIRE', KEYS[i], ARGV[6]) end
 end
 local extra = redis.call('HMGET', run, 'failures', 'created_ms', 'deadline_ms', 'version')
 return {'claimed', token, attempt, status, crashes, tonumber(extra[1] or '0'),

@@ -14,6 +14,10 @@
 -- ARGV[7] hand-over TTL (ms)  ARGV[8] TTL (ms) of these keys when idle
 -- ARGV[9] priority rank (acquire; >= 0, higher goes first)  ARGV[10] fairness key ('' none)
 -- ARGV[11] priority step: waiting runs a run of rank r may overtake = r x step
+-- KEYS[7] (optional, 'release' only; one Redis server) the run's hash, and ARGV[12] the
+--         lease token of the attempt giving the slot back: the release is skipped if a
+--         later attempt has claimed the run since (it holds the slot now). Sent in the
+--         same round trip as end_attempt.lua, which checks the same token.
 -- Order of waiting runs: see _waiting.lua (fairness keys take turns, bounded priority boost).
 -- Returns {admitted, held, limit, position, run1, info1, run2, info2, ...}:
 --   admitted 1 = the run holds a slot, 0 = it is parked at `position` (0-based), -1 = n/a
@@ -45,7 +49,8 @@ if op == 'acquire' then
     redis.call('HSET', KEYS[5], run, ARGV[6])
     admitted = 0
   end
-elseif op == 'release' then
+elseif op == 'release' and (not KEYS[7]
+                            or redis.call('HGET', KEYS[7], 'lease_token') == ARGV[12]) then
   -- Give the slot back, and leave the queue too (a stray copy of a run that already
   -- ended was parked: it must not be handed a slot later).
   redis.call('ZREM', KEYS[2], run)

@@ -9,6 +9,7 @@ import pytest
 import redis
 
 from celery_durable import RunStatus
+from celery_durable.errors import RunNotFoundError
 from tests.brokers import purge_queue, queue_length
 from tests.chaos.helpers import wait_for
 from tests.workers import celery_worker, worker_log
@@ -138,6 +139,58 @@ def test_a_stray_copy_of_an_ended_run_does_not_wait_for_a_slot(redis_base_url, t
         assert holder.get(timeout=60) == [0, 1, 2]
     assert not any(e.type == "slot_denied" for e in client.get_run(ended.id).events)
     assert client.concurrency_limit(name).holders == []
+
+
+def test_a_failed_attempt_gives_its_slot_back_while_it_waits_to_retry(
+        redis_base_url, tasks, client, token) -> None:
+    # Limit 1: run a fails once and retries 2 s later (a countdown message); run b, waiting
+    # for the slot, must run in that gap instead of waiting for a's retry to end.
+    queue = "limits-retry"
+    counters = redis.Redis.from_url(f"{redis_base_url}/3", decode_responses=True)
+    with celery_worker(redis_base_url, pool="threads", queue=queue, concurrency=2,
+                       name="rt1"):
+        first = tasks.flaky_limited.apply_async((token, "a", True), queue=queue)
+        wait_for(lambda: counters.get(f"{token}:a:tries") == "1", 60, "a's first attempt")
+        second = tasks.flaky_limited.apply_async((token, "b", False), queue=queue)
+        assert second.get(timeout=60) == "b"
+        assert first.get(timeout=60) == "a"
+    started = {label: start for start, _, label in spans(redis_base_url, token)}
+    assert started["b"] < started["a"]  # b ran while a waited out its backoff
+    assert client.get_run(first.id).attempt == 2
+    info = client.concurrency_limit(tasks.flaky_limited.name)
+    assert info.holders == [] and info.parked == []
+
+
+def test_a_stale_hand_over_header_does_not_start_a_run_over_its_limit(
+        redis_base_url, tasks, client, token) -> None:
+    # A message that says its run was handed a slot (a restored copy of a hand-over, say)
+    # while the limit is full: Redis decides, and the run waits for a slot like any other.
+    from celery_durable.concurrency import HANDED_HEADER
+
+    queue = "limits-stale"
+    name = tasks.adjustable.name
+    try:
+        client.set_concurrency_limit(name, 0)  # paused: no slot for anyone
+        with celery_worker(redis_base_url, pool="threads", queue=queue, concurrency=2,
+                           name="st1"):
+            sent = tasks.adjustable.app.send_task(
+                name, args=(token, 1, 0.1), queue=queue, headers={HANDED_HEADER: 1})
+            def parked() -> bool:
+                try:
+                    return any(e.type == "slot_denied" for e in client.get_run(sent.id).events)
+                except RunNotFoundError:  # parked, not yet recorded
+                    return False
+
+            wait_for(parked, 60, "the run to wait for a slot")
+            run = client.get_run(sent.id)
+            assert run.status == RunStatus.PENDING and run.attempt == 0
+            assert client.concurrency_limit(name).parked == [sent.id]
+            client.set_concurrency_limit(name, 1)
+            assert sent.get(timeout=60) == 1
+        assert [label for _, _, label in spans(redis_base_url, token)] == ["1"]
+        assert client.get_run(sent.id).attempt == 1
+    finally:
+        client.set_concurrency_limit(name, 1)
 
 
 def test_queue_limit_is_shared_by_every_task_routed_there(redis_base_url, tasks,

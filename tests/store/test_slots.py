@@ -1,14 +1,25 @@
-"""slots.lua on a real Redis: FIFO within a millisecond, priority boosts, fairness keys."""
+"""slots.lua on a real Redis: FIFO within a millisecond, priority boosts, fairness keys; slots
+taken with a claim and given back with the end of an attempt."""
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable, Iterator
 
 import pytest
 
-from celery_durable.concurrency import SlotRef, acquire, release
+from celery_durable.concurrency import (
+    SlotRef,
+    acquire,
+    acquire_with_claim,
+    release,
+    release_keys,
+    settle,
+    woken_of,
+)
 from celery_durable.config import DurableSettings
-from celery_durable.store import RunStore
+from celery_durable.models import RunStatus
+from celery_durable.store import Claim, RunStore, now_ms
 from tests.conftest import wipe_store
 
 REF = SlotRef("task:t.limited", "_", 1)
@@ -95,3 +106,61 @@ def test_releasing_a_parked_run_takes_it_off_the_queue(store: RunStore) -> None:
     assert store.client.zrange(k.parked, 0, -1) == ["waiting"]
     assert store.client.hget(k.info, "stray") is None
     assert [r for r, _ in release(store, "holder", [REF])] == ["waiting"]
+
+
+def claim_of(store: RunStore, run_id: str, *, acquire_slots: bool = True, pid: int = 4242,
+             dead_pid: int = 0) -> Claim:
+    return store.claim(run_id, owner="w1", nonce=uuid.uuid4().hex, task="t.limited",
+                       args_json="[]", kwargs_json="{}", queue="q", pid=pid,
+                       dead_pid=dead_pid,
+                       acquire=acquire_with_claim(store, run_id, [REF], '{"task": "t"}')
+                       if acquire_slots else ())
+
+
+def test_a_claim_sent_with_its_slots_is_refused_while_the_limit_is_full(
+        store: RunStore) -> None:
+    if not store.single_server:
+        with pytest.raises(ValueError, match="one Redis server"):
+            claim_of(store, "r")
+        return
+    k = store.keys.limit(REF.base, REF.sub)
+    assert acquire(store, "holder", [REF], "{}").admitted
+    refused = claim_of(store, "r")
+    assert refused.outcome == "noslot"
+    admission = settle(store, "r", [REF], refused.slot_replies)
+    assert not admission.admitted and admission.position == 0
+    assert store.client.zrange(k.parked, 0, -1) == ["r"]
+    assert store.client.hget(store.keys.run("r").run, "lease_token") is None  # not claimed
+    assert store.read_summaries(["r"])[0] in (None, {})
+    # The holder ends: the slot is handed to r, whose claim now takes it as its lease.
+    assert [run for run, _ in release(store, "holder", [REF])] == ["r"]
+    before = now_ms()
+    claim = claim_of(store, "r")
+    assert claim.outcome == "claimed" and claim.attempt == 1
+    assert settle(store, "r", [REF], claim.slot_replies).admitted
+    expiry = store.client.zscore(k.holders, "r")
+    assert expiry is not None and expiry >= before + store.settings.lease_ttl_ms
+    assert store.client.zcard(k.woken) == 0 and store.client.zcard(k.parked) == 0
+
+
+def test_ending_an_attempt_gives_its_slots_back_unless_it_was_fenced_out(
+        store: RunStore) -> None:
+    k = store.keys.limit(REF.base, REF.sub)
+    assert acquire(store, "r", [REF], "{}").admitted
+    first = claim_of(store, "r", acquire_slots=False)
+    assert not acquire(store, "waiting", [REF], '{"task": "t"}').admitted
+    # The first attempt's process is declared dead and the run taken over: the slot (held
+    # by run id) now belongs to the second attempt.
+    second = claim_of(store, "r", acquire_slots=False, dead_pid=4242)
+    assert second.outcome == "claimed" and second.token != first.token
+    fenced = store.end_attempt_releasing(
+        "r", first.token, RunStatus.COMPLETED, {"type": "run_completed"}, task="t.limited",
+        owner="w1", release=release_keys(store, [REF]))
+    assert fenced == (None, [])
+    assert store.client.zscore(k.holders, "r") is not None
+    prev, replies = store.end_attempt_releasing(
+        "r", second.token, RunStatus.COMPLETED, {"type": "run_completed"},
+        task="t.limited", owner="w1", release=release_keys(store, [REF]))
+    assert prev == RunStatus.RUNNING.value
+    assert woken_of(replies) == [("waiting", '{"task": "t"}')]
+    assert store.client.zscore(k.holders, "r") is None
