@@ -549,10 +549,11 @@ class RunContext:
         self._last_step_id = step_id
         position = self._position
         self._position += 1
-        stored = self._committed.get(str(position))
+        key = str(position)
+        stored = self._committed.get(key)
         if not self.traced:
             if stored is not None:
-                return self._replay(position, step_id, stored)  # type: ignore[no-any-return]
+                return self._replay(position, key, step_id, stored)  # type: ignore[no-any-return]
             self.check_deadline(f"before step {step_id!r}")
             return self._execute(position, step_id, fn, args, kwargs, policy, durability,
                                  record_inputs)
@@ -560,7 +561,7 @@ class RunContext:
                             stored is not None) as span:
             try:
                 if stored is not None:
-                    value = self._replay(position, step_id, stored)
+                    value = self._replay(position, key, step_id, stored)
                 else:
                     self.check_deadline(f"before step {step_id!r}")
                     value = self._execute(position, step_id, fn, args, kwargs, policy,
@@ -603,12 +604,14 @@ class RunContext:
             return {}
         return dict(zip(self._committed, records, strict=True))
 
-    def _replay(self, position: int, step_id: str, stored: str) -> Any:
+    def _replay(self, position: int, key: str, step_id: str, stored: str) -> Any:
+        """The recorded value of the step at ``position`` (``key``: the same as a string,
+        as the steps hash names it), after checking it was recorded for ``step_id``."""
         decoded = self._decoded
         if decoded is None:
             decoded = self._decoded = self._decode_all()
         try:
-            record = decoded.get(str(position))
+            record = decoded.get(key)
             if record is None:
                 record, end = _decoder.raw_decode(stored)
                 if end != len(stored):
