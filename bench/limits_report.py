@@ -104,7 +104,8 @@ def _one_rate_call(e: Mapping[str, Any]) -> bool:
 
 def _optional_rows(s: Mapping[str, Any]) -> list[str]:
     rows = [
-        ("after_body_ms", "  body end → `run_completed` (attempt ended; slot released next)",
+        ("after_body_ms", "  body end → `run_completed` (attempt ended; its slots released in the "
+         "same round trip on one server)",
          "ms", 2),
         ("handover_ms_median", "  hand-over: k-th `run_completed` → (k+limit)-th "
          "`attempt_started`, median", "ms", 1),
