@@ -18,6 +18,7 @@ from celery_durable.concurrency import (
     woken_of,
 )
 from celery_durable.config import DurableSettings
+from celery_durable.events import trace_events
 from celery_durable.models import RunStatus
 from celery_durable.store import Claim, RunStore, now_ms
 from tests.conftest import wipe_store
@@ -164,3 +165,24 @@ def test_ending_an_attempt_gives_its_slots_back_unless_it_was_fenced_out(
     assert prev == RunStatus.RUNNING.value
     assert woken_of(replies) == [("waiting", '{"task": "t"}')]
     assert store.client.zscore(k.holders, "r") is None
+
+
+def test_an_end_with_logs_releases_its_slot_once_after_the_server_lost_the_scripts(
+        store: RunStore) -> None:
+    # Logs and the release ride with the end; after SCRIPT FLUSH the scripts are loaded and
+    # the lost commands sent again, each once.
+    k = store.keys.limit(REF.base, REF.sub)
+    assert acquire(store, "r", [REF], "{}").admitted
+    claim = claim_of(store, "r", acquire_slots=False)
+    assert not acquire(store, "waiting", [REF], '{"task": "t"}').admitted
+    store.client.script_flush()
+    logs = ["INFO", "app", "done soon", "", "1", "1700000000000"]
+    prev, replies = store.end_attempt_releasing(
+        "r", claim.token, RunStatus.COMPLETED, {"type": "run_completed"}, task="t.limited",
+        owner="w1", logs=logs, release=release_keys(store, [REF]))
+    assert prev == RunStatus.RUNNING.value
+    assert woken_of(replies) == [("waiting", '{"task": "t"}')]
+    assert store.client.zrange(k.holders, 0, -1) == ["waiting"]
+    _, _, entries = store.read_run("r")
+    types = [event.type for event in trace_events(entries, {})]
+    assert types.count("run_completed") == 1 and types.count("log") == 1
