@@ -60,6 +60,9 @@ IDEMPOTENCY_HEADER = "durable_idempotency_key"
 KEEP_KEY_HEADER = "durable_keep_idempotency_key"
 #: Message header counting how often a duplicate delivery was deferred (for its backoff).
 DEFERRALS_HEADER = "durable_deferrals"
+#: Message header of a run that ``DurableTask.apply_async`` recorded (or is recording): its
+#: claim need not list it. Without it (``send_task`` by name), the claim lists the run.
+RECORDED_HEADER = "durable_recorded"
 _codec = JsonCodec()
 
 
@@ -289,6 +292,7 @@ def _claim(
         pid=os.getpid(),
         delivery_tag=str(properties.get("delivery_tag") or ""),
         version=version,
+        listed=bool((task.request.headers or {}).get(RECORDED_HEADER)),
     )
     claim = claim_with(nonce=os.urandom(16).hex(), acquire=acquire)
     if claim.outcome == "busy" and claim.owner == owner and _is_dead(claim.holder_pid):

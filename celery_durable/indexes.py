@@ -3,8 +3,9 @@
 The indexes live outside the runs' hash slots, so no per-run script can update them
 atomically; instead each transition queues its index commands on the same pipeline as the
 script that changes the run, assuming the usual outcome (a claim takes a waiting run, an end
-finishes a running one). The rare other outcomes (a fenced attempt, a duplicate delivery, a
-run that the claim itself created) are put right from the run hash by :meth:`repair`, one
+finishes a running one; a claim whose message was not published by ``DurableTask.apply_async``
+also lists the run, which it may create). The rare other outcomes (a fenced attempt, a
+duplicate delivery, a refused claim) are put right from the run hash by :meth:`repair`, one
 round trip later. Readers re-check the run hash, so a lagging entry is never trusted.
 """
 

@@ -226,6 +226,7 @@ class RunStore:
         dead_pid: int = 0,
         version: str = "",
         acquire: Sequence[tuple[LimitKeys, list[Any]]] = (),
+        listed: bool = True,
     ) -> Claim:
         """Start an attempt: take the fenced lease, load every checkpoint and move the run to
         the ``running`` index (one round trip: the claim script, then HGETALL of the steps
@@ -234,7 +235,12 @@ class RunStore:
         ``acquire``: slots.lua acquires (keys, :meth:`slot_argv`) sent first in the same
         round trip, one Redis server only (:attr:`single_server`); the claim then happens
         only if the run holds a slot of each, else the outcome is ``noslot``. Their replies
-        are in ``Claim.slot_replies`` either way."""
+        are in ``Claim.slot_replies`` either way.
+
+        ``listed``: the run was recorded at publish, so it is in the lists of all runs and
+        of its task. If not (a run sent by name), the claim's round trip also adds it there
+        (``ZADD NX``: a run that is listed after all keeps its place); a run that the claim
+        creates while ``listed`` is True is listed one round trip later."""
         if acquire and not self.single_server:
             raise ValueError("slots can be taken with the claim on one Redis server only")
         s, k, ts = self.settings, self.keys.run(run_id), now_ms()
@@ -252,23 +258,15 @@ class RunStore:
             queue_call(pipe, self.scripts.claim_attempt, claim_keys, argv)
             pipe.hgetall(k.steps)
             self.indexes.claimed(pipe, run_id, owner, ts + s.lease_ttl_ms, ts)
+            if not listed:
+                self.indexes.new(pipe, run_id, task, ts, status=None)
 
         with _redis_errors(f"start an attempt of run {run_id}"):
             replies = self._pipelined(build)
         slot_replies = [list(r) for r in replies[:len(acquire)]]
         reply, steps = replies[len(acquire):len(acquire) + 2]
         outcome = reply[0]
-        if outcome == "claimed" and reply[3] == NEW_RUN:
-            # A run this claim created (sent by name, not recorded at publish): the
-            # optimistic update put it in the running and lease indexes; only the lists of
-            # all runs and of its task are missing (one round trip, no read back).
-            with _redis_errors(f"index run {run_id}"), self.client.pipeline(False) as pipe:
-                self.indexes.new(pipe, run_id, task, ts, status=None)
-                pipe.execute()
-        elif outcome != "claimed" or reply[3] not in RunStatus._value2member_map_:
-            # Not the usual outcome (a duplicate, an ended run, a crash loop): the
-            # optimistic index update guessed wrong.
-            self._repair_indexes(run_id, task, owner)
+        self._index_after_claim(run_id, task, owner, ts, reply, listed)
         if outcome == "noslot":
             return Claim("noslot", slot_replies=slot_replies)
         if outcome == "done":
@@ -292,6 +290,22 @@ class RunStore:
             checkpoints=_checkpoints(steps),
             slot_replies=slot_replies,
         )
+
+    def _index_after_claim(self, run_id: str, task: str, owner: str, ts: int,
+                           reply: Sequence[Any], listed: bool) -> None:
+        """Put the indexes right where the claim's optimistic update guessed wrong."""
+        if reply[0] == "claimed" and reply[3] == NEW_RUN:
+            if listed:
+                # A run this claim created although its message said it was recorded (the
+                # record was lost): the optimistic update put it in the running and lease
+                # indexes; only the lists of all runs and of its task are missing (one
+                # round trip, no read back).
+                with _redis_errors(f"index run {run_id}"), self.client.pipeline(False) as pipe:
+                    self.indexes.new(pipe, run_id, task, ts, status=None)
+                    pipe.execute()
+        elif reply[0] != "claimed" or reply[3] not in RunStatus._value2member_map_:
+            # Not the usual outcome (a duplicate, an ended run, a crash loop, no slot).
+            self._repair_indexes(run_id, task, owner)
 
     def commit_step(
         self, keys: RunKeys, token: str, position: int, step_id: str, checkpoint: str,

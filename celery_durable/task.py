@@ -14,7 +14,13 @@ from celery.utils import uuid
 
 from . import metrics, otel
 from .admission import After, admit_and_publish
-from .attempt import IDEMPOTENCY_HEADER, encode_arguments, publish_queue, run_attempt
+from .attempt import (
+    IDEMPOTENCY_HEADER,
+    RECORDED_HEADER,
+    encode_arguments,
+    publish_queue,
+    run_attempt,
+)
 from .bootsteps import install
 from .context import describe_error
 from .durability import MODES
@@ -323,9 +329,11 @@ class DurableTask(Task[Any, Any]):
         on_conflict = options.pop("idempotency_conflict", "error")
         if "retries" in options or self.app.conf.task_always_eager:
             return super().apply_async(args, kwargs, task_id=task_id, **options)
+        # The run is recorded here (before or after it is published): its claim need not
+        # list it. Every later message of the run carries the headers on.
+        options["headers"] = {**(options.get("headers") or {}), RECORDED_HEADER: 1}
         if otel.ENABLED:
             # The run's attempts continue the caller's trace (Celery keeps the headers).
-            options["headers"] = dict(options.get("headers") or {})
             otel.inject(options["headers"])
         args, kwargs = validate_call(self.name, self.run, args, kwargs)
         if key is None and self.durable_idempotency_key is not None:

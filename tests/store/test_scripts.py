@@ -229,6 +229,27 @@ def test_a_run_created_by_its_first_claim_is_listed(store: RunStore) -> None:
     assert state["statuses"] == ["completed"] and state["listed"] and state["lease"] is None
 
 
+def test_a_claim_told_the_run_may_be_unlisted_lists_it_in_its_own_round_trip(
+        store: RunStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    if store.single_server:  # the claim's round trip is the DirectLine's; nothing follows
+        monkeypatch.setattr(store.client, "pipeline",
+                            lambda *a, **k: pytest.fail("a second round trip"))
+    c = store.claim("i5", owner="w1", nonce="n1", task="t.task", args_json="[]",
+                    kwargs_json="{}", queue="celery", listed=False)
+    assert c.outcome == "claimed" and c.status == "new"
+    monkeypatch.undo()
+    created = int(store.client.hget("t:{i5}:run", "created_ms"))
+    assert store.client.zscore(store.keys.all_runs, "i5") == created
+    assert store.client.zscore(store.keys.task_index("t.task"), "i5") == created
+    # A run that was listed after all keeps its place in the lists.
+    store.create_run("i6", "t.task", "[]", "{}", "celery")
+    listed_at = store.client.zscore(store.keys.all_runs, "i6")
+    store.client.zadd(store.keys.all_runs, {"i6": 5})  # an old run, say
+    assert store.claim("i6", owner="w1", nonce="n1", task="t.task", args_json="[]",
+                       kwargs_json="{}", queue="celery", listed=False).outcome == "claimed"
+    assert store.client.zscore(store.keys.all_runs, "i6") == 5 and listed_at != 5
+
+
 def test_claim_returns_every_checkpoint_undecoded_even_with_newlines(store: RunStore) -> None:
     store.create_run("rn", "t.task", "[]", "{}", "celery")
     c = claim(store, "rn", "n1")
