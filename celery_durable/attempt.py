@@ -418,12 +418,9 @@ def _handle_failure(
     event = {"type": "attempt_failed", "attempt": ctx.attempt, "retry_in_s": f"{delay:.3f}",
              **error}
     try:
-        ended, released = store.end_attempt_releasing(
-            ctx.id, ctx._token, RunStatus.RETRYING, event, task=task.name, owner=ctx.owner,
-            error_json=json.dumps(error), logs=ctx.take_logs(),
-            release=release_keys(store, ctx.slots))
         # The next attempt takes a slot when it starts (it may wait out its backoff first).
-        publish_woken(task.app, woken_of(released))
+        ended = _end_releasing(task, store, ctx, RunStatus.RETRYING, event,
+                               error_json=json.dumps(error))
     except StoreError:
         # Redis is unreachable: the retry message still carries the run forward.
         logger.exception("run %s: could not record the failure of attempt %s", ctx.id, ctx.attempt)
@@ -568,20 +565,33 @@ def _end(
 ) -> str | None:
     event.setdefault("attempt", ctx.attempt)
     try:
-        # Only an attempt that still owned the run gives its slots back (the store skips
-        # the release for a fenced-out one), in the same round trip on one Redis server.
-        prev, released = store.end_attempt_releasing(
-            ctx.id, ctx._token, status, event, task=task.name, owner=ctx.owner,
-            result_json=result_json, error_json=error_json, logs=ctx.take_logs(),
-            checkpoints=ctx.checkpoints if status is RunStatus.COMPLETED else None,
-            release=release_keys(store, ctx.slots))
-        publish_woken(task.app, woken_of(released))
-        return prev
+        return _end_releasing(
+            task, store, ctx, status, event, result_json=result_json, error_json=error_json,
+            checkpoints=ctx.checkpoints if status is RunStatus.COMPLETED else None)
     except StoreError:
         if strict:
             raise
         logger.exception("run %s: could not record status %s", ctx.id, status.value)
         return "unknown"
+
+
+def _end_releasing(
+    task: DurableTask,
+    store: RunStore,
+    ctx: RunContext,
+    status: RunStatus,
+    event: dict[str, Any],
+    **fields: Any,
+) -> str | None:
+    """End the attempt with its buffered logs and give its slots back (the store skips the
+    release for a fenced-out attempt; on one Redis server it rides in the same round trip);
+    publish the runs handed those slots. Returns the previous status (None: fenced out).
+    ``fields``: ``result_json``, ``error_json``, ``checkpoints`` of ``end_attempt``."""
+    prev, released = store.end_attempt_releasing(
+        ctx.id, ctx._token, status, event, task=task.name, owner=ctx.owner,
+        logs=ctx.take_logs(), release=release_keys(store, ctx.slots), **fields)
+    publish_woken(task.app, woken_of(released))
+    return prev
 
 
 def _already_done(run_id: str, claim: Claim) -> Any:

@@ -151,11 +151,18 @@ def acquire(store: RunStore, run_id: str, refs: Sequence[SlotRef], info: str,
                               ref.default, info, hold_ms, rank, fairness_key)
         woken += _woken(reply)
         if int(reply[0]) != 1:
-            woken += release(store, run_id, taken)
-            store.client.sadd(store.keys.limits, ref.member())
-            return Admission(False, ref, int(reply[3]), int(reply[1]), int(reply[2]), woken)
+            return _parked(store, run_id, ref, reply, taken, woken)
         taken.append(ref)
     return Admission(True, woken=woken)
+
+
+def _parked(store: RunStore, run_id: str, ref: SlotRef, reply: Sequence[Any],
+            others: Iterable[SlotRef], woken: Woken) -> Admission:
+    """The run is parked on ``ref`` (its acquire's ``reply``): it gives back, or leaves the
+    queue of, the ``others`` and registers ``ref`` as a limit with waiting runs."""
+    woken = woken + release(store, run_id, others)
+    store.client.sadd(store.keys.limits, ref.member())
+    return Admission(False, ref, int(reply[3]), int(reply[1]), int(reply[2]), woken)
 
 
 def acquire_with_claim(store: RunStore, run_id: str, refs: Sequence[SlotRef], info: str,
@@ -172,18 +179,12 @@ def settle(store: RunStore, run_id: str, refs: Sequence[SlotRef],
     """The admission that acquires sent all at once (with the claim) amount to: the run
     waits on the first full limit only, so it gives back, or leaves the queue of, every
     other one (as :func:`acquire`, which stops at the first full limit, would have)."""
-    woken: Woken = []
-    denied: int | None = None
-    for i, reply in enumerate(replies):
-        woken += _woken(reply)
-        if int(reply[0]) != 1 and denied is None:
-            denied = i
+    woken = woken_of(replies)
+    denied = next((i for i, reply in enumerate(replies) if int(reply[0]) != 1), None)
     if denied is None:
         return Admission(True, woken=woken)
-    ref, reply = refs[denied], replies[denied]
-    woken += release(store, run_id, [r for i, r in enumerate(refs) if i != denied])
-    store.client.sadd(store.keys.limits, ref.member())
-    return Admission(False, ref, int(reply[3]), int(reply[1]), int(reply[2]), woken)
+    return _parked(store, run_id, refs[denied], replies[denied],
+                   [r for i, r in enumerate(refs) if i != denied], woken)
 
 
 def release_keys(store: RunStore, refs: Iterable[SlotRef]) -> list[tuple[LimitKeys, int]]:
@@ -201,11 +202,8 @@ def woken_of(replies: Iterable[Sequence[Any]]) -> Woken:
 
 def release(store: RunStore, run_id: str, refs: Iterable[SlotRef]) -> Woken:
     """Give back the run's slots; returns the parked runs that were handed them."""
-    woken: Woken = []
-    for ref in refs:
-        woken += _woken(store.slot_op(store.keys.limit(ref.base, ref.sub), "release", run_id,
-                                      ref.default))
-    return woken
+    return woken_of(store.slot_op(keys, "release", run_id, default)
+                    for keys, default in release_keys(store, refs))
 
 
 def sweep(store: RunStore, base: str | None = None) -> Woken:

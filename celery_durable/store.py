@@ -330,7 +330,7 @@ class RunStore:
             return self._commit_waiting(keys, mode, args, step_id, logs, script_keys)
         try:
             if logs:
-                return int(self._with_logs(keys, logs, self._commit_script, script_keys, args))
+                return int(self._with_logs(keys, logs, self._commit_script, script_keys, args)[0])
             return int(evalsha(self._hot, self._commit_script, script_keys, args))
         except redis.RedisError as exc:
             raise StoreError(
@@ -395,13 +395,13 @@ class RunStore:
 
     def _with_logs(self, keys: RunKeys, logs: Sequence[str], script: Any,
                    script_keys: Sequence[str], args: Sequence[Any],
-                   then: Callable[[Any], None] | None = None, everything: bool = False) -> Any:
+                   then: Callable[[Any], None] | None = None) -> list[Any]:
         """Run ``script`` with the attempt's buffered log records written just before it,
         and the commands ``then`` queues (index updates) after it, in the same round trip.
-        Only the script's reply counts: a failed log write is dropped (logs never fail a
-        run). Scripts the server lost are loaded and only the commands that failed are
-        sent again. Returns the script's reply, or with ``everything`` the list of it and
-        the replies of ``then``'s commands (an error reply among those is raised)."""
+        A failed log write is dropped (logs never fail a run). Scripts the server lost are
+        loaded and only the commands that failed are sent again. Returns the script's
+        reply followed by those of ``then``'s commands; an error reply among them is
+        raised."""
         recorder = CommandRecorder()
         queue_call(recorder, self.scripts.append_logs, [keys.run, keys.trace],
                    [self.settings.trace_maxlen, *logs])
@@ -416,27 +416,21 @@ class RunStore:
             for i, reply in zip(lost, self._send_commands([commands[i] for i in lost]),
                                 strict=True):
                 replies[i] = reply
-        main = replies[1]
-        if isinstance(main, Exception):
-            raise main
-        if not everything:
-            return main
-        rest = replies[2:]
-        for reply in rest:
+        for reply in replies[1:]:
             if isinstance(reply, Exception):
                 raise reply
-        return [main, *rest]
+        return replies[1:]
 
     def _send(self, calls: Sequence[tuple[Any, Sequence[str], Sequence[Any]]],
               then: Callable[[Any], None] | None = None) -> list[Any]:
         """EVALSHA each call in one pipeline, followed by what ``then`` queues; errors are
         returned in place, not raised."""
-        with self.client.pipeline(False) as pipe:
-            for script, keys, args in calls:
-                queue_call(pipe, script, keys, args)
-            if then is not None:
-                then(pipe)
-            return list(pipe.execute(raise_on_error=False))
+        recorder = CommandRecorder()
+        for script, keys, args in calls:
+            queue_call(recorder, script, keys, args)
+        if then is not None:
+            then(recorder)
+        return self._send_commands(recorder.commands)
 
     def _send_commands(self, commands: Sequence[Sequence[Any]]) -> list[Any]:
         """Send ``commands`` (as a CommandRecorder collects them) in one pipeline; errors
@@ -459,7 +453,7 @@ class RunStore:
         with _redis_errors(f"record a {event_type} event of run {run_id}"):
             if logs:
                 return int(self._with_logs(k, logs, self.scripts.append_event,
-                                           [k.run, k.trace], argv))
+                                           [k.run, k.trace], argv)[0])
             return int(self.scripts.append_event([k.run, k.trace], argv))
 
     def load_blob(self, keys: RunKeys, position: int) -> str | None:
@@ -586,7 +580,7 @@ class RunStore:
         with _redis_errors(f"end an attempt of run {run_id}"):
             if logs:
                 replies = self._with_logs(k, logs, self.scripts.end_attempt, k.as_list(), argv,
-                                          then=then, everything=True)
+                                          then=then)
             else:
                 replies = self._pipelined(build)
         prev = replies[0]
