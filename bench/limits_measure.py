@@ -440,8 +440,11 @@ def measure_slots(url: str, repeats: int, runs: int, seconds: float, timeout_s: 
     todo = batches(threads, references)
     samples: dict[str, list[SlotRun]] = {name: [] for name in todo}
     try:
-        for batch in todo.values():  # warm-up
-            run_batch(batch, 3 * LIMIT, seconds, timeout_s, check, records, cpu)
+        for batch in todo.values():
+            # Warm-up, as large as a measured batch: each worker thread opens its own
+            # connections (checkpoint store, producer pool) on its first attempt or
+            # publish, which a smaller batch leaves to the first repeat.
+            run_batch(batch, max(3 * LIMIT, runs), seconds, timeout_s, check, records, cpu)
         for i in range(repeats):
             for name, batch in todo.items():
                 samples[name].append(run_batch(batch, runs, seconds, timeout_s, check,

@@ -178,7 +178,8 @@ def slots_section(sl: Mapping[str, Any], config: Mapping[str, Any]) -> list[str]
         f"threads for {config['limit']} slots. Each run's body is one step sleeping "
         f"{config['sleep_s'] * 1000:g} ms and notes its start and end (`time.time()`). "
         f"Ideal: {config['limit']} / {config['sleep_s']:g} s = {ideal:g} runs/s. "
-        f"{config['repeats']} repeats (after a warm-up batch).",
+        f"{config['repeats']} repeats (after a warm-up batch of the same size, in which "
+        "every worker thread opens its connections).",
         "",
         *HEAD,
         _row("throughput, first body start → last body end", s["runs_per_s"], "runs/s", 1),

@@ -239,6 +239,7 @@ def note_parked(store: RunStore, task_name: str, run_id: str, admission: Admissi
 
 
 def publish_woken(app: Celery, woken: Woken) -> None:
-    """Re-publish the runs that were just handed a slot (same run id)."""
+    """Re-publish the runs that were just handed a slot (same run id), ahead of the
+    messages waiting in their queues: the slot is idle until the run starts."""
     for run_id, info in woken:
-        publish_resume(app, run_id, info, headers={HANDED_HEADER: 1})
+        publish_resume(app, run_id, info, headers={HANDED_HEADER: 1}, first=True)

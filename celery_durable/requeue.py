@@ -12,6 +12,7 @@ from celery import Celery
 
 from .codec import JsonCodec
 from .errors import CheckpointDecodeError
+from .publisher import producer_for
 
 logger = logging.getLogger("celery_durable.reaper")
 #: Stale unacked entries read per page, and skipped (not ours) at most, per sweep.
@@ -120,9 +121,10 @@ def resume_info(task_name: str, args: Any, kwargs: Any, queue: str,
 
 
 def publish_resume(app: Celery, run_id: str, info: str, *, countdown: float = 0,
-                   headers: dict[str, Any] | None = None) -> bool:
+                   headers: dict[str, Any] | None = None, first: bool = False) -> bool:
     """Publish run ``run_id`` again from :func:`resume_info` data (same run id), in
-    ``countdown`` seconds if given, with ``headers`` added to the recorded ones."""
+    ``countdown`` seconds if given, with ``headers`` added to the recorded ones; ``first``:
+    ahead of the messages already in its queue (``publisher.producer_for``)."""
     try:
         data = json.loads(info)
     except ValueError:
@@ -131,9 +133,12 @@ def publish_resume(app: Celery, run_id: str, info: str, *, countdown: float = 0,
         return False
     merged = {**(data.get("headers") or {}), **(headers or {})}
     extra: dict[str, Any] = {"countdown": countdown} if countdown > 0 else {}
-    app.send_task(data["task"], args=data["args"], kwargs=data["kwargs"], task_id=run_id,
-                  queue=data.get("queue") or None, headers=merged or None,
-                  **canvas_options(data.get("options")), **extra)
+    with producer_for(app, first=first) as producer:
+        # Not a child of the task that publishes it (a release, a wake-up, the reaper).
+        app.send_task(data["task"], args=data["args"], kwargs=data["kwargs"], task_id=run_id,
+                      queue=data.get("queue") or None, headers=merged or None,
+                      producer=producer, add_to_parent=False,
+                      **canvas_options(data.get("options")), **extra)
     return True
 
 

@@ -28,6 +28,7 @@ from .errors import ConfigurationError, StoreError
 from .idempotency import check_conflict, check_key, claim_key, fingerprint
 from .identity import current_worker_id
 from .payloads import dump_models, validate_call
+from .publisher import producer_for
 from .rates import RateSpec
 from .requeue import encode_options, resume_info
 from .retry import RetryPolicy, to_seconds
@@ -328,7 +329,7 @@ class DurableTask(Task[Any, Any]):
         ttl = options.pop("idempotency_ttl", None)
         on_conflict = options.pop("idempotency_conflict", "error")
         if "retries" in options or self.app.conf.task_always_eager:
-            return super().apply_async(args, kwargs, task_id=task_id, **options)
+            return self._celery_apply_async(args, kwargs, task_id, options)
         # The run is recorded here (before or after it is published): its claim need not
         # list it. Every later message of the run carries the headers on.
         options["headers"] = {**(options.get("headers") or {}), RECORDED_HEADER: 1}
@@ -351,6 +352,16 @@ class DurableTask(Task[Any, Any]):
             after()
         return result
 
+    def _celery_apply_async(self, args: Any, kwargs: Any, task_id: str | None,
+                            options: dict[str, Any]) -> AsyncResult:  # type: ignore[type-arg]
+        """Celery's own apply_async, on celery-durable's producer (publisher.py) unless the
+        caller gave one or nothing is published (eager)."""
+        if "producer" in options or self.app.conf.task_always_eager:
+            return super().apply_async(args, kwargs, task_id=task_id, **options)
+        with producer_for(self.app) as producer:
+            return super().apply_async(args, kwargs, task_id=task_id, producer=producer,
+                                       **options)
+
     def _record(self, run_id: str, args: Any, kwargs: Any, options: dict[str, Any],
                 queue: str, key: str = "") -> None:
         store_for(self.app).create_run(
@@ -363,7 +374,7 @@ class DurableTask(Task[Any, Any]):
     ) -> tuple[AsyncResult, After]:  # type: ignore[type-arg]
         """See admission.admit_and_publish (``publish`` is Celery's own apply_async)."""
         def publish(opts: dict[str, Any]) -> AsyncResult:  # type: ignore[type-arg]
-            return super(DurableTask, self).apply_async(args, kwargs, task_id=run_id, **opts)
+            return self._celery_apply_async(args, kwargs, run_id, opts)
 
         return admit_and_publish(self, args, kwargs, run_id, queue, options, publish)
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from celery_durable.requeue import (
@@ -13,9 +15,23 @@ from celery_durable.requeue import (
 )
 
 
+class Producer:
+    channel = object()  # not kombu's Redis channel: the pooled producer is used as it is
+
+
+class Pool:
+    def __init__(self) -> None:
+        self.producer = Producer()
+
+    @contextmanager
+    def acquire(self, block: bool = True) -> Iterator[Producer]:
+        yield self.producer
+
+
 class RecordingApp:
     def __init__(self) -> None:
         self.calls: list[tuple[str, dict[str, Any]]] = []
+        self.producer_pool = Pool()
 
     def send_task(self, name: str, **options: Any) -> None:
         self.calls.append((name, options))
@@ -35,6 +51,9 @@ def test_canvas_options_travel_and_expiry_does_not() -> None:
     assert options["args"] == [1] and options["kwargs"] == {"b": 2}
     assert options["chain"] == [NEXT] and options["link"] == [NEXT]
     assert options["group_id"] == "g"
+    # Published on a producer of the app's pool, and not as a child of the current task.
+    assert options["producer"] is app.producer_pool.producer
+    assert options["add_to_parent"] is False
     # A resumed run must not be dropped as expired, nor delayed again; unset ones stay out.
     assert "expires" not in options and "countdown" not in options and "chord" not in options
 
