@@ -205,3 +205,18 @@ def test_a_run_handed_a_slot_is_published_first(app: Celery, server: redis.Redis
     raws = server.lrange("q", 0, -1)
     woken = json.loads(raws[-1])
     assert woken["headers"]["id"] == "r-3" and woken["headers"][HANDED_HEADER] == 1
+
+
+def test_a_new_queue_is_declared_on_its_first_message_only(
+        app: Celery, server: redis.Redis) -> None:
+    def declares(queue: str, producer: Any = None) -> int:
+        before = commands(server).get("sadd", 0)
+        for i in range(3):
+            app.send_task("t.task", args=[i], queue=queue, producer=producer)
+        return commands(server).get("sadd", 0) - before
+
+    theirs = declares("fresh-1")  # kombu's own path
+    with producer_for(app) as producer:
+        ours = declares("fresh-2", producer)
+    assert ours == theirs > 0  # kombu's bindings, written once per queue
+    assert server.smembers("_kombu.binding.fresh-2") and server.llen("fresh-2") == 3
