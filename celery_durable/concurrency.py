@@ -240,6 +240,8 @@ def note_parked(store: RunStore, task_name: str, run_id: str, admission: Admissi
 
 def publish_woken(app: Celery, woken: Woken) -> None:
     """Re-publish the runs that were just handed a slot (same run id), ahead of the
-    messages waiting in their queues: the slot is idle until the run starts."""
-    for run_id, info in woken:
+    messages waiting in their queues: the slot is idle until the run starts. Each goes in
+    front of the ones before it, so they are published last to first: the first one woken
+    (best placed in the limit's queue) is delivered first."""
+    for run_id, info in reversed(woken):
         publish_resume(app, run_id, info, headers={HANDED_HEADER: 1}, first=True)

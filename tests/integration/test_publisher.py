@@ -199,12 +199,16 @@ def test_first_puts_the_message_where_consumers_take_the_next_one(
     assert order == ["handed", 0, 1, 2, 3]
 
 
-def test_a_run_handed_a_slot_is_published_first(app: Celery, server: redis.Redis) -> None:
+def test_runs_handed_a_slot_are_delivered_first_in_the_order_they_were_woken(
+        app: Celery, server: redis.Redis) -> None:
     app.send_task("t.task", args=["queued"], queue="q")
-    publish_woken(app, [("r-3", resume_info("t.task", ["woken"], {}, "q", {}))])
-    raws = server.lrange("q", 0, -1)
-    woken = json.loads(raws[-1])
-    assert woken["headers"]["id"] == "r-3" and woken["headers"][HANDED_HEADER] == 1
+    publish_woken(app, [("r-3", resume_info("t.task", ["woken"], {}, "q", {})),
+                        ("r-4", resume_info("t.task", ["next"], {}, "q", {}))])
+    # kombu's consumers BRPOP: the right end of the list is delivered next.
+    delivered = [json.loads(raw)["headers"] for raw in reversed(server.lrange("q", 0, -1))]
+    assert [h["id"] for h in delivered[:2]] == ["r-3", "r-4"]
+    assert all(h[HANDED_HEADER] == 1 for h in delivered[:2])
+    assert len(delivered) == 3
 
 
 def test_a_new_queue_is_declared_on_its_first_message_only(
