@@ -22,6 +22,8 @@ from celery.result import AsyncResult
 
 from . import signals
 from .concurrency import (
+    HANDED_HEADER,
+    SlotRef,
     acquire,
     fairness_key_of,
     note_parked,
@@ -30,6 +32,7 @@ from .concurrency import (
     release,
     slots_for,
 )
+from .publisher import capture
 from .rates import RATE_HEADER, RateRef, delay_ms, rate_ref, reserve, take
 from .requeue import request_options, resume_info
 from .store import RunStore, now_ms, store_for
@@ -84,19 +87,45 @@ def admit_and_publish(
     if not refs:
         return publish(options), None
     info = resume_info(task.name, args, kwargs, queue, options.get("headers"), options)
+    built = _build_message(task, store, refs, options, publish)
     admission = acquire(store, run_id, refs, info,
                         hold_ms=int(store.settings.slot_handoff_s * 1000),
                         rank=priority_rank(task.app, options.get("priority", task.priority)),
-                        fairness_key=fairness_key_of(task, args or (), kwargs or {}))
+                        fairness_key=fairness_key_of(task, args or (), kwargs or {}),
+                        message=built[1] if built else None)
     publish_woken(task.app, admission.woken)
+    result = built[0] if built else task.AsyncResult(run_id)
     if not admission.admitted:
-        return task.AsyncResult(run_id), lambda: note_parked(store, task.name, run_id,
-                                                             admission)
+        return result, lambda: note_parked(store, task.name, run_id, admission)
+    if built:
+        return result, None  # slots.lua published it with the slot
     try:
         return publish(options), None
     except BaseException:
         publish_woken(task.app, release(store, run_id, refs))
         raise
+
+
+def _build_message(task: DurableTask, store: RunStore, refs: list[SlotRef],
+                   options: dict[str, Any], publish: Publish
+                   ) -> tuple[AsyncResult[Any], tuple[str, str]] | None:
+    """The run's message, built now (by Celery, kept by ``publisher.capture``) for slots.lua
+    to put on its queue: with the slot if one is free, else the moment a release hands the
+    run one. That saves a round trip at publish, and the release's reply and a publish from
+    the releasing worker on every hand-over, while a slot stays idle. Its header says it
+    was handed a slot (its attempt takes the slot in the claim's round trip).
+
+    None (the run is published, or re-published, by Python as before) unless the store is
+    one Redis server that is the broker's, with one limit to take (the message must go out
+    once every slot is held) and nothing that ties the message to the time it is sent
+    (``expires``) or to a caller's producer."""
+    if (len(refs) != 1 or not store.single_server or options.get("expires") is not None
+            or "producer" in options or task.app.conf.task_always_eager):
+        return None
+    headers = {**(options.get("headers") or {}), HANDED_HEADER: 1}
+    return capture(task.app, store.client,
+                   lambda producer: publish({**options, "headers": headers,
+                                             "producer": producer}))
 
 
 def _note_turn(task: DurableTask, store: RunStore, run_id: str, rate: RateRef, start_ms: int,

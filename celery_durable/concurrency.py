@@ -34,6 +34,9 @@ NO_KEY = "_"
 #: its attempt expects to hold the slot, so on one Redis server it takes the slot in the
 #: claim's round trip (see ``acquire_with_claim``). A hint only: Redis decides.
 HANDED_HEADER = "durable_slot_handed"
+#: What slots.lua names, instead of a run's resume info, a run handed a slot whose message
+#: it put on the queue itself (kept since the run was parked): nothing left to publish.
+QUEUED = "queued"
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,7 +138,8 @@ def fairness_key_of(task: DurableTask, args: Sequence[Any], kwargs: dict[str, An
 
 
 def acquire(store: RunStore, run_id: str, refs: Sequence[SlotRef], info: str,
-            hold_ms: int | None = None, rank: int = 0, fairness_key: str = "") -> Admission:
+            hold_ms: int | None = None, rank: int = 0, fairness_key: str = "",
+            message: tuple[str, str] | None = None) -> Admission:
     """Take a slot of every limit in ``refs``, or park the run on the first full one.
 
     ``hold_ms`` is how long the slot is held before it must be renewed: the lease TTL for
@@ -143,12 +147,16 @@ def acquire(store: RunStore, run_id: str, refs: Sequence[SlotRef], info: str,
     is published (its message may wait in the queue; its first attempt renews the slot).
     A parked run waits behind runs parked before it, unless ``rank`` (its priority) lets it
     overtake up to ``rank × durable_priority_step`` of them; with a ``fairness_key``, keys
-    take turns, so one key's backlog does not hold back another key's first run."""
+    take turns, so one key's backlog does not hold back another key's first run.
+    ``message`` (one limit only; see ``admission._build_message``): the run's broker
+    message, which slots.lua puts on its queue once the run holds the slot."""
+    if message is not None and len(refs) != 1:
+        raise ValueError("a message can be sent with the acquire of one limit only")
     taken: list[SlotRef] = []
     woken: Woken = []
     for ref in refs:
         reply = store.slot_op(store.keys.limit(ref.base, ref.sub), "acquire", run_id,
-                              ref.default, info, hold_ms, rank, fairness_key)
+                              ref.default, info, hold_ms, rank, fairness_key, message)
         woken += _woken(reply)
         if int(reply[0]) != 1:
             return _parked(store, run_id, ref, reply, taken, woken)
@@ -244,4 +252,5 @@ def publish_woken(app: Celery, woken: Woken) -> None:
     front of the ones before it, so they are published last to first: the first one woken
     (best placed in the limit's queue) is delivered first."""
     for run_id, info in reversed(woken):
-        publish_resume(app, run_id, info, headers={HANDED_HEADER: 1}, first=True)
+        if info != QUEUED:
+            publish_resume(app, run_id, info, headers={HANDED_HEADER: 1}, first=True)

@@ -40,6 +40,10 @@ Concurrency limits (one Cluster slot per limit, tagged by its base name: "task:<
                                           fairness keys) minus the priority boost
     Plimit:{<base>}:<sub>:woken     zset  run id -> hand-over expiry (ms)
     Plimit:{<base>}:<sub>:info      hash  run id -> JSON needed to re-publish a parked run
+    Plimit:{<base>}:<sub>:messages  hash  run id -> the broker message of a parked run,
+                                          "<length of list key>:<list key><body>" (the
+                                          store is the broker's server and db), put on the
+                                          queue by the release that hands it a slot
     Plimit:{<base>}:<sub>:fair      hash  virtual time, last order number per fairness key,
                                           order number and key of each parked run
     Plimits                         set   JSON [base, sub, default limit] of limits with
@@ -130,9 +134,13 @@ class LimitKeys:
     woken: str
     info: str
     fair: str
+    #: Messages of parked runs, ready to be put on their queue by the release that hands
+    #: them a slot (one Redis server shared with the broker: see publisher.capture).
+    messages: str
 
     def as_list(self) -> list[str]:
-        return [self.config, self.holders, self.parked, self.woken, self.info, self.fair]
+        return [self.config, self.holders, self.parked, self.woken, self.info, self.fair,
+                self.messages]
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,7 +172,8 @@ class KeySpace:
         tag = f"{self.prefix}limit:{{{base}}}"
         return LimitKeys(config=f"{tag}:config", holders=f"{tag}:{sub}:holders",
                          parked=f"{tag}:{sub}:parked", woken=f"{tag}:{sub}:woken",
-                         info=f"{tag}:{sub}:info", fair=f"{tag}:{sub}:fair")
+                         info=f"{tag}:{sub}:info", fair=f"{tag}:{sub}:fair",
+                         messages=f"{tag}:{sub}:messages")
 
     def rate(self, base: str, sub: str) -> list[str]:
         """Config hash and state of rate limit ``base`` for rate key ``sub`` (the order

@@ -20,15 +20,16 @@ a new client).
 from __future__ import annotations
 
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 from celery import Celery
 from kombu import Producer, Queue
 from kombu.transport.redis import Channel as RedisChannel
 from kombu.utils.json import dumps
 
+T = TypeVar("T")
 #: The redis-py client each kombu Redis channel publishes with (made like kombu's own).
 _clients: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
 #: The ListProducer standing in for each producer of an app's pool.
@@ -57,6 +58,8 @@ class ListProducer(Producer):
     """
 
     first = False
+    #: Set by :func:`capture`: the message is kept here, as (list key, body), not sent.
+    captured: list[tuple[str, str]] | None = None
 
     def _publish(self, body: Any, priority: Any, content_type: Any, content_encoding: Any,
                  headers: Any, properties: dict[str, Any], routing_key: Any, mandatory: Any,
@@ -66,6 +69,8 @@ class ListProducer(Producer):
         channel: Any = self.channel
         if (exchange or not routing_key or not _is_redis(channel)
                 or getattr(getattr(self, "_batch_local", None), "current", None) is not None):
+            if self.captured is not None:
+                raise _NotCapturable()
             return super()._publish(body, priority, content_type, content_encoding, headers,
                                     properties, routing_key, mandatory, immediate, exchange,
                                     declare, timeout, confirm_timeout, retry, retry_policy)
@@ -82,6 +87,8 @@ class ListProducer(Producer):
             properties["reply_to"] = reply_to.name
         if routing_key in channel._expires:
             # A queue declared with an expiry: kombu's put renews it with the message.
+            if self.captured is not None:
+                raise _NotCapturable()
             return channel.basic_publish(message, exchange=exchange, routing_key=routing_key,
                                          mandatory=mandatory, immediate=immediate,
                                          timeout=timeout, confirm_timeout=confirm_timeout)
@@ -89,9 +96,16 @@ class ListProducer(Producer):
         channel._inplace_augment_message(message, exchange, routing_key)
         queue = channel._q_for_pri(routing_key,
                                    channel._get_message_priority(message, reverse=False))
+        if self.captured is not None:
+            self.captured.append((channel.global_keyprefix + queue, dumps(message)))
+            return None
         client = _client_of(channel)
         (client.rpush if self.first else client.lpush)(queue, dumps(message))
         return None
+
+
+class _NotCapturable(Exception):
+    """A message :class:`ListProducer` would hand to kombu: it cannot be kept instead."""
 
 
 def _standin(pooled: Any) -> Any:
@@ -118,3 +132,43 @@ def producer_for(app: Celery, *, first: bool = False) -> Iterator[Any]:
         if isinstance(producer, ListProducer):
             producer.first = first
         yield producer
+
+
+#: The connection settings that name a Redis server and database.
+_WHERE = ("host", "port", "path", "db")
+
+
+def _server_of(client: Any) -> tuple[Any, ...] | None:
+    """(host, port, socket path, db) of a redis-py client's pool; None when the pool does
+    not name one server (Sentinel, Cluster)."""
+    kwargs = getattr(getattr(client, "connection_pool", None), "connection_kwargs", None)
+    if not isinstance(kwargs, dict) or not (kwargs.get("host") or kwargs.get("path")):
+        return None
+    return tuple(kwargs.get(name) for name in _WHERE)
+
+
+def capture(app: Celery, store_client: Any,
+            send: Callable[[Any], T]) -> tuple[T, tuple[str, str]] | None:
+    """Build a message without sending it, for the checkpoint store to put on its queue
+    later from a script (slots.lua): ``send(producer)`` publishes as usual (Celery's
+    ``send_task``, its signals and sent event included) on a producer that keeps the message
+    instead. Returns what ``send`` returned and (list key, body), the list key with kombu's
+    ``global_keyprefix`` and priority suffix; None, without calling ``send`` when possible,
+    unless the broker is kombu's Redis transport on the server and db of ``store_client``
+    and the message is one :class:`ListProducer` would send itself (then nothing is sent)."""
+    with app.producer_pool.acquire(block=True) as pooled:
+        producer = _standin(pooled)
+        if not isinstance(producer, ListProducer):
+            return None
+        where = _server_of(store_client)
+        if where is None or where != _server_of(_client_of(producer.channel)):
+            return None
+        producer.first, producer.captured = False, []
+        try:
+            result = send(producer)
+            kept = producer.captured
+        except _NotCapturable:
+            return None
+        finally:
+            producer.captured = None
+    return (result, kept[0]) if len(kept) == 1 else None

@@ -571,7 +571,7 @@ class RunStore:
             self.indexes.ended(pipe, run_id, status, ts, task=task, owner=owner or None)
             for keys, default in along:
                 queue_call(pipe, self.scripts.slots, [*keys.as_list(), k.run],
-                           [*self.slot_argv("release", run_id, default), token])
+                           self.slot_argv("release", run_id, default, token=token))
 
         def build(pipe: Any) -> None:
             queue_call(pipe, self.scripts.end_attempt, k.as_list(), argv)
@@ -974,23 +974,32 @@ class RunStore:
     def slot_op(
         self, keys: LimitKeys, op: str, run_id: str, default_limit: int, info_json: str = "",
         hold_ms: int | None = None, rank: int = 0, fairness_key: str = "",
+        message: tuple[str, str] | None = None,
     ) -> list[Any]:
         """Run slots.lua (see its header for the reply). ``hold_ms``: how long an acquired
         slot lasts before it must be renewed (default: the lease TTL); ``rank`` and
-        ``fairness_key`` place a run that has to wait."""
-        argv = self.slot_argv(op, run_id, default_limit, info_json, hold_ms, rank, fairness_key)
+        ``fairness_key`` place a run that has to wait; ``message`` (list key, body): the
+        run's broker message, when this server and db are the broker's
+        (``publisher.capture``): admitted, the script publishes it; parked, it keeps it for
+        the release that hands the run a slot."""
+        argv = self.slot_argv(op, run_id, default_limit, info_json, hold_ms, rank, fairness_key,
+                              message=message)
         with _redis_errors(f"{op} a concurrency slot"):
             return list(self.scripts.slots(keys.as_list(), argv))
 
     def slot_argv(
         self, op: str, run_id: str, default_limit: int, info_json: str = "",
-        hold_ms: int | None = None, rank: int = 0, fairness_key: str = "",
+        hold_ms: int | None = None, rank: int = 0, fairness_key: str = "", *,
+        token: str = "", message: tuple[str, str] | None = None,
     ) -> list[Any]:
-        """The ARGV of a slots.lua call (for ``slot_op``, or to send with a claim)."""
+        """The ARGV of a slots.lua call (for ``slot_op``, or to send with a claim or an
+        end): ``token``, the lease token a release checks (with the run's hash as its
+        eighth key)."""
         s = self.settings
+        key, body = message or ("", "")
         return [op, run_id, now_ms(), hold_ms or s.lease_ttl_ms, default_limit, info_json,
                 int(s.slot_handoff_s * 1000), s.active_ttl_ms, rank, fairness_key,
-                s.priority_step]
+                s.priority_step, token, key, body]
 
     def rate_reserve(self, keys: Sequence[str], count: float, period_ms: int, burst: int,
                      mode: str) -> int:

@@ -224,6 +224,11 @@ def test_a_full_limit_parks_runs_at_publish_without_a_message(redis_base_url, ta
     for r in results[1:]:
         assert client.get_run(r.id).status is RunStatus.PENDING
         assert any(e.type == "slot_denied" for e in client.get_run(r.id).events)
+    # With the store on the broker's Redis db, their messages wait with them, for the
+    # release to put on the queue; elsewhere the release's worker publishes them.
+    messages = client.store.keys.limit(f"task:{tasks.adjustable.name}", "_").messages
+    shares_db = str(test_app.conf.broker_url) == client.store.settings.redis_url
+    assert client.store.client.hlen(messages) == (3 if shares_db else 0)
     # When a worker comes, each release publishes the next one: first come, first served.
     with celery_worker(redis_base_url, pool="threads", queue=queue, concurrency=4, name="p1"):
         assert [r.get(timeout=60) for r in results] == [0, 1, 2, 3]

@@ -14,9 +14,11 @@ import redis
 from celery import Celery
 from kombu import Exchange, Queue
 
-from celery_durable.concurrency import HANDED_HEADER, publish_woken
-from celery_durable.publisher import ListProducer, producer_for
+from celery_durable import DurableTask
+from celery_durable.concurrency import HANDED_HEADER, QUEUED, publish_woken, release, slots_for
+from celery_durable.publisher import ListProducer, capture, producer_for
 from celery_durable.requeue import publish_resume, resume_info
+from celery_durable.store import store_for
 
 DB = 14
 ETA = dt.datetime(2030, 1, 2, 3, 4, 5, tzinfo=dt.timezone.utc)
@@ -224,3 +226,94 @@ def test_a_new_queue_is_declared_on_its_first_message_only(
         ours = declares("fresh-2", producer)
     assert ours == theirs > 0  # kombu's bindings, written once per queue
     assert server.smembers("_kombu.binding.fresh-2") and server.llen("fresh-2") == 3
+
+
+# -- capture: a message built now, put on its queue later by slots.lua ----------------------
+
+
+def kept(app: Celery, store_client: Any, **options: Any) -> tuple[Any, tuple[str, str]] | None:
+    return capture(app, store_client,
+                   lambda producer: app.send_task("t.task", producer=producer, **options))
+
+
+@pytest.fixture
+def store_client(redis_base_url: str) -> Iterator[redis.Redis]:
+    """A client of the broker's server and db, as the checkpoint store's is by default."""
+    client = redis.Redis.from_url(f"{redis_base_url}/{DB}", decode_responses=True)
+    yield client
+    client.close()
+
+
+def test_capture_keeps_the_message_it_would_have_sent(
+        app: Celery, server: redis.Redis, store_client: redis.Redis) -> None:
+    options = {"args": [1, "é"], "kwargs": {"k": [2]}, "task_id": "r-1", "queue": "q",
+               "headers": {"durable_x": 1}, "priority": 3}
+    app.send_task("t.task", **options)
+    theirs = pop(server, "q\x06\x163")
+    got = kept(app, store_client, **options)
+    assert got is not None
+    result, (key, body) = got
+    assert result.id == "r-1" and key == "q\x06\x163"
+    message = json.loads(body)
+    message["properties"].pop("delivery_tag")
+    assert message == theirs
+    assert lists(server) == {}  # nothing was sent
+
+
+def test_captured_list_keys_carry_the_transport_key_prefix(
+        redis_base_url: str, server: redis.Redis, store_client: redis.Redis) -> None:
+    app = make_app(redis_base_url, broker_transport_options={"global_keyprefix": "pfx:"})
+    try:
+        got = kept(app, store_client, args=[1], queue="q")
+    finally:
+        app.close()
+    assert got is not None and got[1][0] == "pfx:q"
+
+
+def test_nothing_is_captured_unless_the_store_is_the_brokers_db(
+        app: Celery, server: redis.Redis, redis_base_url: str) -> None:
+    calls: list[Any] = []
+    other = redis.Redis.from_url(f"{redis_base_url}/{DB - 1}")
+    try:
+        assert capture(app, other, calls.append) is None
+    finally:
+        other.close()
+    assert calls == []  # not even built
+
+
+def test_what_kombu_must_send_itself_is_not_captured(
+        redis_base_url: str, server: redis.Redis, store_client: redis.Redis) -> None:
+    app = make_app(redis_base_url, task_queues=[Queue("brief", expires=60)])
+    try:
+        assert kept(app, store_client, args=[1], queue="brief") is None
+        with producer_for(app) as producer:  # the pooled producer is left as it was
+            assert isinstance(producer, ListProducer) and producer.captured is None
+    finally:
+        app.close()
+    assert lists(server) == {}  # and not sent either
+
+
+def test_a_limited_run_goes_out_with_its_slot_or_when_handed_one(
+        app: Celery, server: redis.Redis) -> None:
+    def body(i: int) -> int:
+        return i
+
+    limited = app.task(base=DurableTask, name="t.limited", shared=False,
+                       durable_concurrency_limit=1)(body)
+    store = store_for(app)
+    results = [limited.apply_async((i,), queue="q") for i in range(3)]
+    # The first holds the slot and is on the queue; the others wait, their messages kept.
+    queued = [json.loads(raw) for raw in server.lrange("q", 0, -1)]
+    assert [m["headers"]["id"] for m in queued] == [results[0].id]
+    assert queued[0]["headers"][HANDED_HEADER] == 1
+    k = store.keys.limit("task:t.limited", "_")
+    assert sorted(server.hkeys(k.messages)) == sorted(r.id.encode() for r in results[1:])
+    # The release hands the slot over and puts the next run's message on the queue itself.
+    woken = release(store, results[0].id, slots_for(limited, (0,), {}, "q", store.settings))
+    assert woken == [(results[1].id, QUEUED)]
+    publish_woken(app, woken)  # nothing left to publish
+    delivered = [json.loads(raw)["headers"] for raw in reversed(server.lrange("q", 0, -1))]
+    assert [h["id"] for h in delivered] == [results[1].id, results[0].id]
+    assert delivered[0][HANDED_HEADER] == 1 and delivered[0]["task"] == "t.limited"
+    assert json.loads(base64.b64decode(json.loads(server.lrange("q", -1, -1)[0])["body"])
+                      )[0] == [1]

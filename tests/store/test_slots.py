@@ -3,18 +3,21 @@ taken with a claim and given back with the end of an attempt."""
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Callable, Iterator
 
 import pytest
 
 from celery_durable.concurrency import (
+    QUEUED,
     SlotRef,
     acquire,
     acquire_with_claim,
     release,
     release_keys,
     settle,
+    sweep,
     woken_of,
 )
 from celery_durable.config import DurableSettings
@@ -186,3 +189,87 @@ def test_an_end_with_logs_releases_its_slot_once_after_the_server_lost_the_scrip
     _, _, entries = store.read_run("r")
     types = [event.type for event in trace_events(entries, {})]
     assert types.count("run_completed") == 1 and types.count("log") == 1
+
+
+# -- messages put on the queue by slots.lua (the store is the broker's server and db) ------
+
+QUEUE_KEY = "s:q"  # a list the test reads, standing in for a kombu queue
+
+
+def msg(run_id: str) -> tuple[str, str]:
+    return QUEUE_KEY, f'{{"run": "{run_id}"}}'
+
+
+def test_an_admitted_run_is_published_in_the_acquire_and_a_parked_one_when_handed_a_slot(
+        store: RunStore) -> None:
+    assert acquire(store, "a", [REF], "{}", message=msg("a")).admitted
+    assert store.client.lrange(QUEUE_KEY, 0, -1) == ['{"run": "a"}']
+    assert not acquire(store, "b", [REF], '{"info": "b"}', message=msg("b")).admitted
+    assert not acquire(store, "c", [REF], '{"info": "c"}', message=msg("c")).admitted
+    assert store.client.llen(QUEUE_KEY) == 1  # parked runs are not on the queue
+    k = store.keys.limit(REF.base, REF.sub)
+    assert store.client.hget(k.messages, "b") == f'{len(QUEUE_KEY)}:{QUEUE_KEY}{{"run": "b"}}'
+    # Handed the slot: its message goes in front of the queue (RPUSH: consumers BRPOP) and
+    # the reply says nothing is left to publish.
+    assert release(store, "a", [REF]) == [("b", QUEUED)]
+    assert store.client.lrange(QUEUE_KEY, 0, -1) == ['{"run": "a"}', '{"run": "b"}']
+    assert store.client.hexists(k.messages, "b") is False
+    assert store.client.hget(k.info, "b") == '{"info": "b"}'  # kept until it starts
+
+
+def test_runs_handed_slots_at_once_come_off_the_queue_in_the_limit_s_order(
+        store: RunStore) -> None:
+    ref = SlotRef("task:t.wide", "_", 1)
+    assert acquire(store, "holder", [ref], "{}").admitted
+    for name in ("w1", "w2", "w3"):
+        assert not acquire(store, name, [ref], "{}", message=msg(name)).admitted
+    store.client.lpush(QUEUE_KEY, '{"run": "backlog"}')
+    store.client.hset(store.keys.limit(ref.base, "_").config, "limit", 4)
+    woken = [run for run, info in sweep(store) if info == QUEUED]
+    assert woken == ["w1", "w2", "w3"]
+    # kombu pops from the right: w1 first, then w2 and w3, then the backlog.
+    popped = [store.client.rpop(QUEUE_KEY) for _ in range(4)]
+    assert popped == ['{"run": "w1"}', '{"run": "w2"}', '{"run": "w3"}', '{"run": "backlog"}']
+
+
+def test_a_hand_over_that_expires_is_published_again_from_its_info(store: RunStore) -> None:
+    settings = store.settings.model_copy(update={"slot_handoff_s": 0.05})
+    st = RunStore(settings, client=store.client)
+    assert acquire(st, "holder", [REF], "{}").admitted
+    assert not acquire(st, "late", [REF], '{"info": "late"}', message=msg("late")).admitted
+    assert release(st, "holder", [REF]) == [("late", QUEUED)]
+    assert st.client.llen(QUEUE_KEY) == 1
+    # Its message was lost (say): the hand-over expires, the run is first in line again, and
+    # the next hand-over is published by the caller, as a new message, from its info.
+    st.client.delete(QUEUE_KEY)
+    time.sleep(0.1)
+    assert sweep(st) == [("late", '{"info": "late"}')]
+    assert st.client.llen(QUEUE_KEY) == 0
+
+
+def test_a_released_parked_run_forgets_its_message(store: RunStore) -> None:
+    assert acquire(store, "holder", [REF], "{}").admitted
+    assert not acquire(store, "stray", [REF], "{}", message=msg("stray")).admitted
+    release(store, "stray", [REF])
+    k = store.keys.limit(REF.base, REF.sub)
+    assert store.client.hlen(k.messages) == 0
+    assert release(store, "holder", [REF]) == []
+    assert store.client.llen(QUEUE_KEY) == 0
+
+
+def test_a_run_reaching_the_head_in_its_own_acquire_is_published_there(
+        store: RunStore) -> None:
+    # The caller is first in line when a slot is free (the holder's lease expired): it is
+    # admitted by the loop that hands out free slots, and its message goes out as a new one.
+    k = store.keys.limit(REF.base, REF.sub)
+    assert acquire(store, "holder", [REF], "{}", hold_ms=30).admitted
+    assert not acquire(store, "next", [REF], "{}").admitted
+    time.sleep(0.06)
+    assert acquire(store, "next", [REF], "{}", message=msg("next")).admitted
+    assert store.client.lrange(QUEUE_KEY, 0, -1) == ['{"run": "next"}']
+    assert store.client.hlen(k.messages) == 0
+
+
+def test_a_message_goes_with_the_acquire_of_one_limit_only(store: RunStore) -> None:
+    with pytest.raises(ValueError, match="one limit"):
+        acquire(store, "r", [REF, SlotRef("queue:q", "_", 2)], "{}", message=msg("r"))
