@@ -134,13 +134,14 @@ def producer_for(app: Celery, *, first: bool = False) -> Iterator[Any]:
         yield producer
 
 
-#: The connection settings that name a Redis server and database.
-_WHERE = ("host", "port", "path", "db")
+#: The connection settings that name a Redis server, database and user (another user may
+#: not be allowed to write the broker's keys).
+_WHERE = ("host", "port", "path", "db", "username")
 
 
 def _server_of(client: Any) -> tuple[Any, ...] | None:
-    """(host, port, socket path, db) of a redis-py client's pool; None when the pool does
-    not name one server (Sentinel, Cluster)."""
+    """(host, port, socket path, db, user) of a redis-py client's pool; None when the pool
+    does not name one server (Sentinel, Cluster)."""
     kwargs = getattr(getattr(client, "connection_pool", None), "connection_kwargs", None)
     if not isinstance(kwargs, dict) or not (kwargs.get("host") or kwargs.get("path")):
         return None
