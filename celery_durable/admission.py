@@ -12,6 +12,7 @@ countdown) takes it there: :func:`take_turn_in_worker`.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable
 from dataclasses import replace
@@ -119,13 +120,17 @@ def _build_message(task: DurableTask, store: RunStore, refs: list[SlotRef],
     one Redis server that is the broker's, with one limit to take (the message must go out
     once every slot is held) and nothing that ties the message to the time it is sent
     (``expires``) or to a caller's producer."""
-    if (len(refs) != 1 or not store.single_server or options.get("expires") is not None
-            or "producer" in options or task.app.conf.task_always_eager):
+    if (len(refs) != 1 or not store.single_server or "producer" in options
+            or options.get("expires") is not None or task.expires is not None
+            or task.app.conf.task_always_eager):
         return None
     headers = {**(options.get("headers") or {}), HANDED_HEADER: 1}
-    return capture(task.app, store.client,
-                   lambda producer: publish({**options, "headers": headers,
-                                             "producer": producer}))
+    built = capture(task.app, store.client,
+                    lambda producer: publish({**options, "headers": headers,
+                                              "producer": producer}))
+    if built is not None and json.loads(built[1][1]).get("headers", {}).get("expires"):
+        return None  # set by a route: the message is published when the run has its slot
+    return built
 
 
 def _note_turn(task: DurableTask, store: RunStore, run_id: str, rate: RateRef, start_ms: int,

@@ -317,3 +317,26 @@ def test_a_limited_run_goes_out_with_its_slot_or_when_handed_one(
     assert delivered[0][HANDED_HEADER] == 1 and delivered[0]["task"] == "t.limited"
     assert json.loads(base64.b64decode(json.loads(server.lrange("q", -1, -1)[0])["body"])
                       )[0] == [1]
+
+
+@pytest.mark.parametrize("where", ["task", "call"])
+def test_a_run_whose_message_expires_is_published_when_it_gets_its_slot(
+        app: Celery, server: redis.Redis, where: str) -> None:
+    # A kept message would expire while its run waits: such runs are published by Python,
+    # as a new message, once they hold a slot.
+    def body(i: int) -> int:
+        return i
+
+    limited = app.task(base=DurableTask, name=f"t.expiring-{where}", shared=False,
+                       durable_concurrency_limit=1,
+                       **({"expires": 600} if where == "task" else {}))(body)
+    call = {"expires": 600} if where == "call" else {}
+    store = store_for(app)
+    first, second = (limited.apply_async((i,), queue="q", **call) for i in range(2))
+    assert server.llen("q") == 1
+    k = store.keys.limit(f"task:{limited.name}", "_")
+    assert server.hlen(k.messages) == 0 and server.hexists(k.info, second.id)
+    woken = release(store, first.id, slots_for(limited, (0,), {}, "q", store.settings))
+    assert [run for run, _ in woken] == [second.id] and woken[0][1] != QUEUED
+    publish_woken(app, woken)
+    assert json.loads(server.lrange("q", -1, -1)[0])["headers"]["id"] == second.id
