@@ -152,6 +152,9 @@ def acquire(store: RunStore, run_id: str, refs: Sequence[SlotRef], info: str,
     message, which slots.lua puts on its queue once the run holds the slot."""
     if message is not None and len(refs) != 1:
         raise ValueError("a message can be sent with the acquire of one limit only")
+    if message is not None and not store.single_server:
+        raise ValueError("a message cannot be kept on Redis Cluster: the queue's list is in "
+                         "another hash slot than the limit's keys; publish it from Python")
     taken: list[SlotRef] = []
     woken: Woken = []
     for ref in refs:

@@ -196,45 +196,54 @@ def test_an_end_with_logs_releases_its_slot_once_after_the_server_lost_the_scrip
 QUEUE_KEY = "s:q"  # a list the test reads, standing in for a kombu queue
 
 
+@pytest.fixture
+def single(store: RunStore) -> RunStore:
+    """The store, when it is one Redis server: only there is a message kept (on Redis
+    Cluster the queue's list is in another hash slot than the limit's keys)."""
+    if not store.single_server:
+        pytest.skip("the store is on Redis Cluster: runs' messages are published by Python")
+    return store
+
+
 def msg(run_id: str) -> tuple[str, str]:
     return QUEUE_KEY, f'{{"run": "{run_id}"}}'
 
 
 def test_an_admitted_run_is_published_in_the_acquire_and_a_parked_one_when_handed_a_slot(
-        store: RunStore) -> None:
-    assert acquire(store, "a", [REF], "{}", message=msg("a")).admitted
-    assert store.client.lrange(QUEUE_KEY, 0, -1) == ['{"run": "a"}']
-    assert not acquire(store, "b", [REF], '{"info": "b"}', message=msg("b")).admitted
-    assert not acquire(store, "c", [REF], '{"info": "c"}', message=msg("c")).admitted
-    assert store.client.llen(QUEUE_KEY) == 1  # parked runs are not on the queue
-    k = store.keys.limit(REF.base, REF.sub)
-    assert store.client.hget(k.messages, "b") == f'{len(QUEUE_KEY)}:{QUEUE_KEY}{{"run": "b"}}'
+        single: RunStore) -> None:
+    assert acquire(single, "a", [REF], "{}", message=msg("a")).admitted
+    assert single.client.lrange(QUEUE_KEY, 0, -1) == ['{"run": "a"}']
+    assert not acquire(single, "b", [REF], '{"info": "b"}', message=msg("b")).admitted
+    assert not acquire(single, "c", [REF], '{"info": "c"}', message=msg("c")).admitted
+    assert single.client.llen(QUEUE_KEY) == 1  # parked runs are not on the queue
+    k = single.keys.limit(REF.base, REF.sub)
+    assert single.client.hget(k.messages, "b") == f'{len(QUEUE_KEY)}:{QUEUE_KEY}{{"run": "b"}}'
     # Handed the slot: its message goes in front of the queue (RPUSH: consumers BRPOP) and
     # the reply says nothing is left to publish.
-    assert release(store, "a", [REF]) == [("b", QUEUED)]
-    assert store.client.lrange(QUEUE_KEY, 0, -1) == ['{"run": "a"}', '{"run": "b"}']
-    assert store.client.hexists(k.messages, "b") is False
-    assert store.client.hget(k.info, "b") == '{"info": "b"}'  # kept until it starts
+    assert release(single, "a", [REF]) == [("b", QUEUED)]
+    assert single.client.lrange(QUEUE_KEY, 0, -1) == ['{"run": "a"}', '{"run": "b"}']
+    assert single.client.hexists(k.messages, "b") is False
+    assert single.client.hget(k.info, "b") == '{"info": "b"}'  # kept until it starts
 
 
 def test_runs_handed_slots_at_once_come_off_the_queue_in_the_limit_s_order(
-        store: RunStore) -> None:
+        single: RunStore) -> None:
     ref = SlotRef("task:t.wide", "_", 1)
-    assert acquire(store, "holder", [ref], "{}").admitted
+    assert acquire(single, "holder", [ref], "{}").admitted
     for name in ("w1", "w2", "w3"):
-        assert not acquire(store, name, [ref], "{}", message=msg(name)).admitted
-    store.client.lpush(QUEUE_KEY, '{"run": "backlog"}')
-    store.client.hset(store.keys.limit(ref.base, "_").config, "limit", 4)
-    woken = [run for run, info in sweep(store) if info == QUEUED]
+        assert not acquire(single, name, [ref], "{}", message=msg(name)).admitted
+    single.client.lpush(QUEUE_KEY, '{"run": "backlog"}')
+    single.client.hset(single.keys.limit(ref.base, "_").config, "limit", 4)
+    woken = [run for run, info in sweep(single) if info == QUEUED]
     assert woken == ["w1", "w2", "w3"]
     # kombu pops from the right: w1 first, then w2 and w3, then the backlog.
-    popped = [store.client.rpop(QUEUE_KEY) for _ in range(4)]
+    popped = [single.client.rpop(QUEUE_KEY) for _ in range(4)]
     assert popped == ['{"run": "w1"}', '{"run": "w2"}', '{"run": "w3"}', '{"run": "backlog"}']
 
 
-def test_a_hand_over_that_expires_is_published_again_from_its_info(store: RunStore) -> None:
-    settings = store.settings.model_copy(update={"slot_handoff_s": 0.05})
-    st = RunStore(settings, client=store.client)
+def test_a_hand_over_that_expires_is_published_again_from_its_info(single: RunStore) -> None:
+    settings = single.settings.model_copy(update={"slot_handoff_s": 0.05})
+    st = RunStore(settings, client=single.client)
     assert acquire(st, "holder", [REF], "{}").admitted
     assert not acquire(st, "late", [REF], '{"info": "late"}', message=msg("late")).admitted
     assert release(st, "holder", [REF]) == [("late", QUEUED)]
@@ -247,29 +256,36 @@ def test_a_hand_over_that_expires_is_published_again_from_its_info(store: RunSto
     assert st.client.llen(QUEUE_KEY) == 0
 
 
-def test_a_released_parked_run_forgets_its_message(store: RunStore) -> None:
-    assert acquire(store, "holder", [REF], "{}").admitted
-    assert not acquire(store, "stray", [REF], "{}", message=msg("stray")).admitted
-    release(store, "stray", [REF])
-    k = store.keys.limit(REF.base, REF.sub)
-    assert store.client.hlen(k.messages) == 0
-    assert release(store, "holder", [REF]) == []
-    assert store.client.llen(QUEUE_KEY) == 0
+def test_a_released_parked_run_forgets_its_message(single: RunStore) -> None:
+    assert acquire(single, "holder", [REF], "{}").admitted
+    assert not acquire(single, "stray", [REF], "{}", message=msg("stray")).admitted
+    release(single, "stray", [REF])
+    k = single.keys.limit(REF.base, REF.sub)
+    assert single.client.hlen(k.messages) == 0
+    assert release(single, "holder", [REF]) == []
+    assert single.client.llen(QUEUE_KEY) == 0
 
 
 def test_a_run_reaching_the_head_in_its_own_acquire_is_published_there(
-        store: RunStore) -> None:
+        single: RunStore) -> None:
     # The caller is first in line when a slot is free (the holder's lease expired): it is
     # admitted by the loop that hands out free slots, and its message goes out as a new one.
-    k = store.keys.limit(REF.base, REF.sub)
-    assert acquire(store, "holder", [REF], "{}", hold_ms=30).admitted
-    assert not acquire(store, "next", [REF], "{}").admitted
+    k = single.keys.limit(REF.base, REF.sub)
+    assert acquire(single, "holder", [REF], "{}", hold_ms=30).admitted
+    assert not acquire(single, "next", [REF], "{}").admitted
     time.sleep(0.06)
-    assert acquire(store, "next", [REF], "{}", message=msg("next")).admitted
-    assert store.client.lrange(QUEUE_KEY, 0, -1) == ['{"run": "next"}']
-    assert store.client.hlen(k.messages) == 0
+    assert acquire(single, "next", [REF], "{}", message=msg("next")).admitted
+    assert single.client.lrange(QUEUE_KEY, 0, -1) == ['{"run": "next"}']
+    assert single.client.hlen(k.messages) == 0
 
 
 def test_a_message_goes_with_the_acquire_of_one_limit_only(store: RunStore) -> None:
     with pytest.raises(ValueError, match="one limit"):
         acquire(store, "r", [REF, SlotRef("queue:q", "_", 2)], "{}", message=msg("r"))
+
+
+def test_a_message_is_refused_on_redis_cluster(store: RunStore) -> None:
+    if store.single_server:
+        pytest.skip("the store is one Redis server: messages are kept there")
+    with pytest.raises(ValueError, match="Redis Cluster"):
+        acquire(store, "r", [REF], "{}", message=msg("r"))
