@@ -81,7 +81,7 @@ def cluster_client(settings: DurableSettings) -> RedisCluster:
             "durable_redis_url: Redis Cluster has only database 0; drop the "
             f"'/{path.strip('/')}' from {scheme}://...")
     user, password, hosts = _split_auth(netloc)
-    nodes = [ClusterNode(host, port)  # type: ignore[no-untyped-call]
+    nodes = [ClusterNode(host, port)  # type: ignore[no-untyped-call, unused-ignore]
              for host, port in _hosts(hosts, "cluster node")]
     return RedisCluster(startup_nodes=nodes, username=user, password=password,
                         ssl=scheme.startswith("rediss"), **_common(settings))
@@ -111,13 +111,13 @@ def sentinel_client(settings: DurableSettings) -> redis.Redis:
                     f"durable_redis_url: the database in {part.strip()!r} must be a number")
             db = int(parsed.path.strip("/"))
     common = _common(settings)
-    sentinel = Sentinel(  # type: ignore[no-untyped-call]
+    sentinel = Sentinel(  # type: ignore[no-untyped-call, unused-ignore]
         sentinels,
         sentinel_kwargs={"socket_timeout": common["socket_timeout"],
                          "socket_connect_timeout": common["socket_connect_timeout"],
                          "password": settings.redis_sentinel_password},
         username=user, password=password, db=db, health_check_interval=30, **common)
-    client: redis.Redis = sentinel.master_for(  # type: ignore[no-untyped-call]
+    client: redis.Redis = sentinel.master_for(  # type: ignore[no-untyped-call, unused-ignore]
         master, redis_class=redis.Redis)
     return client
 
