@@ -6,8 +6,11 @@ Two tasks of the same shape on one app, so one worker (same pool, same flags) ru
 trivial ``@step`` ``n`` times. Both return ``[t_start, t_end]`` (``time.time()`` at the start
 and end of the body), from which the drain's span is computed.
 
-The server is ``DURABLE_BENCH_REDIS_URL`` (no db number): broker db 0, results db 1,
-checkpoint store db 2; every ``durable_*`` setting is at its default otherwise.
+The server is ``DURABLE_BENCH_REDIS_URL`` (no db number). Broker, results and checkpoint
+store share db 0, as an app configured with one Redis URL has them (Celery's Redis docs
+use the same URL for broker and backend); a durable run's Celery result is then written by
+the script that ends its attempt (celery_durable/results.py). Every ``durable_*`` setting
+is at its default otherwise.
 """
 
 from __future__ import annotations
@@ -24,7 +27,8 @@ from celery_durable import DurableTask, step
 
 ENV_URL = "DURABLE_BENCH_REDIS_URL"
 QUEUE = "throughput"
-BROKER_DB, BACKEND_DB, STORE_DB = 0, 1, 2
+#: One db for all three (see the module docstring).
+BROKER_DB = BACKEND_DB = STORE_DB = 0
 PLAIN_TASK, DURABLE_TASK = "bench.throughput.plain", "bench.throughput.durable"
 #: Logged (at WARNING, the workers' level) once the worker consumes: WorkerSet waits for it.
 READY_LINE = "bench worker ready."

@@ -37,6 +37,21 @@ def is_cluster(client: Any) -> bool:
     return isinstance(client, RedisCluster)
 
 
+#: The connection settings that name a Redis server, database and user (another user may
+#: not be allowed to write the keys of the client compared with).
+_WHERE = ("host", "port", "path", "db", "username")
+
+
+def server_of(client: Any) -> tuple[Any, ...] | None:
+    """(host, port, socket path, db, user) of a redis-py client's pool: two clients with
+    the same value reach the same keys, so one script may write both's. None when the
+    pool does not name one server (Sentinel, Cluster)."""
+    kwargs = getattr(getattr(client, "connection_pool", None), "connection_kwargs", None)
+    if not isinstance(kwargs, dict) or not (kwargs.get("host") or kwargs.get("path")):
+        return None
+    return tuple(kwargs.get(name) for name in _WHERE)
+
+
 def _common(settings: DurableSettings) -> dict[str, Any]:
     # redis-py retries a command after a connection error; every script we send is
     # idempotent (commits check the position, claims carry a nonce), so a re-sent command

@@ -29,6 +29,8 @@ from kombu import Producer, Queue
 from kombu.transport.redis import Channel as RedisChannel
 from kombu.utils.json import dumps
 
+from .connections import server_of
+
 T = TypeVar("T")
 #: The redis-py client each kombu Redis channel publishes with (made like kombu's own).
 _clients: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
@@ -134,20 +136,6 @@ def producer_for(app: Celery, *, first: bool = False) -> Iterator[Any]:
         yield producer
 
 
-#: The connection settings that name a Redis server, database and user (another user may
-#: not be allowed to write the broker's keys).
-_WHERE = ("host", "port", "path", "db", "username")
-
-
-def _server_of(client: Any) -> tuple[Any, ...] | None:
-    """(host, port, socket path, db, user) of a redis-py client's pool; None when the pool
-    does not name one server (Sentinel, Cluster)."""
-    kwargs = getattr(getattr(client, "connection_pool", None), "connection_kwargs", None)
-    if not isinstance(kwargs, dict) or not (kwargs.get("host") or kwargs.get("path")):
-        return None
-    return tuple(kwargs.get(name) for name in _WHERE)
-
-
 def capture(app: Celery, store_client: Any,
             send: Callable[[Any], T]) -> tuple[T, tuple[str, str]] | None:
     """Build a message without sending it, for the checkpoint store to put on its queue
@@ -161,8 +149,8 @@ def capture(app: Celery, store_client: Any,
         producer = _standin(pooled)
         if not isinstance(producer, ListProducer):
             return None
-        where = _server_of(store_client)
-        if where is None or where != _server_of(_client_of(producer.channel)):
+        where = server_of(store_client)
+        if where is None or where != server_of(_client_of(producer.channel)):
             return None
         producer.first, producer.captured = False, []
         try:

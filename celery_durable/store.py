@@ -32,6 +32,7 @@ from .errors import CheckpointDecodeError, DurabilityError, StoreError
 from .indexes import RunIndexes
 from .keys import KeySpace, LimitKeys, RunKeys
 from .models import TERMINAL_STATUSES, RunStatus
+from .results import CeleryResult
 from .scripts import Scripts, evalsha, queue_call
 
 #: Leases renewed per script call by the heartbeat.
@@ -548,12 +549,15 @@ class RunStore:
         logs: Sequence[str] = (),
         checkpoints: Mapping[str, str] | None = None,
         release: Sequence[tuple[LimitKeys, int]] = (),
+        celery_result: CeleryResult | None = None,
     ) -> tuple[str | None, list[list[Any]]]:
         """``end_attempt``, and give back the concurrency slots in ``release`` (keys,
         default limit) if the attempt was not fenced out. On one Redis server the releases
         ride in the same round trip, each skipped by slots.lua if a later attempt holds
         the run (the same fencing token end_attempt.lua checks); elsewhere they follow.
-        Returns the previous status (None: fenced out) and the slots.lua replies."""
+        ``celery_result`` (one Redis server, see results.py): Celery's result of the
+        run, written and published by the same script call unless the attempt is fenced
+        out. Returns the previous status (None: fenced out) and the slots.lua replies."""
         s, k, ts = self.settings, self.keys.run(run_id), now_ms()
         terminal = status in TERMINAL_STATUSES
         ttl = s.retention_ms if terminal else s.active_ttl_ms
@@ -562,9 +566,17 @@ class RunStore:
             packed = archive.pack(checkpoints, compress=s.archive == "zlib")
         argv: list[Any] = [token, status.value, ts, ttl, s.trace_maxlen, result_json, error_json,
                            1 if terminal else 0,
-                           packed.head if packed else "", packed.digest if packed else ""]
+                           packed.head if packed else "", packed.digest if packed else "",
+                           celery_result.payload if celery_result else "",
+                           celery_result.expires_ms if celery_result else 0]
         for name, value in event.items():
             argv += [name, value]
+        script_keys = k.as_list()
+        if celery_result is not None:
+            if not self.single_server:
+                raise ValueError("Celery's result is written with the end of an attempt on "
+                                 "one Redis server only (its key is in another hash slot)")
+            script_keys.append(celery_result.key)
         along = release if self.single_server else ()
 
         def then(pipe: Any) -> None:
@@ -574,12 +586,12 @@ class RunStore:
                            self.slot_argv("release", run_id, default, token=token))
 
         def build(pipe: Any) -> None:
-            queue_call(pipe, self.scripts.end_attempt, k.as_list(), argv)
+            queue_call(pipe, self.scripts.end_attempt, script_keys, argv)
             then(pipe)
 
         with _redis_errors(f"end an attempt of run {run_id}"):
             if logs:
-                replies = self._with_logs(k, logs, self.scripts.end_attempt, k.as_list(), argv,
+                replies = self._with_logs(k, logs, self.scripts.end_attempt, script_keys, argv,
                                           then=then)
             else:
                 replies = self._pipelined(build)

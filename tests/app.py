@@ -1,7 +1,8 @@
 """The Celery app of the test suite; also started by subprocess workers (``celery -A tests.app``).
 
 Redis comes from ``DURABLE_TEST_REDIS_URL`` (a server the session fixture started), using
-db 0 as the broker and checkpoint store, db 1 as the result backend and db 3 for counters.
+db 0 as the broker, result backend and checkpoint store (so completed runs' results are
+written by the end of their attempt, see celery_durable/results.py) and db 3 for counters.
 ``DURABLE_TEST_BROKER_URL`` (RabbitMQ runs, see tests/brokers.py) replaces the broker; the
 checkpoint store then stays on db 0 unless ``DURABLE_TEST_STORE_URL`` moves it.
 """
@@ -20,7 +21,7 @@ BROKER_URL = os.environ.get("DURABLE_TEST_BROKER_URL") or f"{BASE_URL}/0"
 app = Celery(
     "durable_tests",
     broker=BROKER_URL,
-    backend=f"{BASE_URL}/1",
+    backend=f"{BASE_URL}/0",
     include=["tests.tasks", "tests.tasks_obs", "tests.long_tasks"],
     # RabbitMQ runs: this run's queues have unique names (see tests/brokers.py).
     amqp="tests.brokers:RunAMQP" if os.environ.get("DURABLE_TEST_QUEUE_RUN") else None,

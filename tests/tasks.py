@@ -559,3 +559,9 @@ def replicated_piece(i: int) -> int:
 def replicated_sum(n: int) -> int:
     """Every step commit waits for a replica's acknowledgement (tests/store)."""
     return sum(replicated_piece(i) for i in range(n))
+
+
+@durable_task(retry=FAST)
+def total(values: list[int]) -> int:
+    """A chord's body: the sum of its header's results."""
+    return int(current_run().step("sum", lambda: sum(values)))

@@ -8,6 +8,8 @@
 -- KEYS[4] progress hash P{<run_id>}:progress  KEYS[5] blobs hash P{<run_id>}:blobs
 --          (only their TTL is set here)
 -- KEYS[6] archive       P{<run_id>}:archive  (written only when a completed run is archived)
+-- KEYS[7] (optional) Celery's result key of the run, when ARGV[11] is its result (results.py:
+--         the result backend is this Redis server and db)
 -- ARGV[1] lease token  ARGV[2] new status  ARGV[3] now_ms
 -- ARGV[4] TTL (ms) for all the run's keys: the retention if the status is terminal
 -- ARGV[5] trace maxlen  ARGV[6] result (JSON, '' to leave unchanged)
@@ -15,7 +17,10 @@
 -- ARGV[8] 1 if the status is terminal
 -- ARGV[9] packed checkpoints (archive.py's head, '' not to archive; only with 'completed')
 -- ARGV[10] SHA-1 (hex) of the framed checkpoints that ARGV[9] packs
--- ARGV[11..] trace event: field, value, ... (the first pair is 'type', <event type>)
+-- ARGV[11] Celery's encoded result meta ('' when Celery stores the result itself), written
+--          to KEYS[7] and published on its channel as Celery's Redis backend does
+-- ARGV[12] the result's expiry in ms (0: none)
+-- ARGV[13..] trace event: field, value, ... (the first pair is 'type', <event type>)
 -- Returns the previous status, or -1 if the lease token is stale.
 local run = KEYS[1]
 local cur = redis.call('HMGET', run, 'lease_token', 'status')
@@ -26,9 +31,17 @@ if ARGV[6] ~= '' then redis.call('HSET', run, 'result', ARGV[6]) end
 if ARGV[7] ~= '' then redis.call('HSET', run, 'error', ARGV[7]) end
 if ARGV[8] == '1' then redis.call('HSET', run, 'finished_ms', ARGV[3]) end
 if ARGV[7] ~= '' then redis.call('HINCRBY', run, 'failures', 1) end
-trace_append(KEYS[1], KEYS[3], ARGV[5], unpack(ARGV, 11))
+trace_append(KEYS[1], KEYS[3], ARGV[5], unpack(ARGV, 13))
 if ARGV[9] ~= '' and ARGV[2] == 'completed' then
   archive_run(run, KEYS[2], KEYS[3], KEYS[6], ARGV[9], ARGV[10])
 end
-for i = 1, #KEYS do redis.call('PEXPIRE', KEYS[i], ARGV[4]) end
+for i = 1, 6 do redis.call('PEXPIRE', KEYS[i], ARGV[4]) end
+if ARGV[11] ~= '' then
+  if ARGV[12] ~= '0' then
+    redis.call('SET', KEYS[7], ARGV[11], 'PX', ARGV[12])
+  else
+    redis.call('SET', KEYS[7], ARGV[11])
+  end
+  redis.call('PUBLISH', KEYS[7], ARGV[11])
+end
 return cur[2]
