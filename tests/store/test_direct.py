@@ -172,3 +172,14 @@ def test_a_server_that_refuses_client_reply_gets_waiting_records(
         limited.close()
     finally:
         store.client.acl_deluser("noreply")
+
+
+def test_commands_are_packed_as_redis_py_packs_them(store: RunStore) -> None:
+    from celery_durable.direct import _pack
+
+    conn = store.client.connection_pool.make_connection()
+    commands = [("EVALSHA", "a" * 40, 2, "k1", "k2", 0.1, 1e20, -3, 10**30, "é€", b"\x00\xff",
+                 "a\r\nb"), ("ZADD", "z", 1733333333333.5, "m"), ("PING",)]
+    assert b"".join(_pack(conn, commands)) == b"".join(conn.pack_commands(commands))
+    with pytest.raises(redis.DataError):
+        _pack(conn, [("SET", "k", None)])
