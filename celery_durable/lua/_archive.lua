@@ -8,9 +8,9 @@
 -- trace entry starts a new list, which readers put after the archived ones.
 -- Returns 1 if archived, 0 if not (an archive exists already, or the checkpoints differ
 -- from what the worker packed: the run then keeps its steps hash and trace list).
-local function archive_run(run_key, steps_key, trace_key, archive_key, head, digest)
+-- `count` is the run's step_count, which the caller has read.
+local function archive_run(steps_key, trace_key, archive_key, count, head, digest)
   if redis.call('EXISTS', archive_key) == 1 then return 0 end
-  local count = tonumber(redis.call('HGET', run_key, 'step_count') or '0') or 0
   local flat = redis.call('HGETALL', steps_key)
   if #flat ~= 2 * count then return 0 end
   local by_pos = {}

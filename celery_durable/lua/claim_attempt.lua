@@ -38,34 +38,39 @@
 -- several times as much as the HGETALL itself).
 local run = KEYS[1]
 local now = tonumber(ARGV[1])
-local status = redis.call('HGET', run, 'status')
+-- Every field the claim reads, in one call (each redis.call costs about as much as a
+-- small command's whole server time).
+local f = redis.call('HMGET', run, 'status', 'lease_nonce', 'lease_expires_ms', 'lease_owner',
+                     'lease_token', 'attempt', 'crashes', 'lease_pid', 'started_ms', 'version',
+                     'step_count', 'failures', 'created_ms', 'deadline_ms')
+local status = f[1]
 if status == 'completed' or status == 'failed' or status == 'cancelled' then
   return {'done', status, redis.call('HGET', run, 'result') or ''}
 end
 for i = 7, #KEYS do
   if not redis.call('ZSCORE', KEYS[i], ARGV[17]) then return {'noslot'} end
 end
-local fields = redis.call('HMGET', run, 'lease_nonce', 'lease_expires_ms', 'lease_owner',
-                          'lease_token', 'attempt', 'crashes', 'lease_pid')
 local token, attempt
-local crashes = tonumber(fields[6] or '0')
-if fields[1] == ARGV[3] then
+local crashes = tonumber(f[7] or '0')
+local created, version = f[13], f[10]
+if f[2] == ARGV[3] then
   -- The same claim sent twice (a client-side retry): answer as the first time.
-  token, attempt = tonumber(fields[4]), tonumber(fields[5])
+  token, attempt = tonumber(f[5]), tonumber(f[6])
 else
-  local dead_holder = ARGV[15] ~= '' and fields[3] == ARGV[2] and fields[7] == ARGV[15]
+  local dead_holder = ARGV[15] ~= '' and f[4] == ARGV[2] and f[8] == ARGV[15]
   -- A reaper holds a lease only while it puts the run back on its queue: take it.
-  local reaper_held = string.sub(fields[3] or '', 1, 7) == 'reaper:'
-  if tonumber(fields[2] or '0') > now and not dead_holder and not reaper_held then
-    return {'busy', fields[3] or '', fields[2], fields[7] or ''}
+  local reaper_held = string.sub(f[4] or '', 1, 7) == 'reaper:'
+  if tonumber(f[3] or '0') > now and not dead_holder and not reaper_held then
+    return {'busy', f[4] or '', f[3], f[8] or ''}
   end
+  trace_steps[run] = tonumber(f[11] or '0') or 0
   if status == 'running' then
     crashes = redis.call('HINCRBY', run, 'crashes', 1)
     if crashes > tonumber(ARGV[13]) then
       local err = cjson.encode({
         error_type = 'celery_durable.errors.RunCrashedError',
         error_message = 'the run\'s worker died ' .. crashes .. ' times (last holder: ' ..
-          (fields[3] or '?') .. '); giving up. Raise durable_max_crashes if the task ' ..
+          (f[4] or '?') .. '); giving up. Raise durable_max_crashes if the task ' ..
           'legitimately needs more, or find what kills the worker (memory, time limits)',
         traceback = ''})
       redis.call('HSET', run, 'status', 'failed', 'finished_ms', ARGV[1], 'updated_ms', ARGV[1],
@@ -77,28 +82,34 @@ else
       return {'crashed', crashes}
     end
     trace_append(KEYS[1], KEYS[3], ARGV[7], 'type', 'crash_detected',
-                 'crashes', crashes, 'holder', fields[3] or '')
+                 'crashes', crashes, 'holder', f[4] or '')
   end
+  token, attempt = tonumber(f[5] or '0') + 1, tonumber(f[6] or '0') + 1
+  local set = {'lease_token', token, 'attempt', attempt, 'status', 'running',
+               'lease_owner', ARGV[2], 'lease_nonce', ARGV[3],
+               'lease_expires_ms', now + tonumber(ARGV[4]), 'updated_ms', ARGV[1],
+               'attempt_started_ms', ARGV[1], 'lease_pid', ARGV[11]}
   if not status then
     -- Published without being recorded (send_task by name, or the producer lost Redis).
-    status = 'new'
-    redis.call('HSET', run, 'task', ARGV[5], 'args', ARGV[8], 'kwargs', ARGV[9],
-               'queue', ARGV[10], 'created_ms', ARGV[1], 'step_count', 0)
-    trace_append(KEYS[1], KEYS[3], ARGV[7], 'type', 'run_created',
-                 'task', ARGV[5])
+    status, created = 'new', ARGV[1]
+    for _, v in ipairs({'task', ARGV[5], 'args', ARGV[8], 'kwargs', ARGV[9],
+                        'queue', ARGV[10], 'created_ms', ARGV[1], 'step_count', 0}) do
+      set[#set + 1] = v
+    end
   end
-  token = redis.call('HINCRBY', run, 'lease_token', 1)
-  attempt = redis.call('HINCRBY', run, 'attempt', 1)
-  redis.call('HSET', run, 'status', 'running', 'lease_owner', ARGV[2], 'lease_nonce', ARGV[3],
-             'lease_expires_ms', now + tonumber(ARGV[4]), 'updated_ms', ARGV[1],
-             'attempt_started_ms', ARGV[1], 'lease_pid', ARGV[11])
-  if ARGV[12] ~= '' then redis.call('HSET', run, 'delivery_tag', ARGV[12]) end
-  redis.call('HSETNX', run, 'started_ms', ARGV[1])
-  if (ARGV[16] or '') ~= '' then redis.call('HSETNX', run, 'version', ARGV[16]) end
+  if ARGV[12] ~= '' then set[#set + 1] = 'delivery_tag'; set[#set + 1] = ARGV[12] end
+  if not f[9] then set[#set + 1] = 'started_ms'; set[#set + 1] = ARGV[1] end
+  if (ARGV[16] or '') ~= '' and not version then
+    version = ARGV[16]
+    set[#set + 1] = 'version'; set[#set + 1] = version
+  end
+  redis.call('HSET', run, unpack(set))
+  if status == 'new' then
+    trace_append(KEYS[1], KEYS[3], ARGV[7], 'type', 'run_created', 'task', ARGV[5])
+  end
   trace_append(KEYS[1], KEYS[3], ARGV[7], 'type', 'attempt_started',
                'attempt', attempt, 'worker', ARGV[2], 'pid', ARGV[11])
   for i = 1, 6 do redis.call('PEXPIRE', KEYS[i], ARGV[6]) end
 end
-local extra = redis.call('HMGET', run, 'failures', 'created_ms', 'deadline_ms', 'version')
-return {'claimed', token, attempt, status, crashes, tonumber(extra[1] or '0'),
-        tonumber(extra[2] or ARGV[1]), extra[3] or '', extra[4] or ''}
+return {'claimed', token, attempt, status, crashes, tonumber(f[12] or '0'),
+        tonumber(created or ARGV[1]), f[14] or '', version or ''}

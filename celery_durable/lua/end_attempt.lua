@@ -23,17 +23,23 @@
 -- ARGV[13..] trace event: field, value, ... (the first pair is 'type', <event type>)
 -- Returns the previous status, or -1 if the lease token is stale.
 local run = KEYS[1]
-local cur = redis.call('HMGET', run, 'lease_token', 'status')
+local cur = redis.call('HMGET', run, 'lease_token', 'status', 'step_count', 'failures')
 if cur[1] ~= ARGV[1] then return -1 end
-redis.call('HSET', run, 'status', ARGV[2], 'updated_ms', ARGV[3], 'lease_expires_ms', 0,
-           'lease_owner', '', 'lease_nonce', '')
-if ARGV[6] ~= '' then redis.call('HSET', run, 'result', ARGV[6]) end
-if ARGV[7] ~= '' then redis.call('HSET', run, 'error', ARGV[7]) end
-if ARGV[8] == '1' then redis.call('HSET', run, 'finished_ms', ARGV[3]) end
-if ARGV[7] ~= '' then redis.call('HINCRBY', run, 'failures', 1) end
+local steps = tonumber(cur[3] or '0') or 0
+local set = {'status', ARGV[2], 'updated_ms', ARGV[3], 'lease_expires_ms', 0,
+             'lease_owner', '', 'lease_nonce', ''}
+if ARGV[6] ~= '' then set[#set + 1] = 'result'; set[#set + 1] = ARGV[6] end
+if ARGV[7] ~= '' then
+  -- An error counts one failure (the retry policy's count).
+  set[#set + 1] = 'error'; set[#set + 1] = ARGV[7]
+  set[#set + 1] = 'failures'; set[#set + 1] = (tonumber(cur[4] or '0') or 0) + 1
+end
+if ARGV[8] == '1' then set[#set + 1] = 'finished_ms'; set[#set + 1] = ARGV[3] end
+redis.call('HSET', run, unpack(set))
+trace_steps[run] = steps
 trace_append(KEYS[1], KEYS[3], ARGV[5], unpack(ARGV, 13))
 if ARGV[9] ~= '' and ARGV[2] == 'completed' then
-  archive_run(run, KEYS[2], KEYS[3], KEYS[6], ARGV[9], ARGV[10])
+  archive_run(KEYS[2], KEYS[3], KEYS[6], steps, ARGV[9], ARGV[10])
 end
 for i = 1, 6 do redis.call('PEXPIRE', KEYS[i], ARGV[4]) end
 if ARGV[11] ~= '' then
