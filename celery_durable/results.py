@@ -19,6 +19,7 @@ encode (Celery then reports the error as usual).
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -31,6 +32,12 @@ if TYPE_CHECKING:
     from celery import Task
 
     from .store import RunStore
+
+
+#: Per store, whether each backend (one per app and thread) reaches the store's keys: fixed
+#: by their connection settings, so decided once, not per run.
+_shared: weakref.WeakKeyDictionary[Any, weakref.WeakKeyDictionary[Any, bool]] = (
+    weakref.WeakKeyDictionary())
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,8 +61,12 @@ def for_completed_run(task: Task[Any, Any], store: RunStore, value: Any) -> Cele
         return None
     #: Celery's own (private) helpers, so the meta is the one its store would write.
     backend: Any = task.backend
-    where = server_of(store.client)
-    if where is None or where != server_of(backend.client):
+    known = _shared.setdefault(store, weakref.WeakKeyDictionary())
+    shared = known.get(backend)
+    if shared is None:
+        where = server_of(store.client)
+        shared = known[backend] = where is not None and where == server_of(backend.client)
+    if not shared:
         return None
     run_id = str(req.id)
     try:
