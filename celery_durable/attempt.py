@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 from celery.exceptions import Ignore, Reject, Retry
 
-from . import logcapture, metrics, otel, results, signals
+from . import acks, logcapture, metrics, otel, results, signals
 from .admission import take_turn_in_worker
 from .children import notify_parent
 from .codec import JsonCodec, Unencodable, describe_unencodable
@@ -381,10 +381,13 @@ def _complete(task: DurableTask, store: RunStore, ctx: RunContext, value: Any) -
     event = {"type": "run_completed", "attempt": ctx.attempt, "steps": ctx.position,
              "replayed": ctx.replayed}
     celery_result = results.for_completed_run(task, store, value)
+    ack = acks.for_completed_run(task, store)
     if _end(store, ctx, task, RunStatus.COMPLETED, event, result_json=result_json,
-            celery_result=celery_result) is None:
+            celery_result=celery_result, ack=ack) is None:
         _note_fenced(store, ctx)
         raise Ignore()
+    if ack is not None:
+        acks.settle(ack)
     if celery_result is not None:
         results.stored(task)
     _notify_parent(task, store, ctx.id, {"ok": True, "result": value})
@@ -566,6 +569,7 @@ def _end(
     result_json: str = "",
     error_json: str = "",
     celery_result: results.CeleryResult | None = None,
+    ack: acks.FusedAck | None = None,
     strict: bool = True,
 ) -> str | None:
     event.setdefault("attempt", ctx.attempt)
@@ -573,7 +577,7 @@ def _end(
         return _end_releasing(
             task, store, ctx, status, event, result_json=result_json, error_json=error_json,
             checkpoints=ctx.checkpoints if status is RunStatus.COMPLETED else None,
-            celery_result=celery_result)
+            celery_result=celery_result, ack=ack)
     except StoreError:
         if strict:
             raise
@@ -593,7 +597,7 @@ def _end_releasing(
     release for a fenced-out attempt; on one Redis server it rides in the same round trip);
     publish the runs handed those slots. Returns the previous status (None: fenced out).
     ``fields``: ``result_json``, ``error_json``, ``checkpoints`` of ``end_attempt``,
-    ``celery_result``."""
+    ``celery_result``, ``ack``."""
     prev, released = store.end_attempt_releasing(
         ctx.id, ctx._token, status, event, task=task.name, owner=ctx.owner,
         logs=ctx.take_logs(), release=release_keys(store, ctx.slots), **fields)

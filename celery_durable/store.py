@@ -25,6 +25,7 @@ from redis.crc import key_slot
 from redis.exceptions import NoScriptError, ResponseError
 
 from . import archive, durability
+from .acks import FusedAck
 from .config import DurableSettings, settings_for
 from .connections import StoreClient, is_cluster, make_client
 from .direct import CommandRecorder, DirectLine
@@ -550,6 +551,7 @@ class RunStore:
         checkpoints: Mapping[str, str] | None = None,
         release: Sequence[tuple[LimitKeys, int]] = (),
         celery_result: CeleryResult | None = None,
+        ack: FusedAck | None = None,
     ) -> tuple[str | None, list[list[Any]]]:
         """``end_attempt``, and give back the concurrency slots in ``release`` (keys,
         default limit) if the attempt was not fenced out. On one Redis server the releases
@@ -557,7 +559,9 @@ class RunStore:
         the run (the same fencing token end_attempt.lua checks); elsewhere they follow.
         ``celery_result`` (one Redis server, see results.py): Celery's result of the
         run, written and published by the same script call unless the attempt is fenced
-        out. Returns the previous status (None: fenced out) and the slots.lua replies."""
+        out. ``ack`` (one Redis server, see acks.py): the run's message, acknowledged by
+        the same script call unless the attempt is fenced out. Returns the previous status
+        (None: fenced out) and the slots.lua replies."""
         s, k, ts = self.settings, self.keys.run(run_id), now_ms()
         terminal = status in TERMINAL_STATUSES
         ttl = s.retention_ms if terminal else s.active_ttl_ms
@@ -566,17 +570,12 @@ class RunStore:
             packed = archive.pack(checkpoints, compress=s.archive == "zlib")
         argv: list[Any] = [token, status.value, ts, ttl, s.trace_maxlen, result_json, error_json,
                            1 if terminal else 0,
-                           packed.head if packed else "", packed.digest if packed else "",
-                           celery_result.payload if celery_result else "",
-                           celery_result.expires_ms if celery_result else 0]
+                           packed.head if packed else "", packed.digest if packed else ""]
+        celery_keys, celery_argv = self._celery_parts(celery_result, ack)
+        argv += celery_argv
         for name, value in event.items():
             argv += [name, value]
-        script_keys = k.as_list()
-        if celery_result is not None:
-            if not self.single_server:
-                raise ValueError("Celery's result is written with the end of an attempt on "
-                                 "one Redis server only (its key is in another hash slot)")
-            script_keys.append(celery_result.key)
+        script_keys = k.as_list() + celery_keys
         along = release if self.single_server else ()
 
         def then(pipe: Any) -> None:
@@ -606,6 +605,23 @@ class RunStore:
             slot_replies = [self.slot_op(keys, "release", run_id, default)
                             for keys, default in release]
         return str(prev), slot_replies
+
+    def _celery_parts(self, celery_result: CeleryResult | None,
+                      ack: FusedAck | None) -> tuple[list[str], list[Any]]:
+        """end_attempt.lua's optional keys and its ARGV[11..13]: Celery's result of the
+        run and the acknowledgement of its message (both on one Redis server only)."""
+        if (celery_result is not None or ack is not None) and not self.single_server:
+            raise ValueError("Celery's result and the message's acknowledgement are written "
+                             "with the end of an attempt on one Redis server only (their "
+                             "keys are in other hash slots)")
+        keys: list[str] = []
+        if celery_result is not None:
+            keys.append(celery_result.key)
+        if ack is not None:
+            keys += [ack.unacked_key, ack.index_key]
+        return keys, [celery_result.payload if celery_result else "",
+                      celery_result.expires_ms if celery_result else 0,
+                      ack.tag if ack else ""]
 
     # -- indexes ---------------------------------------------------------------------------
 

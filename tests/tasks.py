@@ -8,6 +8,7 @@ import datetime as dt
 from typing import Any
 
 import redis
+from celery import shared_task
 from pydantic import BaseModel
 
 from celery_durable import NonRetryableError, RetryPolicy, current_run, durable_task, step
@@ -175,6 +176,12 @@ def agent_loop(token: str, iterations: int, fail_at: int) -> list[str]:
 @durable_task(retry=FAST)
 def add_one(x: int) -> int:
     return int(current_run().step("add", lambda: x + 1))
+
+
+@shared_task(name="tests.tasks.plain_add")
+def plain_add(x: int, y: int) -> int:
+    """A plain Celery task on the same worker (acknowledged by Celery as usual)."""
+    return x + y
 
 
 @durable_task(retry=FAST, bind=True)

@@ -10,6 +10,8 @@
 -- KEYS[6] archive       P{<run_id>}:archive  (written only when a completed run is archived)
 -- KEYS[7] (optional) Celery's result key of the run, when ARGV[11] is its result (results.py:
 --         the result backend is this Redis server and db)
+-- KEYS[7 or 8], KEYS[8 or 9] (optional, when ARGV[13] is a delivery tag) kombu's unacked
+--         hash and unacked_index zset (acks.py: the broker is this Redis server and db)
 -- ARGV[1] lease token  ARGV[2] new status  ARGV[3] now_ms
 -- ARGV[4] TTL (ms) for all the run's keys: the retention if the status is terminal
 -- ARGV[5] trace maxlen  ARGV[6] result (JSON, '' to leave unchanged)
@@ -20,7 +22,9 @@
 -- ARGV[11] Celery's encoded result meta ('' when Celery stores the result itself), written
 --          to KEYS[7] and published on its channel as Celery's Redis backend does
 -- ARGV[12] the result's expiry in ms (0: none)
--- ARGV[13..] trace event: field, value, ... (the first pair is 'type', <event type>)
+-- ARGV[13] the delivery tag of the run's message, acknowledged here as kombu's Redis
+--          transport does ('' when Celery acknowledges it itself)
+-- ARGV[14..] trace event: field, value, ... (the first pair is 'type', <event type>)
 -- Returns the previous status, or -1 if the lease token is stale.
 local run = KEYS[1]
 local cur = redis.call('HMGET', run, 'lease_token', 'status', 'step_count', 'failures')
@@ -37,7 +41,7 @@ end
 if ARGV[8] == '1' then set[#set + 1] = 'finished_ms'; set[#set + 1] = ARGV[3] end
 redis.call('HSET', run, unpack(set))
 trace_steps[run] = steps
-trace_append(KEYS[1], KEYS[3], ARGV[5], unpack(ARGV, 13))
+trace_append(KEYS[1], KEYS[3], ARGV[5], unpack(ARGV, 14))
 if ARGV[9] ~= '' and ARGV[2] == 'completed' then
   archive_run(KEYS[2], KEYS[3], KEYS[6], steps, ARGV[9], ARGV[10])
 end
@@ -49,5 +53,10 @@ if ARGV[11] ~= '' then
     redis.call('SET', KEYS[7], ARGV[11])
   end
   redis.call('PUBLISH', KEYS[7], ARGV[11])
+end
+if ARGV[13] ~= '' then
+  local unacked = ARGV[11] ~= '' and 8 or 7
+  redis.call('HDEL', KEYS[unacked], ARGV[13])
+  redis.call('ZREM', KEYS[unacked + 1], ARGV[13])
 end
 return cur[2]

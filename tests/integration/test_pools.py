@@ -1,8 +1,12 @@
-"""The counters test on real worker processes with each execution pool."""
+"""The counters test on real worker processes with each execution pool; and every message
+acknowledged, by the end of its run's attempt (solo, threads) or by Celery (prefork)."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
+import redis
 
 from celery_durable import RunStatus
 from tests.workers import celery_worker
@@ -18,6 +22,9 @@ def test_counters_on_every_pool(redis_base_url, tasks, client, token, pool) -> N
             for i in range(3)
         ]
         assert [r.get(timeout=60) for r in results] == [{"result": 20}] * 3
+    broker = redis.Redis.from_url(f"{redis_base_url}/0")
+    left = {json.loads(raw)[0]["headers"]["id"] for raw in broker.hvals("unacked")}
+    assert not {r.id for r in results} & left
     for i, r in enumerate(results):
         assert tasks.count(f"{token}:{i}", "load") == 1
         assert tasks.count(f"{token}:{i}", "enrich") == 1
