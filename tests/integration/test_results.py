@@ -173,3 +173,33 @@ def test_a_backend_on_another_db_or_a_value_it_cannot_encode(tasks, test_app,
 
 def made_id(made: CeleryResult) -> str:
     return made.key.removeprefix("celery-task-meta-")
+
+
+@pytest.mark.parametrize("extended", [False, True])
+def test_the_meta_is_the_one_celery_builds(tasks, test_app, extended: bool) -> None:
+    from celery import states
+    from celery.result import AsyncResult
+
+    from celery_durable.results import success_meta
+
+    backend: Any = test_app.backend
+    children = [AsyncResult("c1", app=test_app), AsyncResult("c2", app=test_app)]
+    request = _Request(group="g1", parent_id="p1", children=children, task="t.name",
+                       args=[1], kwargs={}, hostname="w@h", retries=0,
+                       delivery_info={"routing_key": "celery"})
+    previous = test_app.conf.result_extended
+    test_app.conf.result_extended = extended
+    try:
+        ours = success_meta(backend, request, 42)
+        celerys = backend._get_result_meta(result=42, state=states.SUCCESS, traceback=None,
+                                           request=request)
+    finally:
+        test_app.conf.result_extended = previous
+    ours_done, celerys_done = ours.pop("date_done"), celerys.pop("date_done")
+    assert ours == celerys
+    assert ("name" in ours) is extended
+    # The same format and time zone (seconds apart at most).
+    from datetime import datetime
+    assert abs((datetime.fromisoformat(ours_done)
+                - datetime.fromisoformat(celerys_done)).total_seconds()) < 5
+    assert ours_done[-6:] == celerys_done[-6:]
