@@ -6,8 +6,12 @@ delivery tag from kombu's ``unacked`` hash and ``unacked_index`` zset). When the
 that transport on the checkpoint store's Redis server and db (one Redis URL for everything)
 and the worker's request lives in this process (solo, threads, gevent/eventlet pools: the
 pool runs the task where the consumer received its message), end_attempt.lua removes those
-two entries itself in the round trip that completes the run, and :func:`settle` then does
-the in-memory part of kombu's acknowledgement, so Celery does not send it again.
+two entries itself in the round trip that completes the run, and :func:`settle` makes
+Celery's acknowledgement do only the in-memory part of kombu's (the channel's prefetch
+count, the message's state), so the round trip is not sent again. Celery still makes that
+acknowledgement itself, when and where it always does: its request's ``on_ack`` promise
+hands it to the event loop (``call_soon``, which wakes the loop: the freed prefetch slot is
+used at once), so kombu's state is only ever changed in the loop's thread.
 
 Nothing changes for a prefork pool (the message lives in the parent process), another
 broker, a message acknowledged early, an attempt that ends otherwise than completed, or
@@ -20,6 +24,8 @@ its run unfinished.
 
 from __future__ import annotations
 
+import functools
+import logging
 import os
 import weakref
 from dataclasses import dataclass
@@ -28,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 from celery.worker import state
 from kombu.transport.redis import Channel as RedisChannel
 from kombu.transport.virtual import QoS as VirtualQoS
+from vine import promise
 
 from .connections import server_of
 
@@ -71,6 +78,8 @@ def for_completed_run(task: Task[Any, Any], store: RunStore) -> FusedAck | None:
     tag = getattr(message, "delivery_tag", None)
     if not tag or not isinstance(channel, RedisChannel) or message.acknowledged:
         return None
+    if not _acks_through_kombu(request, message):
+        return None
     if not _reaches_store(store, channel):
         return None
     prefix = channel.global_keyprefix or ""
@@ -80,13 +89,31 @@ def for_completed_run(task: Task[Any, Any], store: RunStore) -> FusedAck | None:
 
 
 def settle(ack: FusedAck) -> None:
-    """The script removed the message's unacked entries: do what kombu's acknowledgement
-    does in memory (the channel's prefetch count, the message's state) and mark Celery's
-    request acknowledged, so neither sends it again."""
-    message = ack.message
-    VirtualQoS.ack(message.channel.qos, message.delivery_tag)
-    message._state = "ACK"
-    ack.request.acknowledged = True
+    """The script removed the message's unacked entries: Celery's coming acknowledgement
+    (its request's ``on_ack`` promise, which the event loop runs) does the rest of what
+    kombu's does, in memory, instead of sending the removal again."""
+    ack.request._on_ack.args = (functools.partial(_ack_in_memory, ack.message),)
+
+
+def _ack_in_memory(message: Any, logger: logging.Logger, errors: tuple[type[BaseException], ...],
+                   multiple: bool = False) -> None:
+    """kombu's ``Message.ack_log_error`` minus the Redis round trip (already made by
+    end_attempt.lua): the channel's prefetch accounting and the message's state."""
+    try:
+        if not message.acknowledged:
+            VirtualQoS.ack(message.channel.qos, message.delivery_tag)
+            message._state = "ACK"
+    except errors as exc:
+        logger.critical("Couldn't ack %r, reason:%r", message.delivery_tag, exc, exc_info=True)
+
+
+def _acks_through_kombu(request: Any, message: Any) -> bool:
+    """Whether Celery will acknowledge ``request`` as its consumer set it up: a vine
+    promise (``call_soon_ack`` in the event loop) of kombu's ``message.ack_log_error``,
+    whose arguments :func:`settle` can swap."""
+    on_ack = getattr(request, "_on_ack", None)
+    return (isinstance(on_ack, promise) and isinstance(on_ack.args, tuple)
+            and len(on_ack.args) == 1 and on_ack.args[0] == message.ack_log_error)
 
 
 def _worker_request(run_id: str) -> Any:

@@ -17,6 +17,7 @@ from celery import Celery
 from celery.worker import state
 from kombu import Connection
 from kombu.transport import redis as kombu_redis
+from vine import promise
 
 from celery_durable import RunStatus
 from celery_durable.acks import FusedAck, for_completed_run
@@ -120,11 +121,16 @@ class _Request:
         self.id, self.message = run_id, message
         self.worker_pid = os.getpid() if pid is None else pid
         self.acknowledged = False
+        # As Celery's consumer makes it: kombu's ack, handed to the event loop.
+        self._on_ack = promise(lambda p, *args: None, (message.ack_log_error,))
 
 
 class _Message:
     def __init__(self, channel: Any, tag: str) -> None:
         self.channel, self.delivery_tag, self.acknowledged = channel, tag, False
+
+    def ack_log_error(self, logger: Any, errors: Any, multiple: bool = False) -> None:
+        raise AssertionError("kombu's ack is not called in these checks")
 
 
 class _Task:
@@ -156,6 +162,9 @@ def test_when_the_end_acknowledges_and_when_celery_does(test_app: Celery,
         done = _Request(run, _Message(channel, "t1"))
         done.acknowledged = True
         case("already acknowledged", done, _Task(run))
+        own = _Request(run, _Message(channel, "t1"))
+        own._on_ack = promise(lambda *args: None)
+        case("an acknowledgement of its own", own, _Task(run))
 
         decided = {}
         for name, (request, task) in cases.items():
@@ -184,3 +193,30 @@ def test_a_global_keyprefix_names_the_unacked_keys(test_app: Celery,
             state.active_requests.discard(request)
     assert ack is not None
     assert (ack.unacked_key, ack.index_key) == ("tenant:unacked", "tenant:unacked_index")
+
+
+def test_a_threads_pool_acknowledges_in_its_event_loop(test_app: Celery, tasks,
+                                                       monkeypatch: pytest.MonkeyPatch,
+                                                       redis_base_url: str) -> None:
+    """kombu's state is Celery's event loop's: the in-memory part of a fused ack runs
+    there (handed over by Celery's call_soon, which wakes the loop), never in the pool
+    thread that ended the run."""
+    from celery_durable import acks
+    from celery_durable.testing import durable_worker
+
+    threads: list[str] = []
+    original = acks._ack_in_memory
+
+    def recording(message: Any, *args: Any, **kwargs: Any) -> None:
+        threads.append(threading.current_thread().name)
+        original(message, *args, **kwargs)
+
+    monkeypatch.setattr(acks, "_ack_in_memory", recording)
+    queue = f"acks-threads-{uuid.uuid4().hex[:6]}"
+    with durable_worker(test_app, pool="threads", concurrency=3, loglevel="WARNING",
+                        shutdown_timeout=10, queues=[queue]):
+        results = [tasks.add_one.apply_async((i,), queue=queue) for i in range(12)]
+        assert [r.get(timeout=30) for r in results] == [i + 1 for i in range(12)]
+    assert len(threads) == 12
+    assert not [name for name in threads if name.startswith("ThreadPoolExecutor")]
+    assert not {r.id for r in results} & unacked_ids(redis_base_url)
