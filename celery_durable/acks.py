@@ -27,7 +27,6 @@ from __future__ import annotations
 import functools
 import logging
 import os
-import weakref
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -36,17 +35,14 @@ from kombu.transport.redis import Channel as RedisChannel
 from kombu.transport.virtual import QoS as VirtualQoS
 from vine import promise
 
-from .connections import server_of
+from .connections import shares_server
+from .heartbeat import snapshot
 
 if TYPE_CHECKING:
     from celery import Task
 
     from .store import RunStore
 
-#: Per store, whether each kombu channel (one per worker connection) reaches the store's
-#: keys: fixed by their connection settings, so decided once per channel, not per run.
-_shared: weakref.WeakKeyDictionary[Any, weakref.WeakKeyDictionary[Any, bool]] = (
-    weakref.WeakKeyDictionary())
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,7 +76,7 @@ def for_completed_run(task: Task[Any, Any], store: RunStore) -> FusedAck | None:
         return None
     if not _acks_through_kombu(request, message):
         return None
-    if not _reaches_store(store, channel):
+    if not shares_server(store.client, channel):
         return None
     prefix = channel.global_keyprefix or ""
     return FusedAck(unacked_key=f"{prefix}{channel.unacked_key}",
@@ -121,20 +117,7 @@ def _worker_request(run_id: str) -> Any:
     worker's process: Celery keeps the request where it was accepted); None if there is
     none, or several (copies of one message: which is this attempt's is not known)."""
     pid = os.getpid()
-    for _ in range(5):
-        try:
-            found = [request for request in state.active_requests
-                     if request.id == run_id and request.worker_pid == pid]
-        except RuntimeError:  # the set changed while we read it (another pool thread)
-            continue
-        return found[0] if len(found) == 1 else None
-    return None
+    found = [request for request in snapshot(state.active_requests)
+             if request.id == run_id and request.worker_pid == pid]
+    return found[0] if len(found) == 1 else None
 
-
-def _reaches_store(store: RunStore, channel: Any) -> bool:
-    known = _shared.setdefault(store, weakref.WeakKeyDictionary())
-    shared = known.get(channel)
-    if shared is None:
-        where = server_of(store.client)
-        shared = known[channel] = where is not None and where == server_of(channel.client)
-    return shared

@@ -16,6 +16,7 @@ Every client gets the same explicit timeouts, bounded retries and RESP2 replies.
 
 from __future__ import annotations
 
+import weakref
 from typing import Any, TypeAlias
 from urllib.parse import unquote, urlsplit
 
@@ -50,6 +51,24 @@ def server_of(client: Any) -> tuple[Any, ...] | None:
     if not isinstance(kwargs, dict) or not (kwargs.get("host") or kwargs.get("path")):
         return None
     return tuple(kwargs.get(name) for name in _WHERE)
+
+
+#: Per store client, whether each other client's owner (a result backend, a kombu channel)
+#: reaches the same keys: fixed by their connection settings, so decided once each.
+_same_server: weakref.WeakKeyDictionary[Any, weakref.WeakKeyDictionary[Any, bool]] = (
+    weakref.WeakKeyDictionary())
+
+
+def shares_server(store_client: Any, owner: Any) -> bool:
+    """Whether ``owner``'s Redis client (its ``client``: Celery's Redis backend, a kombu
+    Redis channel) reaches the keys of ``store_client`` (see :func:`server_of`); decided
+    once per pair and kept while both live."""
+    known = _same_server.setdefault(store_client, weakref.WeakKeyDictionary())
+    shared = known.get(owner)
+    if shared is None:
+        where = server_of(store_client)
+        shared = known[owner] = where is not None and where == server_of(owner.client)
+    return shared
 
 
 def _common(settings: DurableSettings) -> dict[str, Any]:

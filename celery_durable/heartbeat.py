@@ -30,7 +30,7 @@ from .store import RunStore
 logger = logging.getLogger("celery_durable.heartbeat")
 
 
-def _snapshot(items: Iterable[Any]) -> list[Any]:
+def snapshot(items: Iterable[Any]) -> list[Any]:
     """Copy a WeakSet/dict view the event loop may be changing (retry on RuntimeError)."""
     for _ in range(5):
         try:
@@ -48,7 +48,7 @@ def active_durable_requests(nodename: str | None = None) -> dict[str, Any]:
     from .task import DurableTask
 
     runs = {}
-    for req in _snapshot(state.active_requests):
+    for req in snapshot(state.active_requests):
         if isinstance(getattr(req, "task", None), DurableTask) and req.id:
             if nodename is None or getattr(req, "hostname", nodename) == nodename:
                 runs[str(req.id)] = req
@@ -79,8 +79,8 @@ def slot_holders(store: RunStore, requests: dict[str, Any]) -> list[tuple[str, s
 
 def live_delivery_tags() -> list[str]:
     """Delivery tags of every message this worker holds (reserved, active, scheduled)."""
-    requests = _snapshot(state.requests.values())
-    requests += _snapshot(getattr(state, "scheduled_requests", ()))
+    requests = snapshot(state.requests.values())
+    requests += snapshot(getattr(state, "scheduled_requests", ()))
     tags = []
     for req in requests:
         tag = getattr(getattr(req, "message", None), "delivery_tag", None)

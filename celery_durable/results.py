@@ -19,7 +19,6 @@ encode (Celery then reports the error as usual).
 
 from __future__ import annotations
 
-import weakref
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
@@ -27,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 from celery import states
 from celery.backends.redis import RedisBackend
 
-from .connections import server_of
+from .connections import shares_server
 
 if TYPE_CHECKING:
     from celery import Task
@@ -35,10 +34,6 @@ if TYPE_CHECKING:
     from .store import RunStore
 
 
-#: Per store, whether each backend (one per app and thread) reaches the store's keys: fixed
-#: by their connection settings, so decided once, not per run.
-_shared: weakref.WeakKeyDictionary[Any, weakref.WeakKeyDictionary[Any, bool]] = (
-    weakref.WeakKeyDictionary())
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,12 +57,7 @@ def for_completed_run(task: Task[Any, Any], store: RunStore, value: Any) -> Cele
         return None
     #: Celery's own (private) helpers, so the meta is the one its store would write.
     backend: Any = task.backend
-    known = _shared.setdefault(store, weakref.WeakKeyDictionary())
-    shared = known.get(backend)
-    if shared is None:
-        where = server_of(store.client)
-        shared = known[backend] = where is not None and where == server_of(backend.client)
-    if not shared:
+    if not shares_server(store.client, backend):
         return None
     run_id = str(req.id)
     try:

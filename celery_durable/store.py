@@ -16,7 +16,7 @@ import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import redis
 from celery import Celery
@@ -25,7 +25,6 @@ from redis.crc import key_slot
 from redis.exceptions import NoScriptError, ResponseError
 
 from . import archive, durability
-from .acks import FusedAck
 from .config import DurableSettings, settings_for
 from .connections import StoreClient, is_cluster, make_client
 from .direct import CommandRecorder, DirectLine
@@ -35,6 +34,9 @@ from .keys import KeySpace, LimitKeys, RunKeys
 from .models import TERMINAL_STATUSES, RunStatus
 from .results import CeleryResult
 from .scripts import Scripts, evalsha, queue_call
+
+if TYPE_CHECKING:
+    from .acks import FusedAck
 
 #: Leases renewed per script call by the heartbeat.
 LEASE_BATCH = 500
