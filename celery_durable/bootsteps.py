@@ -18,7 +18,7 @@ from celery import Celery, bootsteps, signals
 from celery.worker import state as worker_state
 from kombu.utils.url import maybe_sanitize_url
 
-from . import metrics
+from . import metrics, spin
 from .checks import run_startup_checks
 from .config import DurableSettings, settings_for
 from .errors import ConfigurationError
@@ -68,6 +68,17 @@ def _pause(seconds: float) -> None:
         time.sleep(min(left, 0.1))
 
 
+def tasks_at_once_of(worker: Any) -> int:
+    """How many tasks ``worker``'s pool runs at the same time: one for the solo pool, its
+    concurrency for the others (green pools' included: their tasks share one thread, where
+    polling would hold up the others)."""
+    pool_cls = getattr(worker, "pool_cls", None)
+    name = f"{getattr(pool_cls, '__module__', '')}.{getattr(pool_cls, '__name__', pool_cls)}"
+    if name.endswith("solo.TaskPool") or pool_cls == "solo":
+        return 1
+    return max(1, int(getattr(worker, "concurrency", 1) or 1))
+
+
 class DurableWorkerStep(bootsteps.StartStopStep):
     """Heartbeat + reaper thread of one worker."""
 
@@ -87,6 +98,7 @@ class DurableWorkerStep(bootsteps.StartStopStep):
             if name not in queues.consume_from:
                 queues.select_add(name)
                 logger.info("celery-durable: also consuming %s (version_policy='route')", name)
+        self._set_reply_spin(worker)
         self._stop = threading.Event()
         self._draining = threading.Event()
         self._thread: threading.Thread | None = None
@@ -95,6 +107,16 @@ class DurableWorkerStep(bootsteps.StartStopStep):
         if metrics.AVAILABLE:
             # Connected before the pool starts, so that every pool process inherits it.
             signals.worker_process_shutdown.connect(metrics.mark_dead, weak=False)
+
+    def _set_reply_spin(self, worker: Any) -> None:
+        """Choose how long this worker's processes poll for store replies (spin.py); set
+        before the pool starts, so that forked pool processes inherit it."""
+        tasks_at_once = tasks_at_once_of(worker)
+        budget = spin.budget_for(settings_for(self.app).reply_spin_us, tasks_at_once,
+                                 spin.usable_cores())
+        spin.set_budget(budget)
+        logger.info("celery-durable: polling %d us for store replies (%d tasks at once on "
+                    "%d cores)", budget, tasks_at_once, spin.usable_cores())
 
     def start(self, worker: Any) -> None:
         settings = settings_for(self.app)

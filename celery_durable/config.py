@@ -121,6 +121,10 @@ class DurableSettings(BaseModel):
     commit_replicas: int = Field(default=1, ge=1)
     #: How long (seconds) a commit waits for its acknowledgement before DurabilityError.
     commit_wait_timeout_s: float = Field(default=1.0, gt=0)
+    #: How long (microseconds) a worker polls for a store reply before blocking on it
+    #: (spin.py); None: 200 when the pool runs fewer tasks at once than there are cores,
+    #: else 0 (never poll).
+    reply_spin_us: int | None = Field(default=None, ge=0, le=100_000)
 
     @field_validator("log_level", mode="before")
     @classmethod

@@ -26,6 +26,8 @@ from hiredis import pack_command as _hiredis_pack
 from redis.commands import CoreCommands
 from redis.exceptions import DataError, ResponseError
 
+from .spin import ReplyWait
+
 #: Forks of this process so far, counted in the child: a thread-local connection made before
 #: the last fork belongs to the parent (cheaper to compare than a getpid() per call).
 _forks = [0]
@@ -85,6 +87,7 @@ class DirectLine:
             # A connection inherited through fork belongs to the parent: never reuse it.
             conn = local.conn = self._pool.make_connection()  # type: ignore[union-attr]
             local.forks = _forks[0]
+            local.wait = ReplyWait()
         return conn
 
     def call(self, *args: Any) -> Any:
@@ -112,6 +115,7 @@ class DirectLine:
                 connection's retries (each retry on a fresh connection).
         """
         conn = self._connection()
+        wait: ReplyWait = self._local.wait
 
         def send() -> list[Any]:
             # connect() does nothing on a live connection; on a new or dropped one it runs
@@ -119,6 +123,7 @@ class DirectLine:
             # first, which sending alone would skip).
             conn.connect()
             conn.send_packed_command(_pack(conn, commands))
+            wait.before_read(conn)
             replies: list[Any] = []
             for _ in commands:
                 try:
