@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import time
+import timeit
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -110,10 +111,25 @@ def _loadavg() -> list[float] | None:
         return None
 
 
+def _reference_call() -> int:
+    return sum([i * i for i in range(20)])
+
+
+def python_speed_us() -> float:
+    """Microseconds per call of a small pure-Python function (best of 5 batches): how fast
+    this machine ran Python when the benchmark ran. Absolute figures (a resume's ms, a
+    step's µs) move with it between runs on a shared VM; the ratios, paired within a run,
+    much less."""
+    timer = timeit.Timer(_reference_call)
+    loops = 20_000
+    return round(min(timer.repeat(5, loops)) / loops * 1e6, 3)
+
+
 def machine_info(redis_version: str) -> dict[str, Any]:
-    """Versions, CPU count, load and commit of this run (JSON-ready)."""
+    """Versions, CPU count, load, Python speed and commit of this run (JSON-ready)."""
     status = _git("status", "--porcelain", "--untracked-files=no")
     return {
+        "python_speed_us": python_speed_us(),
         "date_utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "python": platform.python_version(),
         "python_implementation": platform.python_implementation(),
@@ -150,8 +166,11 @@ def commit(machine: Mapping[str, Any]) -> str:
 
 def machine_line(machine: Mapping[str, Any], *keys: str) -> str:
     """The ``Machine: ...`` sentence of a report, with the versions of ``keys``."""
+    speed = machine.get("python_speed_us")
+    pace = f", reference Python call {speed} µs" if speed is not None else ""
     return (f"Machine: {versions(machine, *keys)}, {machine['cpu_count']} CPUs, load "
-            f"{machine['loadavg_at_start']}, commit {commit(machine)}, {machine['date_utc']}.")
+            f"{machine['loadavg_at_start']}{pace}, commit {commit(machine)}, "
+            f"{machine['date_utc']}.")
 
 
 # -- outputs ------------------------------------------------------------------------------

@@ -132,6 +132,7 @@ def render_markdown(
         f"Celery {info['celery']}, solo pool in-process worker; "
         f"CPUs used {_cpus(info['cpu_affinity'], info['cpu_count'])}; "
         f"load average at start {info['loadavg_at_start']}; "
+        f"reference Python call {info.get('python_speed_us')} µs; "
         f"commit {commit(info)}.",
         "",
     ]

@@ -26,7 +26,7 @@ from . import assemble, common
 BENCHMARKS: tuple[tuple[str, list[str], list[str] | None], ...] = (
     ("run", ["--repeats", "5", "--rounds", "20"],
      ["--repeats", "1", "--rounds", "2", "--batches", "2", "--batch-size", "10"]),
-    ("throughput", ["--tasks", "1000", "--repeats", "5", "--latency-calls", "200"],
+    ("throughput", ["--tasks", "800", "--repeats", "5", "--latency-calls", "200"],
      ["--tasks", "40", "--repeats", "1", "--latency-calls", "5", "--pools", "solo"]),
     ("resume", ["--repeats", "30"], ["--repeats", "2", "--sizes", "10,1000"]),
     ("dbos", ["--repeats", "5", "--rounds", "30"], ["--repeats", "1", "--rounds", "3"]),

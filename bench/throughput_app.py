@@ -10,7 +10,9 @@ The server is ``DURABLE_BENCH_REDIS_URL`` (no db number). Broker, results and ch
 store share db 0, as an app configured with one Redis URL has them (Celery's Redis docs
 use the same URL for broker and backend); a durable run's Celery result is then written by
 the script that ends its attempt (celery_durable/results.py). Every ``durable_*`` setting
-is at its default otherwise.
+is at its default otherwise, except ``durable_reply_spin_us``, which
+``DURABLE_BENCH_REPLY_SPIN_US`` sets when given (to compare a worker with and without
+polling for replies; see celery_durable/spin.py).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from celery.signals import worker_ready
 from celery_durable import DurableTask, step
 
 ENV_URL = "DURABLE_BENCH_REDIS_URL"
+ENV_SPIN = "DURABLE_BENCH_REPLY_SPIN_US"
 QUEUE = "throughput"
 #: One db for all three (see the module docstring).
 BROKER_DB = BACKEND_DB = STORE_DB = 0
@@ -74,6 +77,8 @@ def make_app(base_url: str, results: bool = True) -> Celery:
         result_expires=3600,
         durable_redis_url=f"{base_url}/{STORE_DB}",
     )
+    if os.environ.get(ENV_SPIN):
+        app.conf.durable_reply_spin_us = int(os.environ[ENV_SPIN])
     app.task(name=PLAIN_TASK, shared=False)(plain)
     app.task(base=DurableTask, name=DURABLE_TASK, shared=False)(durable)
     return app

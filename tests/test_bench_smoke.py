@@ -34,10 +34,12 @@ def test_quick_suite_writes_results_and_the_assembled_page(tmp_path: Path) -> No
     for name in names:
         data = json.loads((tmp_path / f"{stems.get(name, name)}.json").read_text())
         assert data["machine"]["redis_server"], name
+        assert data["machine"]["python_speed_us"] > 0, name
         assert (tmp_path / f"{stems.get(name, name)}.md").read_text().strip(), name
     page = doc.read_text()
     assert page.startswith("# Benchmarks\n")
     assert "quick run" in page
+    assert "µs per call of a reference function" in page
     # One headline row per target of the benchmarks that ran, each judged met / not met.
     expected = {"1", "2", "4", "8", "–"} | ({"5"} if "dbos" in names else set())
     rows = [line for line in page.splitlines() if line.startswith("| ") and
