@@ -36,9 +36,15 @@ REST_WAITS = 256
 _budget_ns = [0]
 
 
+#: ``select.poll`` is missing on some platforms (Windows): replies are then always awaited
+#: by blocking.
+CAN_POLL = hasattr(select, "poll")
+
+
 def set_budget(microseconds: int) -> None:
-    """Poll for up to ``microseconds`` before blocking on a reply (0: never poll)."""
-    _budget_ns[0] = max(0, int(microseconds)) * 1000
+    """Poll for up to ``microseconds`` before blocking on a reply (0: never poll; always 0
+    where the platform has no ``select.poll``)."""
+    _budget_ns[0] = max(0, int(microseconds)) * 1000 if CAN_POLL else 0
 
 
 def budget_us() -> int:

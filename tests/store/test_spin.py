@@ -56,6 +56,13 @@ def test_set_budget_is_in_microseconds_and_never_negative(budget: Any) -> None:
     assert spin.budget_us() == 0
 
 
+def test_without_select_poll_the_budget_stays_zero(budget: Any,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(spin, "CAN_POLL", False)
+    budget(500)
+    assert spin.budget_us() == 0
+
+
 def test_polls_until_the_reply_arrives_within_the_budget(budget: Any, conn: Any) -> None:
     budget(2_000_000)  # 2 s: far more than the 50 ms the reply takes
     wait = spin.ReplyWait()
