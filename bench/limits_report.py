@@ -241,6 +241,16 @@ def _total_row(levels: Mapping[str, Any]) -> Callable[[str, str, str], str]:
     return total
 
 
+def _left_out(sc: Mapping[str, Any]) -> str:
+    """The sentence saying which commands the scaling figures leave out."""
+    names = [name.upper() for name in sc.get("left_out", [])]
+    if not names:
+        return ""
+    return (f" The scaling figures leave out {', '.join(names)}: redis-py's health check of a "
+            "connection idle for 30 s, sent at fixed times whatever waits (it is in the "
+            "tables above).")
+
+
 def polling_section(p: Mapping[str, Any], config: Mapping[str, Any]) -> list[str]:
     levels = {str(k): v["summary"] for k, v in p["levels"].items()}
     keys = list(levels)
@@ -304,7 +314,7 @@ def polling_section(p: Mapping[str, Any], config: Mapping[str, Any]) -> list[str
         f"{sc['all_commands_total']['vs_zero']:+.2f} executed/s. Commands whose rate grew "
         f"by more than {sc['threshold_per_s'] / 2:g}/s from {low} to {top}: {grew}. "
         f"Busy polling (more than {sc['threshold_per_s']:g} command/s added from {low} to "
-        f"{top} parked): **{'yes' if sc['busy_polling'] else 'no'}**.",
+        f"{top} parked): **{'yes' if sc['busy_polling'] else 'no'}**.{_left_out(sc)}",
         "",
         f"Resumed with `set_concurrency_limit(name, {config['limit']})`: "
         f"{resume['completed']} of {resume['runs']} runs completed "
@@ -353,7 +363,7 @@ def rate_polling_section(p: Mapping[str, Any], config: Mapping[str, Any]) -> lis
         f"Scaling with the number of waiting runs ({low} → {top}): {per_all:+.4f} commands "
         f"executed/s per waiting run; commands whose rate grew by more than "
         f"{sc['threshold_per_s'] / 2:g}/s: {grew}. Busy polling: "
-        f"**{'yes' if sc['busy_polling'] else 'no'}**.",
+        f"**{'yes' if sc['busy_polling'] else 'no'}**.{_left_out(sc)}",
         "",
         f"Rate raised at runtime to 1000/s (`set_rate_limit`): {resume['completed']} of "
         f"{resume['runs']} runs completed, {started}; runs still waiting afterwards: "
