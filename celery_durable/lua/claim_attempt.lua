@@ -109,7 +109,14 @@ else
   end
   trace_append(KEYS[1], KEYS[3], ARGV[7], 'type', 'attempt_started',
                'attempt', attempt, 'worker', ARGV[2], 'pid', ARGV[11])
-  for i = 1, 6 do redis.call('PEXPIRE', KEYS[i], ARGV[6]) end
+  if attempt == 1 then
+    -- Before its first attempt a run has only its hash and trace (create_run.lua): the
+    -- other keys are written under a lease. Four calls fewer on the usual claim.
+    redis.call('PEXPIRE', KEYS[1], ARGV[6])
+    redis.call('PEXPIRE', KEYS[3], ARGV[6])
+  else
+    for i = 1, 6 do redis.call('PEXPIRE', KEYS[i], ARGV[6]) end
+  end
 end
 return {'claimed', token, attempt, status, crashes, tonumber(f[12] or '0'),
         tonumber(created or ARGV[1]), f[14] or '', version or ''}

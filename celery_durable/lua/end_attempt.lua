@@ -42,10 +42,14 @@ if ARGV[8] == '1' then set[#set + 1] = 'finished_ms'; set[#set + 1] = ARGV[3] en
 redis.call('HSET', run, unpack(set))
 trace_steps[run] = steps
 trace_append(KEYS[1], KEYS[3], ARGV[5], unpack(ARGV, 14))
+local archived = 0
 if ARGV[9] ~= '' and ARGV[2] == 'completed' then
-  archive_run(KEYS[2], KEYS[3], KEYS[6], steps, ARGV[9], ARGV[10])
+  archived = archive_run(KEYS[2], KEYS[3], KEYS[6], steps, ARGV[9], ARGV[10])
 end
-for i = 1, 6 do redis.call('PEXPIRE', KEYS[i], ARGV[4]) end
+for i = 1, 6 do
+  -- An archived run's steps hash and trace list were just deleted: nothing to expire.
+  if archived == 0 or (i ~= 2 and i ~= 3) then redis.call('PEXPIRE', KEYS[i], ARGV[4]) end
+end
 if ARGV[11] ~= '' then
   if ARGV[12] ~= '0' then
     redis.call('SET', KEYS[7], ARGV[11], 'PX', ARGV[12])

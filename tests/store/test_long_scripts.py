@@ -79,3 +79,26 @@ def test_every_key_of_a_run_gets_the_runs_ttl(store: RunStore) -> None:
     for key in keys.as_list():
         if key not in (keys.steps, keys.trace):
             assert 90_000 < store.client.pttl(key) <= 100_000, key
+
+
+def test_a_later_claim_gives_every_key_the_active_ttl_again(store: RunStore) -> None:
+    # The first claim refreshes only the run hash and trace (nothing else exists yet); a
+    # later one refreshes every key the earlier attempts wrote.
+    keys = store.keys.run("t2")
+    store.create_run("t2", "t.task", "[]", "{}", "celery")
+    c1 = claim(store, "t2", "n1")
+    for key in (keys.run, keys.trace):
+        assert 900_000 < store.client.pttl(key) <= 1_000_000, key
+    assert not store.client.exists(keys.steps, keys.progress, keys.blobs, keys.archive)
+    assert store.save_progress(keys, c1.token, 0, '{"v":1}') == 1
+    record = json.dumps({"id": "a", "o": 10, "t0": 1, "t1": 2, "a": 1})
+    assert store.commit_step(keys, c1.token, 0, "a", record, blob='"0123456789"') == 1
+    assert store.end_attempt("t2", c1.token, RunStatus.RETRYING, {"type": "x"},
+                             task="t.task") == "running"
+    written = (keys.run, keys.steps, keys.trace, keys.progress, keys.blobs)
+    for key in written:
+        store.client.pexpire(key, 5_000)
+    c2 = claim(store, "t2", "n2")
+    assert c2.attempt == 2
+    for key in written:
+        assert 900_000 < store.client.pttl(key) <= 1_000_000, key
