@@ -10,7 +10,6 @@
 -- from what the worker packed: the run then keeps its steps hash and trace list).
 -- `count` is the run's step_count, which the caller has read.
 local function archive_run(steps_key, trace_key, archive_key, count, head, digest)
-  if redis.call('EXISTS', archive_key) == 1 then return 0 end
   local flat = redis.call('HGETALL', steps_key)
   if #flat ~= 2 * count then return 0 end
   local by_pos = {}
@@ -23,7 +22,11 @@ local function archive_run(steps_key, trace_key, archive_key, count, head, diges
   end
   if redis.sha1hex(table.concat(framed)) ~= digest then return 0 end
   local trace = redis.call('LRANGE', trace_key, 0, -1)
-  redis.call('SET', archive_key, head .. table.concat(trace, '\n'))
+  -- NX: a run archived before (then reopened) keeps its first archive; checked here rather
+  -- than first, which would cost every archive one more call.
+  if not redis.call('SET', archive_key, head .. table.concat(trace, '\n'), 'NX') then
+    return 0
+  end
   redis.call('DEL', steps_key, trace_key)
   return 1
 end

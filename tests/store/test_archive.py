@@ -343,3 +343,19 @@ def test_claim_loaded_checkpoints_are_archived_with_the_new_ones(store: RunStore
     steps = store.read_run("resumed")[1]
     assert steps["0"] == first and json.loads(steps["1"])["v"] == "xxx"
     assert time.time() * 1000 - json.loads(steps["1"])["t1"] < 60_000
+
+
+def test_an_existing_archive_is_kept_and_the_run_keeps_its_keys(store: RunStore) -> None:
+    store.create_run("kept", "t.task", "[]", "{}", "celery")
+    c = store.claim("kept", owner="w1", nonce="n1", task="t.task", args_json="[]",
+                    kwargs_json="{}", queue="celery")
+    keys = store.keys.run("kept")
+    store.commit_step(keys, c.token, 0, "a", PAYLOADS[0])
+    store.client.set(keys.archive, "an earlier archive")
+    store.end_attempt("kept", c.token, RunStatus.COMPLETED, {"type": "run_completed"},
+                      task="t.task", checkpoints={"0": PAYLOADS[0]})
+    assert store.client.get(keys.archive) == "an earlier archive"
+    assert store.client.hgetall(keys.steps) == {"0": PAYLOADS[0]}
+    assert store.client.llen(keys.trace) > 0
+    for key in (keys.run, keys.steps, keys.trace, keys.archive):
+        assert 0 < store.client.pttl(key) <= RETENTION_MS, key
