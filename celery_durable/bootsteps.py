@@ -15,6 +15,7 @@ from typing import Any
 
 import redis
 from celery import Celery, bootsteps, signals
+from celery.concurrency.solo import TaskPool as SoloPool
 from celery.worker import state as worker_state
 from kombu.utils.url import maybe_sanitize_url
 
@@ -73,8 +74,7 @@ def tasks_at_once_of(worker: Any) -> int:
     concurrency for the others (green pools' included: their tasks share one thread, where
     polling would hold up the others)."""
     pool_cls = getattr(worker, "pool_cls", None)
-    name = f"{getattr(pool_cls, '__module__', '')}.{getattr(pool_cls, '__name__', pool_cls)}"
-    if name.endswith("solo.TaskPool") or pool_cls == "solo":
+    if isinstance(pool_cls, type) and issubclass(pool_cls, SoloPool):
         return 1
     return max(1, int(getattr(worker, "concurrency", 1) or 1))
 
@@ -111,12 +111,11 @@ class DurableWorkerStep(bootsteps.StartStopStep):
     def _set_reply_spin(self, worker: Any) -> None:
         """Choose how long this worker's processes poll for store replies (spin.py); set
         before the pool starts, so that forked pool processes inherit it."""
-        tasks_at_once = tasks_at_once_of(worker)
-        budget = spin.budget_for(settings_for(self.app).reply_spin_us, tasks_at_once,
-                                 spin.usable_cores())
+        tasks_at_once, cores = tasks_at_once_of(worker), spin.usable_cores()
+        budget = spin.budget_for(settings_for(self.app).reply_spin_us, tasks_at_once, cores)
         spin.set_budget(budget)
         logger.info("celery-durable: polling %d us for store replies (%d tasks at once on "
-                    "%d cores)", budget, tasks_at_once, spin.usable_cores())
+                    "%d cores)", budget, tasks_at_once, cores)
 
     def start(self, worker: Any) -> None:
         settings = settings_for(self.app)

@@ -32,13 +32,12 @@ MISSES_BEFORE_REST = 8
 #: Replies awaited by blocking while polling rests.
 REST_WAITS = 256
 
-# Per process: a forked pool process starts with its parent's budget (set before the fork).
-_budget_ns = [0]
-
-
 #: ``select.poll`` is missing on some platforms (Windows): replies are then always awaited
 #: by blocking.
 CAN_POLL = hasattr(select, "poll")
+
+# Per process: a forked pool process starts with its parent's budget (set before the fork).
+_budget_ns = [0]
 
 
 def set_budget(microseconds: int) -> None:

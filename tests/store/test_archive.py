@@ -50,6 +50,13 @@ def client(store: RunStore) -> Iterator[DurableClient]:
     app.close()
 
 
+def started(store: RunStore, run_id: str) -> Any:
+    """A new run, recorded and claimed by worker w1 (the claim)."""
+    store.create_run(run_id, "t.task", "[]", "{}", "celery")
+    return store.claim(run_id, owner="w1", nonce="n1", task="t.task", args_json="[]",
+                       kwargs_json="{}", queue="celery")
+
+
 def checkpoint(step_id: str, value: Any, t0: int, attempt: int = 1) -> str:
     return json.dumps({"id": step_id, "v": value, "t0": t0, "t1": t0 + 5, "a": attempt},
                       separators=(",", ":"))
@@ -230,9 +237,7 @@ def test_a_resent_end_loses_nothing(store: RunStore) -> None:
 
 
 def test_checkpoints_that_differ_from_the_steps_hash_are_not_archived(store: RunStore) -> None:
-    store.create_run("odd", "t.task", "[]", "{}", "celery")
-    c = store.claim("odd", owner="w1", nonce="n1", task="t.task", args_json="[]",
-                    kwargs_json="{}", queue="celery")
+    c = started(store, "odd")
     keys = store.keys.run("odd")
     store.commit_step(keys, c.token, 0, "a", PAYLOADS[0])
     store.commit_step(keys, c.token, 1, "b", PAYLOADS[1])
@@ -249,9 +254,7 @@ def test_only_completed_runs_are_archived(store: RunStore) -> None:
     for status in (RunStatus.FAILED, RunStatus.CANCELLED, RunStatus.SUSPENDED,
                    RunStatus.RETRYING):
         run_id = f"s-{status.value}"
-        store.create_run(run_id, "t.task", "[]", "{}", "celery")
-        c = store.claim(run_id, owner="w1", nonce="n1", task="t.task", args_json="[]",
-                        kwargs_json="{}", queue="celery")
+        c = started(store, run_id)
         store.commit_step(store.keys.run(run_id), c.token, 0, "a", PAYLOADS[0])
         store.end_attempt(run_id, c.token, status, {"type": "x"}, task="t.task",
                           checkpoints={"0": PAYLOADS[0]})
@@ -260,9 +263,7 @@ def test_only_completed_runs_are_archived(store: RunStore) -> None:
 
 
 def test_a_run_without_steps_archives_its_trace(store: RunStore) -> None:
-    store.create_run("empty", "t.task", "[]", "{}", "celery")
-    c = store.claim("empty", owner="w1", nonce="n1", task="t.task", args_json="[]",
-                    kwargs_json="{}", queue="celery")
+    c = started(store, "empty")
     store.end_attempt("empty", c.token, RunStatus.COMPLETED, {"type": "run_completed"},
                       task="t.task", checkpoints={})
     assert not store.client.exists(store.keys.run("empty").trace)
@@ -300,9 +301,7 @@ def chunk(size: int) -> str:
 
 def test_an_attempt_stops_keeping_checkpoints_past_the_archive_limit(store: RunStore) -> None:
     for run_id, size, archived in (("small", 1000, True), ("huge", 400_000, False)):
-        store.create_run(run_id, "t.task", "[]", "{}", "celery")
-        c = store.claim(run_id, owner="w1", nonce="n1", task="t.task", args_json="[]",
-                        kwargs_json="{}", queue="celery")
+        c = started(store, run_id)
         ctx = RunContext(run_id=run_id, attempt=1, task_name="t.task", token=c.token,
                          owner="w1", store=store, checkpoints={})
         bound = bind_context(ctx)
@@ -321,9 +320,7 @@ def test_an_attempt_stops_keeping_checkpoints_past_the_archive_limit(store: RunS
 
 def test_claim_loaded_checkpoints_are_archived_with_the_new_ones(store: RunStore) -> None:
     # A second attempt completes the run: what its claim loaded goes in with its commits.
-    store.create_run("resumed", "t.task", "[]", "{}", "celery")
-    c1 = store.claim("resumed", owner="w1", nonce="n1", task="t.task", args_json="[]",
-                     kwargs_json="{}", queue="celery")
+    c1 = started(store, "resumed")
     first = checkpoint("chunk", "yyy", 1_700_000_000_000)
     store.commit_step(store.keys.run("resumed"), c1.token, 0, "chunk", first)
     store.end_attempt("resumed", c1.token, RunStatus.RETRYING, {"type": "x"}, task="t.task")
@@ -346,9 +343,7 @@ def test_claim_loaded_checkpoints_are_archived_with_the_new_ones(store: RunStore
 
 
 def test_an_existing_archive_is_kept_and_the_run_keeps_its_keys(store: RunStore) -> None:
-    store.create_run("kept", "t.task", "[]", "{}", "celery")
-    c = store.claim("kept", owner="w1", nonce="n1", task="t.task", args_json="[]",
-                    kwargs_json="{}", queue="celery")
+    c = started(store, "kept")
     keys = store.keys.run("kept")
     store.commit_step(keys, c.token, 0, "a", PAYLOADS[0])
     store.client.set(keys.archive, "an earlier archive")

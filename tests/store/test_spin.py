@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 import redis
+from kombu.utils.imports import symbol_by_name
 
 from celery_durable import spin
 from celery_durable.bootsteps import tasks_at_once_of
@@ -172,7 +173,8 @@ def test_the_store_waits_through_reply_wait(budget: Any, store_url: Callable[[in
 
 
 def fake_worker(pool_module: str, concurrency: int) -> Any:
-    pool_cls = type("TaskPool", (), {"__module__": pool_module})
+    """What a worker's bootsteps see: Celery's pool class (resolved by setup_instance)."""
+    pool_cls = symbol_by_name(f"{pool_module}:TaskPool")
     return types.SimpleNamespace(pool_cls=pool_cls, concurrency=concurrency)
 
 
