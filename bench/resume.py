@@ -60,8 +60,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def make_context(store: RunStore, run_id: str, owner: str, claim: Any) -> RunContext:
+    """The RunContext an attempt builds after ``claim`` (it takes over the claim's dict)."""
+    checkpoints = claim.checkpoints if claim.checkpoints is not None else {}
     return RunContext(run_id=run_id, attempt=claim.attempt, task_name=TASK, token=claim.token,
-                      owner=owner, store=store, checkpoints=dict(claim.checkpoints or {}))
+                      owner=owner, store=store, checkpoints=checkpoints)
 
 
 def claim(store: RunStore, run_id: str, owner: str) -> Any:

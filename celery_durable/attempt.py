@@ -145,7 +145,7 @@ def run_attempt(task: DurableTask, args: tuple[Any, ...], kwargs: dict[str, Any]
         token=claim.token,
         owner=owner,
         store=store,
-        checkpoints=dict(claim.checkpoints or {}),
+        checkpoints=claim.checkpoints if claim.checkpoints is not None else {},
         slots=slots,
         failures=claim.failures,
         app=task.app,
@@ -179,9 +179,16 @@ def run_attempt(task: DurableTask, args: tuple[Any, ...], kwargs: dict[str, Any]
             otel.set_outcome(span, "completed")
             return value
     finally:
-        # Records logged after the attempt's last write (signal receivers, cleanup).
-        logcapture.flush(ctx)
-        unbind_context(bound)
+        _leave(ctx, bound)
+
+
+def _leave(ctx: RunContext, bound: Any) -> None:
+    """However the attempt ended: store the records logged after its last write (signal
+    receivers, cleanup), unbind its context, count its replayed steps."""
+    logcapture.flush(ctx)
+    unbind_context(bound)
+    if ctx.meters is not None:
+        ctx.meters.step_replayed(ctx.replayed)
 
 
 def _take_slots_and_claim(

@@ -118,10 +118,12 @@ class DirectLine:
         wait: ReplyWait = self._local.wait
 
         def send() -> list[Any]:
-            # connect() does nothing on a live connection; on a new or dropped one it runs
-            # the connection's own handshake (a Sentinel-managed one asks for the master
-            # first, which sending alone would skip).
-            conn.connect()
+            # A new or dropped connection runs its own handshake (a Sentinel-managed one
+            # asks for the master first, which sending alone would skip). connect() does
+            # nothing on a live one, through a retry wrapper that costs about as much as
+            # packing the commands: skipped while the socket is open.
+            if getattr(conn, "_sock", None) is None:
+                conn.connect()
             conn.send_packed_command(_pack(conn, commands))
             wait.before_read(conn)
             replies: list[Any] = []

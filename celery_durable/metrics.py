@@ -103,9 +103,12 @@ class TaskMeters:
         except Exception:
             _warn("record a committed step")
 
-    def step_replayed(self) -> None:
+    def step_replayed(self, count: int = 1) -> None:
+        """``count`` steps were answered from their checkpoints (an attempt reports all
+        of its replays once, as it ends: a resume replays many in a row)."""
         try:
-            self._replayed.inc()
+            if count:
+                self._replayed.inc(count)
         except Exception:
             _warn("record a replayed step")
 

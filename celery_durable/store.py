@@ -74,7 +74,9 @@ class Claim:
     crashes: int = 0
     failures: int = 0
     created_ms: int = 0
-    checkpoints: Mapping[str, str] | None = None
+    #: Position -> undecoded payload of every committed step: a dict of this claim's own,
+    #: which the attempt's RunContext takes over (no copy of a long run's checkpoints).
+    checkpoints: dict[str, str] | None = None
     result: str = ""
     owner: str = ""
     lease_expires_ms: int = 0

@@ -84,3 +84,43 @@ def test_both_decoders_give_the_same_values(store: RunStore, monkeypatch: pytest
     checkpoints = {str(i): checkpoint("piece" if i == 0 else f"piece#{i + 1}", v)
                    for i, v in enumerate(values)}
     assert replay(store, checkpoints, len(values)) == values
+
+
+# Position 0 is replayed by RunContext._replay (it decodes every checkpoint), later ones
+# by run_step's inline path: each check must hold at both.
+@pytest.mark.parametrize("at", [0, 2], ids=["first replay", "later replay"])
+def test_every_replay_checks_its_checkpoint(store: RunStore, at: int) -> None:
+    def run(odd: str) -> list[object]:
+        checkpoints = {str(i): checkpoint("piece" if i == 0 else f"piece#{i + 1}", i)
+                       for i in range(4)}
+        checkpoints[str(at)] = odd
+        return replay(store, checkpoints, 4)
+
+    own_id = "piece" if at == 0 else f"piece#{at + 1}"
+    with pytest.raises(NondeterminismError, match=f"position {at} was recorded as 'other'"):
+        run(checkpoint("other", 1))
+    with pytest.raises(CheckpointDecodeError, match=f"position {at}"):
+        run(json.dumps({"id": own_id, "t0": 1}))  # neither a value nor an offloaded one
+    with pytest.raises(CheckpointDecodeError, match=f"position {at}\\).*blob is missing"):
+        run(json.dumps({"id": own_id, "o": 1}))  # offloaded: read from the blobs hash
+    tagged = {"__cd__": "datetime", "v": "2026-12-01T10:00:00+00:00"}
+    assert run(checkpoint(own_id, tagged))[at] == dt.datetime(2026, 12, 1, 10,
+                                                              tzinfo=dt.timezone.utc)
+
+
+def test_each_replayed_step_is_signalled(store: RunStore) -> None:
+    from celery_durable import signals
+
+    seen: list[tuple[str, int]] = []
+
+    def heard(sender: object, **fields: object) -> None:
+        seen.append((str(fields["step"]), int(fields["position"])))  # type: ignore[call-overload]
+
+    signals.step_replayed.connect(heard, weak=False)
+    try:
+        checkpoints = {str(i): checkpoint("piece" if i == 0 else f"piece#{i + 1}", i)
+                       for i in range(3)}
+        assert replay(store, checkpoints, 3) == [0, 1, 2]
+    finally:
+        signals.step_replayed.disconnect(heard)
+    assert seen == [("piece", 0), ("piece#2", 1), ("piece#3", 2)]
