@@ -158,8 +158,9 @@ def render_markdown(result: Mapping[str, Any]) -> str:
         "",
         "An attempt picking up a run with N committed steps: the claim (one round trip that "
         "takes the lease and returns every checkpoint undecoded) and the replay of the N "
-        "steps through a bound `RunContext` (each checkpoint decoded when its step is "
-        f"called). Milliseconds, median (min–max) of {cfg['repeats']} resumes. Target: "
+        "steps through a bound `RunContext` (every checkpoint decoded in one pass at the "
+        "first replay, with orjson when installed; each step then answered from its record). "
+        f"Milliseconds, median (min–max) of {cfg['repeats']} resumes. Target: "
         f"≤ {TARGET_MS:g} ms for {TARGET_STEPS:,} steps.",
         "",
         "| committed steps | claim | replay | **total** | steps hash (MEMORY USAGE) |",
