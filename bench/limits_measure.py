@@ -539,8 +539,11 @@ def scaling(levels: Mapping[int, Mapping[str, Any]], threshold: float) -> dict[s
             if diff > threshold / 2 and name not in NOT_POLLING:
                 grew[f"{attr}:{name}"] = round(diff, 3)
     out["grew"] = grew
-    extra = max(out["top_level_total"]["per_parked_run"],
-                out["all_commands_total"]["per_parked_run"]) * (top - low)
+    # Rates are counts over whole windows: round off the float error of their differences,
+    # so that exactly the threshold (1.0/s added) is not judged above it.
+    extra = round(max(out["top_level_total"]["per_parked_run"],
+                      out["all_commands_total"]["per_parked_run"]) * (top - low), 6)
+    out["added_per_s"] = extra
     out["busy_polling"] = extra > threshold
     return out
 

@@ -28,7 +28,7 @@ BENCHMARKS: tuple[tuple[str, list[str], list[str] | None], ...] = (
      ["--repeats", "1", "--rounds", "2", "--batches", "2", "--batch-size", "10"]),
     ("throughput", ["--tasks", "800", "--repeats", "5", "--latency-calls", "200"],
      ["--tasks", "40", "--repeats", "1", "--latency-calls", "5", "--pools", "solo"]),
-    ("resume", ["--repeats", "30"], ["--repeats", "2", "--sizes", "10,1000"]),
+    ("resume", ["--repeats", "400"], ["--repeats", "2", "--sizes", "10,1000"]),
     ("dbos", ["--repeats", "5", "--rounds", "30"], ["--repeats", "1", "--rounds", "3"]),
     ("limits", ["--repeats", "3", "--rounds", "10", "--runs", "120", "--windows", "2",
                 "--window-s", "5"], None),

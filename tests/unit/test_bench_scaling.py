@@ -36,3 +36,15 @@ def test_commands_growing_with_the_waiting_runs_are_busy_polling() -> None:
     assert result["all_commands_total"]["per_parked_run"] == 0.1
     assert result["grew"] == {"top_level:evalsha": 4.0, "calls:evalsha": 4.0}
     assert result["busy_polling"] is True
+
+
+def test_exactly_the_threshold_is_not_above_it() -> None:
+    # The 50-run level's windows caught ten maintenance commands once each (+0.1/s each)
+    # and health-check PINGs: 1.0/s added, which sums to 1.0000000000000142 in floats and
+    # must read as 1.0, the threshold itself.
+    sweep = {f"maintenance{i}": 0.1 for i in range(10)}
+    levels = {0: level(QUIET), 10: level(QUIET), 50: level({**QUIET, **sweep, "ping": 0.6})}
+    result = scaling(levels, threshold=1.0)
+    assert result["all_commands_total"]["per_parked_run"] * 40 > 1.0  # the float error
+    assert result["added_per_s"] == 1.0
+    assert result["busy_polling"] is False
