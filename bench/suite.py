@@ -2,7 +2,7 @@
 
 Usage (from the repository root; ``scripts/bench`` installs what it needs first)::
 
-    .venv/bin/python -m bench.suite                 # every case, about 8 minutes
+    .venv/bin/python -m bench.suite                 # every case, about 9 minutes
     .venv/bin/python -m bench.suite --quick         # tiny sizes (a smoke run, ~1 minute)
     .venv/bin/python -m bench.suite --only resume,memory
 
