@@ -629,7 +629,7 @@ class RunContext:
                     raise ValueError("trailing data after the checkpoint")
             recorded_id = record["id"]
             if "v" not in record and "o" not in record:
-                raise KeyError("v")
+                raise ValueError("neither a value nor an offloaded result")
         except (ValueError, KeyError, TypeError) as exc:
             raise CheckpointDecodeError(
                 f"run {self.id}: the checkpoint at step position {position} is not a "
