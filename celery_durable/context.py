@@ -553,17 +553,6 @@ class RunContext:
         stored = self._committed.get(key)
         if not self.traced:
             if stored is not None:
-                # The usual replay of a resume, inline (a resume replays every committed
-                # step: a method call per step is a sizeable share of its cost): a record
-                # decoded by the first replay, for this step, its value plain JSON, nobody
-                # listening. Anything else takes _replay, which checks and reports it all.
-                # (Metrics count ``replayed`` once, as the attempt ends.)
-                record = self._decoded.get(key) if self._decoded is not None else None
-                if (record is not None and record.get("id") == step_id and "v" in record
-                        and "o" not in record and _TAG_TEXT not in stored
-                        and not signals.step_replayed.receivers):
-                    self.replayed += 1
-                    return record["v"]  # type: ignore[no-any-return]
                 return self._replay(position, key, step_id, stored)  # type: ignore[no-any-return]
             self.check_deadline(f"before step {step_id!r}")
             return self._execute(position, step_id, fn, args, kwargs, policy, durability,
@@ -797,10 +786,6 @@ def current_run() -> RunContext:
 def get_run_context() -> RunContext | None:
     """The current RunContext, or None outside a durable run (never raises)."""
     return _current.get()
-
-
-#: :func:`get_run_context` without its Python frame, for the per-step path of ``@step``.
-current_context: Callable[[], RunContext | None] = _current.get
 
 
 def bind_context(ctx: RunContext | None) -> Any:

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from datetime import timedelta
 from typing import Any, ParamSpec, TypeVar, overload
 
-from .context import current_context
+from .context import get_run_context
 from .durability import MODES
 from .errors import ConfigurationError
 from .rates import STEP_RATES, RateKey, RateSpec, rate_ref
@@ -75,7 +75,7 @@ def _wrap(fn: Callable[P, R], name: str | None, retry: RetryPolicy | None,
 
     @functools.wraps(fn)
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
-        ctx = current_context()
+        ctx = get_run_context()
         if ctx is None:
             return fn(*args, **kwargs)
         if spec is not None:

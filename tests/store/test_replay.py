@@ -86,8 +86,8 @@ def test_both_decoders_give_the_same_values(store: RunStore, monkeypatch: pytest
     assert replay(store, checkpoints, len(values)) == values
 
 
-# Position 0 is replayed by RunContext._replay (it decodes every checkpoint), later ones
-# by run_step's inline path: each check must hold at both.
+# The replay at position 0 decodes every checkpoint; later ones read the decoded records:
+# each check must hold at both.
 @pytest.mark.parametrize("at", [0, 2], ids=["first replay", "later replay"])
 def test_every_replay_checks_its_checkpoint(store: RunStore, at: int) -> None:
     def run(odd: str) -> list[object]:
